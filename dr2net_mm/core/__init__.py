@@ -1,0 +1,17 @@
+"""The reversible dual-residual engine: pure PyTorch, no OpenMMLab imports.
+
+``ReversibleSequence`` runs Eq. 1 forward and rebuilds activations with Eq. 2 in backward;
+``gradient_error`` measures how precise that backward is; ``count_saved_bytes`` measures what a forward
+keeps for backward.
+"""
+from .memory import SavedBytes, count_saved_bytes
+from .precision import (ErrorSummary, GradientErrorReport, gradient_error, relative_error,
+                        weighted_sum_loss)
+from .reversible import (ReversibleSequence, check_coefficients, dual_residual_step,
+                         reversible_stages, set_reversible, set_stream_dtype)
+
+__all__ = [
+    'ReversibleSequence', 'check_coefficients', 'dual_residual_step', 'reversible_stages',
+    'set_reversible', 'set_stream_dtype', 'gradient_error', 'relative_error', 'weighted_sum_loss',
+    'ErrorSummary', 'GradientErrorReport', 'count_saved_bytes', 'SavedBytes'
+]

@@ -1,0 +1,418 @@
+"""Reversible dual-residual stage: the Dr²Net engine (Zhao et al., CVPR 2024, Eq. 1 and 2).
+
+A pretrained residual network computes ``x_i = F_i(x_{i-1}) + x_{i-1}``. Dr²Net adds a second stream and
+two coefficients. For i = 1..n (Eq. 1)::
+
+    x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1}
+    y_i = β·x_{i-1}
+    (x_0, y_0) = (x_0, β·x_0)                      output: x_n
+
+With α=1, β=0 this is the pretrained network. With β>0 each step is invertible (Eq. 2)::
+
+    x_{i-1} = y_i / β
+    y_{i-1} = x_i − F_i(x_{i-1}) − α·x_{i-1}
+
+so the backward pass rebuilds every activation from ``(x_n, y_n)`` and the forward keeps nothing else.
+
+Why ``y_0 = β·x_0``: the paper writes ``y_0 = x_0``, which at α=1, β=0 would add an extra ``x_0`` to the
+first module's output, so the stage would not equal the pretrained network. ``y_0 = β·x_0`` is what
+``y_i = β·x_{i-1}`` gives for a virtual module before the first; at β=1 both choices agree.
+
+Precision. The inverse amplifies rounding error by about 1/β per module (with α near 1). Measured on a
+12-module toy stage (relative error of the rebuilt x_0): float32 streams give 3e4 at (α, β) = (1, 0.1)
+(garbage), 3e-6 at (0.3, 0.7); float64 streams give 3e-3 at (1, 0.1). Hence three controls here:
+``stream_dtype`` (float64 by default: the streams and the Eq. 1/2 arithmetic run in float64 while each
+F_i runs in the model dtype), ``segment_size`` (a long stage is cut into reversible segments of k
+modules whose input streams are kept, so amplification is bounded by k modules, at the cost of one kept
+stream pair per segment) and a free reconstruction-error monitor (see ``ReversibleSequence``).
+"""
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .rng import capture_rng_state, replay_rng_state
+from .streams import pack_stream, unpack_stream
+
+STREAM_DTYPES = (torch.float32, torch.float64)
+
+
+def check_coefficients(alpha: float, beta: float, reversible: bool) -> Tuple[float, float]:
+    """Validate (α, β) and return them as Python floats."""
+    values = []
+    for name, value in (('alpha', alpha), ('beta', beta)):
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f'{name} must be a single number, got a tensor of shape '
+                                 f'{tuple(value.shape)}')
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f'{name} must be a number in [0, 1], got {value!r} '
+                            f'({type(value).__name__})')
+        value = float(value)
+        if not (0.0 <= value <= 1.0):  # also rejects NaN
+            raise ValueError(f'{name}={value} is outside [0, 1]; Dr²Net coefficients are '
+                             f'residual weights in [0, 1] (start (1, 0.1), e.g. end (0.3, 0.7))')
+        values.append(value)
+    if reversible and values[1] <= 0.0:
+        raise ValueError(
+            f'beta={values[1]} must be > 0 when reversible=True: the backward rebuilds '
+            f'x_(i-1) = y_i / beta. Use beta > 0 (the paper starts at 0.1), or reversible=False '
+            f'for the exact pretrained network at beta=0.')
+    return values[0], values[1]
+
+
+def _check_shape(index: int, function: nn.Module, inp: Tensor, out: Tensor) -> None:
+    if not isinstance(out, Tensor) or out.shape != inp.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f'residual function {index} ({type(function).__name__}) returned {got} for an input of '
+            f'shape {tuple(inp.shape)}; a reversible stage needs functions that return a tensor of '
+            f'their input\'s shape (the branch output, without the residual add)')
+
+
+def dual_residual_step(f: Tensor, x: Tensor, y: Optional[Tensor], alpha: float) -> Tensor:
+    """Eq. 1's new x stream: ``x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1}`` (``y=None`` means 0).
+
+    ``f`` and ``x`` are in the stream dtype. One definition for every mode, so the reversible and the
+    reference forward do bitwise the same arithmetic."""
+    out = f + x if alpha == 1.0 else f + alpha * x
+    return out if y is None else out + y
+
+
+def unique_parameters(params_per_function: Sequence[Sequence[Tensor]]) -> List[Tensor]:
+    """The parameters of all functions in order, each listed once (shared ones appear once)."""
+    seen, flat = set(), []
+    for params in params_per_function:
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                flat.append(p)
+    return flat
+
+
+def _relative_norm(error: Tensor, reference: Tensor) -> Tensor:
+    """‖error‖ / ‖reference‖ as a 0-dim float64 tensor (no host sync)."""
+    ref = torch.linalg.vector_norm(reference.to(torch.float64))
+    return torch.linalg.vector_norm(error.to(torch.float64)) / ref.clamp_min(torch.finfo(
+        torch.float64).tiny)
+
+
+class _Run:
+    """Everything the autograd function needs besides tensors (kept on ``ctx``, no tensors of ours)."""
+
+    def __init__(self, stage: 'ReversibleSequence', args: Tuple[Any, ...],
+                 out_positions: Tuple[int, ...], params_per_function: List[List[nn.Parameter]]):
+        self.stage = stage
+        self.functions = list(stage.functions)
+        self.args = args
+        self.alpha = stage.alpha
+        self.beta = stage.beta
+        self.stream_dtype = stage.stream_dtype
+        self.out_positions = out_positions
+        self.boundaries = stage.segment_boundaries()  # positions whose streams are kept
+        self.params_per_function = params_per_function
+        self.flat_params = unique_parameters(params_per_function)
+        self.replay_rng = stage.preserve_rng_state and stage.training
+        self.rng_states: List[Any] = []
+        self.autocast: Optional[dict] = None
+        self.model_dtype: Optional[torch.dtype] = None
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    """Eq. 1 forward keeping only segment-end streams; Eq. 2 backward recomputing each F_i once.
+
+    Inputs are ``(run, x_0, *parameters)``: the trainable parameters of every F_i are inputs of this
+    node, so their gradients flow out of it through the autograd graph (each parameter reached once),
+    which is what ``DistributedDataParallel`` needs, with or without ``find_unused_parameters``.
+    """
+
+    @staticmethod
+    def forward(ctx, run: _Run, x0: Tensor, *params: Tensor) -> Tuple[Tensor, ...]:
+        device_type = x0.device.type
+        run.model_dtype = x0.dtype
+        run.autocast = dict(device_type=device_type,
+                            enabled=torch.is_autocast_enabled(device_type),
+                            dtype=torch.get_autocast_dtype(device_type),
+                            cache_enabled=torch.is_autocast_cache_enabled())
+        alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
+        x = x0.to(sd)
+        y = beta * x
+        outputs, kept = {}, {}
+        for i, function in enumerate(run.functions, 1):
+            if run.replay_rng:
+                run.rng_states.append(capture_rng_state(x0.device))
+            inp = x.to(x0.dtype)
+            f = function(inp, *run.args)
+            _check_shape(i, function, inp, f)
+            x, y = dual_residual_step(f.to(sd), x, y, alpha), beta * x
+            if i in run.out_positions:
+                outputs[i] = x.to(x0.dtype)
+            if i in run.boundaries:
+                kept[i] = (x, y)
+        # Save per kept position: [x packed..., y]; an output at that position is shared, not copied.
+        to_save, layout = [], []
+        for position in run.boundaries:
+            x_kept, y_kept = kept[position]
+            packed = pack_stream(x_kept, outputs.get(position))
+            layout.append((position, len(packed)))
+            to_save.extend(packed)
+            to_save.append(y_kept)
+        # ‖x_0‖ (one scalar) normalises the first segment's monitor even when the rebuilt x_0' is garbage.
+        x0_norm = torch.linalg.vector_norm(x0.to(sd))
+        # Outputs at kept positions hold part of the kept stream; other outputs are not kept here.
+        shared_positions = [p for p in run.boundaries if p in outputs]
+        ctx.save_for_backward(*to_save, x0_norm, *(outputs[p] for p in shared_positions))
+        ctx.layout = layout
+        ctx.shared_positions = shared_positions
+        ctx.run = run
+        ctx.set_materialize_grads(False)
+        return tuple(outputs[p] for p in run.out_positions)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_outputs: Optional[Tensor]):
+        run: _Run = ctx.run
+        saved = ctx.saved_tensors
+        n_shared = len(ctx.shared_positions)
+        out_tensors = dict(zip(ctx.shared_positions, saved[len(saved) - n_shared:]))
+        out_grads = dict(zip(run.out_positions, grad_outputs))
+        x0_norm = saved[len(saved) - n_shared - 1]
+        kept, cursor = {}, 0
+        for position, n_packed in ctx.layout:
+            packed = saved[cursor:cursor + n_packed]
+            kept[position] = (unpack_stream(packed, out_tensors.get(position), run.stream_dtype),
+                              saved[cursor + n_packed])
+            cursor += n_packed + 1
+
+        alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
+        n = len(run.functions)
+        x, y = kept[n]
+        gx: Optional[Tensor] = None  # dL/dx_i
+        gy: Optional[Tensor] = None  # dL/dy_i
+        param_grads = {}
+        errors = []
+        needs_x0_grad = ctx.needs_input_grad[1]
+        for i in range(n, 0, -1):
+            g_out = out_grads.get(i)
+            if g_out is not None:
+                gx = g_out.to(sd) if gx is None else gx + g_out.to(sd)
+            function = run.functions[i - 1]
+            params = run.params_per_function[i - 1]
+            x_prev = y / beta  # Eq. 2
+            rng = run.rng_states[i - 1] if run.replay_rng else None
+            want_input_grad = i > 1 or needs_x0_grad
+            with torch.set_grad_enabled(gx is not None), replay_rng_state(rng), \
+                    torch.autocast(**run.autocast):
+                inp = x_prev.to(run.model_dtype).detach().requires_grad_(gx is not None)
+                f = function(inp, *run.args)
+            y_prev = x - f.detach().to(sd) - alpha * x_prev  # Eq. 2
+            if gx is not None:
+                # x_i = F_i(x_{i-1}) + α x_{i-1} + y_{i-1},  y_i = β x_{i-1}:
+                # dL/dx_{i-1} = J_i^T dL/dx_i + α dL/dx_i + β dL/dy_i,   dL/dy_{i-1} = dL/dx_i
+                wrt = ([inp] if want_input_grad else []) + params
+                grads = torch.autograd.grad(f, wrt, gx.to(f.dtype), allow_unused=True) if wrt else []
+                if want_input_grad:
+                    jtg, grads = grads[0], grads[1:]
+                    gx_prev = alpha * gx if jtg is None else jtg.to(sd) + alpha * gx
+                    if gy is not None:
+                        gx_prev = gx_prev + beta * gy
+                else:
+                    gx_prev = None
+                for p, g in zip(params, grads):
+                    if g is not None:
+                        param_grads[id(p)] = g if id(p) not in param_grads else param_grads[id(p)] + g
+                gx, gy = gx_prev, gx
+            x, y = x_prev, y_prev
+            if i - 1 in kept:  # a segment start whose true streams were kept: measure, then reset
+                x_true, y_true = kept[i - 1]
+                errors.append(torch.maximum(_relative_norm(x - x_true, x_true),
+                                            _relative_norm(y - y_true, y_true)))
+                x, y = x_true, y_true
+            del f, inp
+        # First segment: the rebuilt pair must satisfy y_0 = β·x_0; relative to ‖β·x_0‖ of the forward.
+        errors.append(torch.linalg.vector_norm((y - beta * x).to(torch.float64))
+                      / (beta * x0_norm.to(torch.float64)).clamp_min(torch.finfo(torch.float64).tiny))
+        run.stage._record_errors(torch.stack(errors[::-1]))
+
+        grad_x0 = None
+        if needs_x0_grad and gx is not None:
+            grad_x0 = gx if gy is None else gx + beta * gy  # y_0 = β·x_0
+            grad_x0 = grad_x0.to(run.model_dtype)
+        return (None, grad_x0, *(param_grads.get(id(p)) for p in run.flat_params))
+
+
+class ReversibleSequence(nn.Module):
+    """A reversible dual-residual stage over residual functions ``F_1..F_n``.
+
+    Forward (Eq. 1): ``x_i = F_i(x_{i-1}, *args) + α·x_{i-1} + y_{i-1}``, ``y_i = β·x_{i-1}``,
+    ``(x_0, y_0) = (x_0, β·x_0)``; returns ``x_n`` (or the streams at chosen positions).
+
+    Args:
+        functions: the residual branches, each mapping a tensor to a tensor of the same shape *without*
+            the residual add (e.g. ``drop_path(attn(norm1(x)))``). Extra positional arguments given to
+            :meth:`forward` are passed to every function as constants (no gradient flows to them).
+        alpha, beta: the coefficients, in [0, 1]; β > 0 when ``reversible``.
+        reversible: in training with gradients, keep only segment-end streams and rebuild activations
+            in backward (Eq. 2). ``False``: ordinary autograd through Eq. 1 (the exact reference).
+            Under ``torch.no_grad()`` or in eval mode the forward is plain either way.
+        stream_dtype: dtype of the streams and of the Eq. 1/2 arithmetic (float64 or float32) in
+            training; each F_i still runs in the dtype of the input. Without gradients the streams use
+            the input dtype (the plain, fast path).
+        segment_size: keep the streams every ``segment_size`` functions (None: only at the end). Error
+            amplification is bounded by one segment; memory grows by one stream pair per segment.
+        max_error: reconstruction error above which :meth:`reconstruction_ok` is False.
+        preserve_rng_state: replay dropout/drop-path masks in the recomputation (as in
+            ``torch.utils.checkpoint``); costs one RNG-state copy per function and step in training.
+        register_functions: True: the stage owns ``functions`` (they are its submodules). False: they
+            are registered elsewhere (e.g. wrappers around a pretrained backbone's blocks, which keep
+            the backbone's state-dict layout), so the stage adds no parameters, buffers or state-dict
+            keys; their train/eval mode and device follow their owners.
+
+    Reconstruction-error monitor: after each reversible backward, per segment, the relative distance of
+    the rebuilt segment-input streams from their true value: for the first segment
+    ``‖y_0' − β·x_0'‖ / (β·‖x_0‖)`` (the rebuilt pair must satisfy ``y_0 = β·x_0``; ``‖x_0‖`` is kept
+    from the forward, one scalar), for later segments ``max(‖x_b' − x_b‖/‖x_b‖, ‖y_b' − y_b‖/‖y_b‖)``
+    against the kept streams. It costs a few reductions per segment and no host sync. Read it with :attr:`reconstruction_errors` (one tensor, no host sync) or
+    :meth:`reconstruction_error` (a float, the worst segment).
+
+    Shapes: ``x`` is any tensor (e.g. ``(B, L, C)`` tokens); every output has the shape of ``x``.
+    """
+
+    def __init__(self, functions: Sequence[nn.Module], alpha: float = 1.0, beta: float = 0.1,
+                 reversible: bool = True, stream_dtype: torch.dtype = torch.float64,
+                 segment_size: Optional[int] = None, max_error: float = 1e-2,
+                 preserve_rng_state: bool = True, register_functions: bool = True):
+        super().__init__()
+        functions = list(functions)
+        if not functions or not all(isinstance(f, nn.Module) for f in functions):
+            raise TypeError('functions must be a non-empty sequence of nn.Module residual branches, '
+                            f'got {[type(f).__name__ for f in functions]}')
+        # A tuple is a plain attribute for nn.Module: nothing registered twice.
+        self.functions = nn.ModuleList(functions) if register_functions else tuple(functions)
+        if stream_dtype not in STREAM_DTYPES:
+            raise TypeError(f'stream_dtype={stream_dtype!r} is not supported; use torch.float64 '
+                            '(precise, the default) or torch.float32')
+        if segment_size is not None and (isinstance(segment_size, bool)
+                                         or not isinstance(segment_size, int) or segment_size < 1):
+            raise ValueError(f'segment_size={segment_size!r} must be None (one segment) or an int >= 1')
+        if not (max_error > 0):
+            raise ValueError(f'max_error={max_error!r} must be a positive number')
+        self.alpha, self.beta = check_coefficients(alpha, beta, reversible)
+        self._reversible = bool(reversible)
+        self.stream_dtype = stream_dtype
+        self.segment_size = segment_size
+        self.max_error = float(max_error)
+        self.preserve_rng_state = preserve_rng_state
+        self._errors: Optional[Tensor] = None
+
+    @property
+    def reversible(self) -> bool:
+        return self._reversible
+
+    @reversible.setter
+    def reversible(self, value: bool) -> None:
+        check_coefficients(self.alpha, self.beta, bool(value))
+        self._reversible = bool(value)
+
+    def set_coefficients(self, alpha: float, beta: float) -> None:
+        """Set (α, β); validated as in the constructor."""
+        self.alpha, self.beta = check_coefficients(alpha, beta, self._reversible)
+
+    def segment_boundaries(self) -> Tuple[int, ...]:
+        """Positions i whose streams (x_i, y_i) the reversible forward keeps (always includes n)."""
+        n = len(self.functions)
+        k = self.segment_size or n
+        return tuple(range(k, n, k)) + (n, )
+
+    # ----------------------------------------------------------------- monitor
+    def _record_errors(self, errors: Tensor) -> None:
+        self._errors = errors.detach()
+
+    @property
+    def reconstruction_errors(self) -> Optional[Tensor]:
+        """Per-segment reconstruction errors of the latest reversible backward (float64), or None."""
+        return self._errors
+
+    def reconstruction_error(self) -> Optional[float]:
+        """The worst segment's reconstruction error of the latest reversible backward, or None."""
+        if self._errors is None:
+            return None
+        worst = self._errors.max()
+        return float('nan') if not torch.isfinite(self._errors).all() else worst.item()
+
+    def reconstruction_ok(self) -> bool:
+        """False when the latest reversible backward rebuilt non-finite streams or exceeded
+        ``max_error`` (the caller should skip that optimizer step)."""
+        error = self.reconstruction_error()
+        return error is None or (error == error and error <= self.max_error)
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor, *args: Any,
+                out_positions: Optional[Sequence[int]] = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+        """Run Eq. 1. ``out_positions``: positions k in 1..n whose stream ``x_k`` (after F_k) is
+        returned, in increasing order, as a tuple; None returns ``x_n`` alone. Extra outputs cost no
+        extra kept streams: the backward adds their gradients as it walks past them."""
+        n = len(self.functions)
+        positions = (n, ) if out_positions is None else tuple(int(p) for p in out_positions)
+        if not positions or list(positions) != sorted(set(positions)) or positions[0] < 1 \
+                or positions[-1] > n:
+            raise ValueError(f'out_positions={out_positions!r} must be increasing positions in 1..{n}')
+        if not x.is_floating_point():
+            raise TypeError(f'the stage input must be a floating-point tensor, got {x.dtype}')
+        params = [[p for p in f.parameters() if p.requires_grad] for f in self.functions]
+        tracks_grad = torch.is_grad_enabled() and (x.requires_grad or any(params))
+        if self._reversible and self.training and tracks_grad:
+            for a in args:
+                if isinstance(a, Tensor) and a.requires_grad:
+                    raise ValueError('extra arguments of a reversible stage are constants; got a '
+                                     'tensor that requires grad (detach it or use reversible=False)')
+            run = _Run(self, args, positions, params)
+            outputs = _ReversibleFunction.apply(run, x, *run.flat_params)
+        else:
+            stream_dtype = self.stream_dtype if tracks_grad else x.dtype
+            outputs = self._plain_forward(x, args, positions, stream_dtype)
+        return outputs[0] if out_positions is None else tuple(outputs)
+
+    def _plain_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
+                       stream_dtype: torch.dtype) -> List[Tensor]:
+        """Eq. 1 with ordinary autograd (or none, under no_grad)."""
+        alpha, beta = self.alpha, self.beta
+        x = x0.to(stream_dtype)
+        y = beta * x if beta != 0.0 else None
+        outputs = []
+        for i, function in enumerate(self.functions, 1):
+            inp = x.to(x0.dtype)
+            f = function(inp, *args)
+            _check_shape(i, function, inp, f)
+            x, y = dual_residual_step(f.to(stream_dtype), x, y, alpha), \
+                (beta * x if beta != 0.0 else None)
+            if i in positions:
+                outputs.append(x.to(x0.dtype))
+        return outputs
+
+    def extra_repr(self) -> str:
+        return (f'n={len(self.functions)}, alpha={self.alpha}, beta={self.beta}, '
+                f'reversible={self._reversible}, stream_dtype={self.stream_dtype}, '
+                f'segment_size={self.segment_size}')
+
+
+def reversible_stages(model: nn.Module) -> List[ReversibleSequence]:
+    """Every :class:`ReversibleSequence` inside ``model``."""
+    return [m for m in model.modules() if isinstance(m, ReversibleSequence)]
+
+
+def set_reversible(model: nn.Module, reversible: bool) -> None:
+    """Switch every stage of ``model`` between reversible and reference (ordinary autograd) mode."""
+    for stage in reversible_stages(model):
+        stage.reversible = reversible
+
+
+def set_stream_dtype(model: nn.Module, stream_dtype: torch.dtype) -> None:
+    """Set the stream dtype of every stage of ``model``."""
+    if stream_dtype not in STREAM_DTYPES:
+        raise TypeError(f'stream_dtype={stream_dtype!r} is not supported; use torch.float64 or '
+                        'torch.float32')
+    for stage in reversible_stages(model):
+        stage.stream_dtype = stream_dtype

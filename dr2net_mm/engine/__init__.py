@@ -1,0 +1,1 @@
+"""Hooks registered into MMEngine's root HOOKS registry."""

@@ -1,0 +1,1 @@
+"""Backbones registered into MMEngine's root MODELS registry."""

@@ -1,0 +1,432 @@
+"""Spec of the reversible dual-residual engine (dr2net_mm.core), on CPU."""
+import gc
+import math
+import os
+import weakref
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.autograd.graph import saved_tensors_hooks
+from torch.nn.parallel import DistributedDataParallel
+
+from dr2net_mm.core import (ReversibleSequence, count_saved_bytes, dual_residual_step, gradient_error,
+                            set_reversible)
+from dr2net_mm.core.streams import pack_stream, unpack_stream
+from toys import MLPBranch, make_input, make_stage
+
+ALPHA_BETA_GRID = [(a, b) for a in (0.0, 0.3, 0.7, 1.0) for b in (0.1, 0.3, 0.7, 1.0)]
+
+
+def param_grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def grads_of(stage, x, seed=0, reversible=True, loss_weight=None):
+    """Input and parameter gradients of Σ w·stage(x) with the given mode, starting from `seed`."""
+    stage.zero_grad(set_to_none=True)
+    set_reversible(stage, reversible)
+    x = x.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    out = stage(x)
+    w = loss_weight if loss_weight is not None else torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out * w).sum().backward()
+    return x.grad, param_grads(stage), out.detach()
+
+
+# 1. Forward ------------------------------------------------------------------------------------
+@pytest.mark.parametrize('stream_dtype', [torch.float32, torch.float64])
+def test_reversible_and_reference_forward_agree(stream_dtype):
+    stage = make_stage(alpha=0.6, beta=0.4, stream_dtype=stream_dtype)
+    x = make_input().requires_grad_(True)
+    reversible_out = stage(x)
+    assert reversible_out.grad_fn is not None
+    set_reversible(stage, False)
+    reference_out = stage(x)
+    assert rel(reversible_out, reference_out) <= 1e-7
+
+
+def test_forward_implements_eq1_with_y0_equal_beta_x0():
+    """x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1}, y_i = β·x_{i-1}, (x_0, y_0) = (x_0, β·x_0)."""
+    alpha, beta = 0.6, 0.4
+    stage = make_stage(n=5, alpha=alpha, beta=beta).double()
+    x0 = make_input().double()
+    x, y = x0, beta * x0
+    with torch.no_grad():
+        for f in stage.functions:
+            x, y = f(x) + alpha * x + y, beta * x
+        got = stage(x0)
+    assert rel(got, x) <= 1e-15
+
+
+def test_alpha1_beta0_reference_is_the_plain_residual_network():
+    stage = make_stage(n=6, alpha=1.0, beta=0.0, reversible=False, stream_dtype=torch.float32)
+    x = make_input()
+    expected = x
+    for f in stage.functions:
+        expected = f(expected) + expected
+    assert torch.equal(stage(x), expected)
+
+
+def test_no_grad_forward_keeps_nothing_and_matches():
+    stage = make_stage(alpha=0.6, beta=0.4)
+    x = make_input()
+    with torch.no_grad(), count_saved_bytes() as saved:
+        fast = stage(x)
+    assert fast.grad_fn is None and saved.total == 0
+    set_reversible(stage, False)
+    assert rel(fast, stage(x)) <= 1e-6  # float32 streams without grad vs float64 in training
+
+
+def test_extra_outputs_are_the_streams_at_those_positions():
+    stage = make_stage(n=6, alpha=0.5, beta=0.5, reversible=False)
+    x = make_input()
+    outs = stage(x, out_positions=(2, 4, 6))
+    for k, out in zip((2, 4, 6), outs):
+        prefix = ReversibleSequence(list(stage.functions)[:k], alpha=0.5, beta=0.5, reversible=False,
+                                    register_functions=False).train()
+        assert torch.equal(out, prefix(x))
+
+
+# 2. Gradient precision -------------------------------------------------------------------------
+@pytest.mark.parametrize('alpha,beta,stream_dtype', [(0.3, 0.7, torch.float64), (0.0, 1.0, torch.float32)])
+def test_gradients_as_precise_as_ordinary_autograd(alpha, beta, stream_dtype):
+    """Against a float64 copy of the model (the truth), reversible gradients are within 2x of the
+    error ordinary autograd itself has against that truth (max over parameters and input)."""
+    stage = make_stage(n=12, alpha=alpha, beta=beta, stream_dtype=stream_dtype)
+    report = gradient_error(stage, make_input())
+    floor = report.reference_vs_truth.worst
+    assert 0 < floor < 1e-5
+    assert report.reversible_vs_truth.worst <= 2 * floor, report.as_dict()
+
+
+def test_start_point_error_is_measured_and_segments_reduce_it():
+    """At (1, 0.1) the inverse amplifies rounding ~10x per module: float32 streams are garbage,
+    float64 streams are usable, and shorter segments bound the amplification."""
+    x = make_input()
+    errors = {}
+    for name, kwargs in {'fp32': dict(stream_dtype=torch.float32),
+                         'fp64': dict(stream_dtype=torch.float64),
+                         'fp64_seg4': dict(stream_dtype=torch.float64, segment_size=4)}.items():
+        stage = make_stage(n=12, alpha=1.0, beta=0.1, **kwargs)
+        errors[name] = gradient_error(stage, x).reversible_vs_truth.worst
+    assert errors['fp32'] > 1e-2
+    assert errors['fp64'] < errors['fp32'] / 10
+    assert errors['fp64_seg4'] < errors['fp64'] / 100
+
+
+def test_extra_output_gradients_match_reference():
+    stage = make_stage(n=6, alpha=0.5, beta=0.5)
+    x = make_input()
+    results = []
+    for reversible in (True, False):
+        set_reversible(stage, reversible)
+        stage.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        outs = stage(xi, out_positions=(1, 3, 6))
+        sum((o * (k + 1)).sin().sum() for k, o in enumerate(outs)).backward()
+        results.append((xi.grad, param_grads(stage)))
+    (gx_rev, g_rev), (gx_ref, g_ref) = results
+    assert rel(gx_rev, gx_ref) <= 1e-6
+    assert max(rel(g_rev[n], g_ref[n]) for n in g_ref) <= 1e-6
+
+
+# 3. Memory -------------------------------------------------------------------------------------
+def saved_bytes(stage, x, **kwargs):
+    with count_saved_bytes(stage.parameters()) as saved:
+        out = stage(x.requires_grad_(True), **kwargs)
+    del out
+    return saved.total
+
+
+def test_saved_bytes_do_not_grow_with_depth_and_are_one_stream_pair_per_segment():
+    x = make_input()
+    numel = x.numel()
+    shallow = saved_bytes(make_stage(n=4), x)
+    deep = saved_bytes(make_stage(n=24), x)
+    assert abs(deep - shallow) <= 0.05 * shallow
+    # float64 streams: x_n as the float32 output + float32 remainder, y_n in float64 = 16 B/element
+    assert abs(deep - 16 * numel) <= 0.01 * 16 * numel
+    segmented = saved_bytes(make_stage(n=24, segment_size=6), x)  # 4 segments: 4 stream pairs
+    assert abs(segmented - 4 * 16 * numel) <= 0.01 * 4 * 16 * numel
+    float32_streams = saved_bytes(make_stage(n=24, stream_dtype=torch.float32), x)  # x_n is the output
+    assert abs(float32_streams - 8 * numel) <= 0.01 * 8 * numel
+
+
+def test_reference_mode_grows_linearly_with_depth():
+    x = make_input()
+    shallow = saved_bytes(make_stage(n=4, reversible=False), x)
+    deep = saved_bytes(make_stage(n=24, reversible=False), x)
+    assert deep > 5 * shallow
+    assert deep > 10 * saved_bytes(make_stage(n=24), x)
+
+
+def test_extra_outputs_cost_no_extra_saved_bytes():
+    x = make_input()
+    stage = make_stage(n=12)
+    assert saved_bytes(stage, x, out_positions=(3, 6, 9, 12)) == saved_bytes(stage, x)
+
+
+# 4. Randomness ---------------------------------------------------------------------------------
+def test_dropout_and_drop_path_replay_the_forward_masks():
+    stage = make_stage(n=8, alpha=0.5, beta=0.5, dropout=0.2, drop_path=0.3)
+    x = make_input()
+    gx_rev, g_rev, out_rev = grads_of(stage, x, seed=7, reversible=True)
+    state_after_reversible = torch.get_rng_state()
+    gx_ref, g_ref, out_ref = grads_of(stage, x, seed=7, reversible=False)
+    assert torch.equal(out_rev, out_ref)
+    assert rel(gx_rev, gx_ref) <= 1e-6
+    assert max(rel(g_rev[n], g_ref[n]) for n in g_ref) <= 1e-6
+    # the backward's replay leaves the global random stream where ordinary training leaves it
+    assert torch.equal(state_after_reversible, torch.get_rng_state())
+
+
+def test_masks_change_between_iterations():
+    stage = make_stage(n=4, alpha=0.5, beta=0.5, dropout=0.2, drop_path=0.3)
+    x = make_input().requires_grad_(True)
+    torch.manual_seed(3)
+    first = stage(x)
+    first.sum().backward()
+    second = stage(x)
+    assert not torch.equal(first, second)
+
+
+# 5. DistributedDataParallel (gloo, CPU) --------------------------------------------------------
+DDP_MODES = {'static': dict(find_unused_parameters=False), 'find_unused': dict(
+    find_unused_parameters=True), 'no_sync_accumulation': dict(find_unused_parameters=False)}
+
+
+def _ddp_loss(out):
+    w = torch.linspace(-1, 1, out[0].numel()).view_as(out[0])
+    return (out * w).flatten(1).sum(1).mean()
+
+
+def _ddp_worker(rank, world_size, init_file, out_dir):
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                            world_size=world_size)
+    torch.set_num_threads(1)
+    x = make_input(batch=8)
+    part = x.chunk(world_size)[rank]
+    results = {}
+    for mode, kwargs in DDP_MODES.items():
+        stage = make_stage(n=6, alpha=0.5, beta=0.5)
+        model = DistributedDataParallel(stage, **kwargs)
+        for _ in range(2):  # a parameter marked ready twice fails on the second iteration
+            model.zero_grad(set_to_none=True)
+            if mode == 'no_sync_accumulation':
+                first, second = part.chunk(2)
+                with model.no_sync():
+                    (_ddp_loss(model(first)) / 2).backward()
+                (_ddp_loss(model(second)) / 2).backward()
+            else:
+                _ddp_loss(model(part)).backward()
+        results[mode] = param_grads(stage)
+    torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process_on_the_full_batch(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
+    stage = make_stage(n=6, alpha=0.5, beta=0.5)
+    _ddp_loss(stage(make_input(batch=8))).backward()
+    expected = param_grads(stage)
+    for rank in range(2):
+        results = torch.load(tmp_path / f'rank{rank}.pt')
+        for mode in DDP_MODES:
+            got = results[mode]
+            assert set(got) == set(expected), mode
+            worst = max(rel(got[n], expected[n]) for n in expected)
+            assert worst <= 1e-6, (rank, mode, worst)
+
+
+# 6. Autocast -----------------------------------------------------------------------------------
+class AutocastRecordingBranch(MLPBranch):
+    calls = []
+
+    def forward(self, x, scale: float = 0.0):
+        AutocastRecordingBranch.calls.append(
+            (torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')))
+        return super().forward(x, scale)
+
+
+def test_bf16_autocast_recomputes_under_the_same_autocast():
+    torch.manual_seed(0)
+    branches = [AutocastRecordingBranch(32) for _ in range(6)]
+    stage = ReversibleSequence(branches, alpha=0.3, beta=0.7).train()
+    x = make_input()
+    AutocastRecordingBranch.calls = []
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        gx_rev, g_rev, out = grads_of(stage, x, reversible=True)
+    assert out.dtype == torch.float32
+    assert len(AutocastRecordingBranch.calls) == 12  # 6 forward + 6 recomputed in backward
+    assert all(call == (True, torch.bfloat16) for call in AutocastRecordingBranch.calls)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        gx_amp_ref, g_amp_ref, _ = grads_of(stage, x, reversible=False)
+    gx_fp32, g_fp32, _ = grads_of(stage, x, reversible=False)
+    # the recomputation reproduces the bf16 forward: reversible == ordinary autograd under autocast
+    assert max(rel(g_rev[n], g_amp_ref[n]) for n in g_fp32) <= 1e-3
+    # and bf16 training is close to float32 training
+    assert rel(gx_rev, gx_fp32) <= 5e-2
+    assert max(rel(g_rev[n], g_fp32[n]) for n in g_fp32) <= 5e-2
+
+
+# 7. Reconstruction-error monitor ---------------------------------------------------------------
+def true_reconstruction_error(stage, x0):
+    """Rebuild (x_0, y_0) with Eq. 2 from the streams the stage keeps, exactly as its backward does,
+    and return max(‖x_0' − x_0‖/‖x_0‖, ‖y_0' − β·x_0‖/‖β·x_0‖)."""
+    alpha, beta, sd = stage.alpha, stage.beta, stage.stream_dtype
+    with torch.no_grad():
+        x, y = x0.to(sd), beta * x0.to(sd)
+        for f in stage.functions:
+            x, y = dual_residual_step(f(x.to(x0.dtype)).to(sd), x, y, alpha), beta * x
+        hi = x.to(x0.dtype)
+        x = unpack_stream(pack_stream(x, hi), hi, sd)
+        for f in reversed(stage.functions):
+            x_prev = y / beta
+            x, y = x_prev, x - f(x_prev.to(x0.dtype)).to(sd) - alpha * x_prev
+    x0 = x0.to(sd)
+    return max(rel(x, x0), rel(y, beta * x0))
+
+
+@pytest.mark.parametrize('stream_dtype', [torch.float32, torch.float64])
+def test_monitor_tracks_true_reconstruction_error(stream_dtype):
+    x = make_input()
+    for alpha, beta in ALPHA_BETA_GRID:
+        stage = make_stage(n=12, alpha=alpha, beta=beta, stream_dtype=stream_dtype)
+        stage(x.clone().requires_grad_(True)).sum().backward()
+        monitored = stage.reconstruction_error()
+        true = true_reconstruction_error(stage, x)
+        if true == 0:
+            assert monitored == 0, (alpha, beta)
+        else:
+            assert 0.1 <= monitored / true <= 10, (alpha, beta, monitored, true)
+
+
+def test_monitor_flags_bad_steps_and_reports_per_segment():
+    x = make_input()
+    good = make_stage(n=12, alpha=0.3, beta=0.7, max_error=1e-3)
+    good(x.clone().requires_grad_(True)).sum().backward()
+    assert good.reconstruction_ok()
+    bad = make_stage(n=12, alpha=1.0, beta=0.1, stream_dtype=torch.float32, max_error=1e-3)
+    bad(x.clone().requires_grad_(True)).sum().backward()
+    assert not bad.reconstruction_ok()
+    segmented = make_stage(n=12, alpha=1.0, beta=0.1, segment_size=4)
+    assert segmented.reconstruction_error() is None  # no backward yet
+    segmented(x.clone().requires_grad_(True)).sum().backward()
+    assert segmented.reconstruction_errors.shape == (3, )
+    assert math.isfinite(segmented.reconstruction_error())
+
+
+def test_monitor_reports_non_finite_streams():
+    stage = make_stage(n=4, alpha=0.5, beta=0.5)
+    x = make_input()
+    x[0, 0, 0] = float('inf')
+    stage(x.requires_grad_(True)).sum().backward()
+    assert math.isnan(stage.reconstruction_error())
+    assert not stage.reconstruction_ok()
+
+
+# 8. Frozen parameters, inputs without grad, no leaks ---------------------------------------------
+def test_frozen_parameters_and_input_without_grad():
+    stage = make_stage(n=6, alpha=0.5, beta=0.5)
+    for f in list(stage.functions)[:3]:
+        f.requires_grad_(False)
+    x = make_input()  # requires_grad=False
+    grads = {}
+    for reversible in (True, False):
+        set_reversible(stage, reversible)
+        stage.zero_grad(set_to_none=True)
+        stage(x).pow(2).sum().backward()
+        grads[reversible] = param_grads(stage)
+    frozen = {n for n, p in stage.named_parameters() if not p.requires_grad}
+    assert frozen and not frozen & set(grads[True])
+    assert set(grads[True]) == set(grads[False])
+    assert max(rel(grads[True][n], grads[False][n]) for n in grads[False]) <= 1e-6
+
+
+def test_fully_frozen_stage_runs_without_bookkeeping():
+    stage = make_stage(n=4, alpha=0.5, beta=0.5).requires_grad_(False)
+    with count_saved_bytes() as saved:
+        out = stage(make_input())
+    assert out.grad_fn is None and saved.total == 0
+
+
+def test_hundred_iterations_leave_nothing_alive():
+    """Everything saved for backward is freed by reference counting alone (gc disabled): no
+    reference cycle runs through the autograd context."""
+    stage = make_stage(n=4, alpha=0.5, beta=0.5, dropout=0.1)
+    x = make_input()
+    saved = []
+
+    def pack(tensor):
+        saved.append(weakref.ref(tensor))
+        return tensor
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):
+            with saved_tensors_hooks(pack, lambda t: t):
+                out = stage(x.clone().requires_grad_(True))
+            out.sum().backward()
+            del out
+        alive = [r for r in saved if r() is not None]
+    finally:
+        gc.enable()
+    assert len(saved) >= 100 and not alive
+
+
+# 9. Bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(beta=0.0), ValueError, r'beta=0.0 must be > 0 when reversible=True'),
+    (dict(beta=-0.1), ValueError, r'beta=-0.1 is outside \[0, 1\]'),
+    (dict(beta=float('nan')), ValueError, r'beta=nan'),
+    (dict(beta=float('inf')), ValueError, r'beta=inf'),
+    (dict(alpha=1.5), ValueError, r'alpha=1.5 is outside \[0, 1\]'),
+    (dict(alpha='0.5'), TypeError, r"alpha must be a number in \[0, 1\], got '0.5'"),
+    (dict(stream_dtype=torch.float16), TypeError, r'stream_dtype=torch.float16'),
+    (dict(segment_size=0), ValueError, r'segment_size=0'),
+])
+def test_bad_constructor_arguments_raise_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make_stage(n=2, **kwargs)
+
+
+def test_beta_zero_is_fine_for_the_reference_but_not_for_reversible():
+    stage = make_stage(n=2, alpha=1.0, beta=0.0, reversible=False)
+    with pytest.raises(ValueError, match='beta=0.0 must be > 0'):
+        stage.reversible = True
+    assert not stage.reversible
+    reversible = make_stage(n=2)
+    with pytest.raises(ValueError, match='beta=0.0 must be > 0'):
+        reversible.set_coefficients(0.3, 0.0)
+    assert (reversible.alpha, reversible.beta) == (1.0, 0.1)  # unchanged after the failed call
+
+
+class ShapeChanging(torch.nn.Module):
+
+    def forward(self, x):
+        return x[..., :-1]
+
+
+def test_function_that_changes_shape_raises():
+    stage = ReversibleSequence([MLPBranch(32), ShapeChanging()]).train()
+    with pytest.raises(ValueError, match=r'residual function 2 \(ShapeChanging\) returned \(4, 50, 31\)'):
+        stage(make_input().requires_grad_(True))
+
+
+def test_bad_forward_arguments_raise():
+    stage = make_stage(n=3)
+    with pytest.raises(ValueError, match='out_positions'):
+        stage(make_input(), out_positions=(2, 1))
+    with pytest.raises(ValueError, match='out_positions'):
+        stage(make_input(), out_positions=(4, ))
+    with pytest.raises(ValueError, match='constants'):
+        stage(make_input(), torch.ones(1, requires_grad=True))
+    with pytest.raises(TypeError, match='floating-point'):
+        stage(torch.ones(2, 3, 32, dtype=torch.long))
