@@ -1,0 +1,27 @@
+# DINO-4scale with a reversible Dr²Net Swin-T backbone on COCO (paper Table 3: 51.3 mAP at 30.0 GB,
+# vs 54.0 GB conventional). Same detector, checkpoint and schedule as dino_swin_t_coco.py; the
+# backbone starts as the pretrained Swin-T (α=1, β=0.1) and AlphaBetaHook moves it to the
+# precise reversible point (0.3, 0.7) over the first half of training.
+_base_ = './dino_swin_t_coco.py'
+
+custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        type='Dr2NetSwin',
+        alpha=1.0,
+        beta=0.1,
+        reversible=True,
+        stream_dtype='float64',
+        segment_size=None))
+
+custom_hooks = [
+    dict(
+        type='AlphaBetaHook',
+        start=(1.0, 0.1),
+        end=(0.3, 0.7),
+        end_epoch=6,  # τ: half of the 12-epoch schedule
+        interval=2,  # η: paper Table 11, smaller η is better
+        policy='linear',
+        schedule='simultaneous')
+]

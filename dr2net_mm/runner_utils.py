@@ -1,0 +1,98 @@
+"""Config handling shared by ``tools/train.py`` and ``tools/test.py`` (mmdet and mmseg configs alike)."""
+import os
+import os.path as osp
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+from mmengine.config import Config, ConfigDict
+
+DIST_BACKEND_ENV = 'DR2NET_DIST_BACKEND'
+
+
+def trust_own_checkpoints() -> None:
+    """Let ``torch.load`` read MMEngine checkpoints, which pickle Python objects (the message hub's
+    history, numpy scalars) besides tensors. torch >= 2.6 refuses them unless ``weights_only=False``
+    and MMEngine 0.10.7 does not pass it; allow-listing is no way out (the pickles need
+    ``builtins.getattr``). Our train/test tools load the user's own checkpoints, as before torch 2.6;
+    an explicit ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` setting wins. Load only checkpoints you trust."""
+    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
+                launcher: str = 'none') -> Config:
+    """Read ``path``, apply ``--cfg-options``, set the work dir (default ``work_dirs/<config name>``)
+    and the launcher, and choose the distributed backend (see :func:`choose_dist_backend`)."""
+    if not osp.isfile(path):
+        raise SystemExit(f'config file not found: {path}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    cfg.launcher = launcher
+    if launcher != 'none':
+        choose_dist_backend(cfg)
+    return cfg
+
+
+def choose_dist_backend(cfg: Config) -> str:
+    """Distributed runs use NCCL on GPUs and gloo on CPU-only machines. ``DR2NET_DIST_BACKEND``
+    (e.g. ``gloo``) overrides both; so does an explicit ``env_cfg.dist_cfg.backend`` in the config
+    when the variable is unset and a GPU is present."""
+    env_cfg = cfg.setdefault('env_cfg', ConfigDict())
+    dist_cfg = env_cfg.setdefault('dist_cfg', ConfigDict(backend='nccl'))
+    forced = os.environ.get(DIST_BACKEND_ENV)
+    if forced:
+        dist_cfg.backend = forced
+    elif not torch.cuda.is_available():
+        dist_cfg.backend = 'gloo'
+    return dist_cfg.backend
+
+
+def _datasets(dataset: dict) -> Iterator[dict]:
+    """A dataset config and the ones it wraps (RepeatDataset, ConcatDataset, ClassBalanced...)."""
+    if not isinstance(dataset, dict):
+        return
+    yield dataset
+    yield from _datasets(dataset.get('dataset'))
+    for inner in dataset.get('datasets', []) or []:
+        yield from _datasets(inner)
+
+
+def missing_data_paths(cfg: Config, loaders: Tuple[str, ...] = ('train_dataloader',
+                                                                 'val_dataloader')) -> List[str]:
+    """Files/folders named by the datasets of ``loaders`` that do not exist (annotation files and
+    image folders under ``data_root``)."""
+    missing = []
+    for loader in loaders:
+        loader_cfg = cfg.get(loader)
+        if not loader_cfg:
+            continue
+        for dataset in _datasets(loader_cfg.get('dataset')):
+            root = dataset.get('data_root') or ''
+            paths = []
+            if dataset.get('ann_file'):
+                paths.append(dataset['ann_file'])
+            prefix = dataset.get('data_prefix') or {}
+            paths += [p for p in prefix.values() if isinstance(p, str) and p]
+            for path in paths:
+                full = path if osp.isabs(path) or '://' in path else osp.join(root, path)
+                if '://' not in full and not osp.exists(full):
+                    missing.append(f'{loader}: {full}')
+    return missing
+
+
+def require_data(cfg: Config, loaders: Tuple[str, ...]) -> None:
+    """Exit with a clear message (no traceback) when the config's dataset files are missing."""
+    missing = missing_data_paths(cfg, loaders)
+    if missing:
+        lines = '\n  '.join(missing)
+        raise SystemExit(
+            f'dataset not found:\n  {lines}\n'
+            'Put the dataset where the config expects it (COCO 2017: data/coco/annotations/'
+            'instances_{train,val}2017.json, data/coco/train2017/, data/coco/val2017/; ADE20K: '
+            'data/ade/ADEChallengeData2016/) or point the config at it with --cfg-options '
+            'train_dataloader.dataset.data_root=PATH val_dataloader.dataset.data_root=PATH ...\n'
+            'No dataset at hand? `make demo` generates a small one and trains on it.')

@@ -1,0 +1,668 @@
+"""Spec of AlphaBetaHook (dr2net_mm.engine): the dynamic finetuning schedule of (α, β), with real
+MMEngine Runners on CPU (tiny models, a few iterations each)."""
+import functools
+import glob
+import json
+import math
+import os
+import socket
+import uuid
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.registry import HOOKS
+from mmengine.runner import Runner
+from torch import nn
+
+import dr2net_mm  # noqa: F401  (registers AlphaBetaHook)
+from dr2net_mm.core import ReversibleSequence
+from dr2net_mm.engine import AlphaBetaHook
+from dr2net_mm.engine.alpha_beta_hook import coefficient_setters
+from toys import MLPBranch
+
+POLICIES = ('linear', 'exp', 'log')
+SCHEDULES = ('simultaneous', 'alpha_first', 'beta_first')
+START, END = (1.0, 0.1), (0.3, 0.7)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is much faster on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def own_checkpoints(monkeypatch):
+    """MMEngine 0.10.7 resumes with a bare ``torch.load``, whose default since torch 2.6 is
+    ``weights_only=True``, which refuses MMEngine's own checkpoints (message hub objects). These
+    checkpoints are written by the test itself, so allow full unpickling for it."""
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference formulas (written independently of the hook)
+# ------------------------------------------------------------------------------------------------
+def expected(t, tau, eta, policy='linear', schedule='simultaneous', start=START, end=END, k=5.0):
+    p = min(1.0, (t // eta) * eta / tau)
+    curves = {
+        'linear': lambda u: u,
+        'exp': lambda u: (math.exp(k * u) - 1) / (math.exp(k) - 1),
+        'log': lambda u: math.log(1 + (math.exp(k) - 1) * u) / k,
+    }
+    f = curves[policy]
+    first, second = f(min(1.0, 2 * p)), f(max(0.0, 2 * p - 1))
+    fa, fb = {'simultaneous': (f(p), f(p)), 'alpha_first': (first, second),
+              'beta_first': (second, first)}[schedule]
+    return start[0] + (end[0] - start[0]) * fa, start[1] + (end[1] - start[1]) * fb
+
+
+def assert_pairs(got, want):
+    assert len(got) == len(want)
+    for t, (g, w) in enumerate(zip(got, want)):
+        assert g == pytest.approx(w, abs=1e-12), f'iteration {t}: got {g}, want {w}'
+
+
+# ------------------------------------------------------------------------------------------------
+# A tiny classifier: Linear embed -> (recorded) ReversibleSequence of MLP branches -> head
+# ------------------------------------------------------------------------------------------------
+class RecordedStage(nn.Module):
+    """A reversible stage behind a ``set_coefficients`` that records its calls; its training forward
+    records the (α, β) the stage actually computes with, i.e. what the model received that iteration.
+    The hook must set this outer module only (it propagates to the inner stage)."""
+
+    def __init__(self, stage: ReversibleSequence):
+        super().__init__()
+        self.stage = stage
+        self.calls, self.seen = [], []
+
+    def set_coefficients(self, alpha, beta):
+        self.calls.append((alpha, beta))
+        self.stage.set_coefficients(alpha, beta)
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append((self.stage.alpha, self.stage.beta))
+        return self.stage(x)
+
+
+class ToyClassifier(BaseModel):
+
+    def __init__(self, depth=4, channels=8, in_dim=4, classes=3, stream_dtype=torch.float64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Linear(in_dim, channels)
+        self.body = RecordedStage(ReversibleSequence([MLPBranch(channels) for _ in range(depth)],
+                                                     stream_dtype=stream_dtype))
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
+        logits = self.head(self.body(self.embed(x)).mean(1))
+        if mode == 'loss':
+            return dict(loss=F.cross_entropy(logits.float(), torch.stack(data_samples)))
+        if mode == 'predict':
+            return list(logits.argmax(-1))
+        return logits
+
+
+class SwinClassifier(BaseModel):
+    """A tiny Dr2NetSwin (16 channels, depths 2-2, 32×32 input) with a linear head."""
+
+    def __init__(self, stream_dtype=torch.float32, seed=0):
+        super().__init__()
+        from dr2net_mm.models import Dr2NetSwin
+        torch.manual_seed(seed)
+        self.backbone = Dr2NetSwin(pretrain_img_size=32, embed_dims=16, depths=(2, 2),
+                                   num_heads=(1, 2), window_size=4, strides=(4, 2), out_indices=(1, ),
+                                   drop_path_rate=0.0, stream_dtype=stream_dtype)
+        self.backbone.init_weights()
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
+        logits = self.head(self.backbone(x)[-1].mean((2, 3)))
+        if mode == 'loss':
+            return dict(loss=F.cross_entropy(logits, torch.stack(data_samples)))
+        return list(logits.argmax(-1))
+
+
+class ToyData(torch.utils.data.Dataset):
+
+    def __init__(self, n=16, shape=(6, 4), classes=3, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, *shape, generator=g)
+        self.y = torch.randint(0, classes, (n, ), generator=g)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return dict(inputs=self.x[i], data_samples=self.y[i])
+
+
+class CoefficientMetric(BaseMetric):
+    """Records the (α, β) the model evaluates with."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self.stage = stage
+        self.at_eval = []
+
+    def process(self, data_batch, data_samples):
+        self.results.append((self.stage.alpha, self.stage.beta))
+
+    def compute_metrics(self, results):
+        self.at_eval.append(results[0])
+        return dict(alpha_at_eval=results[0][0])
+
+
+class Snapshots(Hook):
+    """Test probe: weights before/after every training iteration (after the other hooks)."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.before, self.after = {}, {}
+
+    @staticmethod
+    def _weights(runner):
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.before[runner.iter] = self._weights(runner)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.after[runner.iter] = self._weights(runner)
+
+
+class ForceThreshold(Hook):
+    """Test probe: at the given iterations, lower every stage's ``max_error`` to a tiny value (so the
+    monitored error of that iteration is 'above max_error'); restore it at the next iteration."""
+    priority = 'VERY_HIGH'
+
+    def __init__(self, iterations, rank=None):
+        self.iterations, self.rank, self.saved = set(iterations), rank, None
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        from dr2net_mm.core import reversible_stages
+        stages = reversible_stages(runner.model)
+        if self.saved is not None:
+            for stage, value in zip(stages, self.saved):
+                stage.max_error = value
+            self.saved = None
+        if runner.iter in self.iterations and (self.rank is None or runner.rank == self.rank):
+            self.saved = [stage.max_error for stage in stages]
+            for stage in stages:
+                stage.max_error = 1e-300
+
+
+def make_runner(work_dir, model=None, hook=None, max_iters=8, max_epochs=None, ckpt_interval=None,
+                load_from=None, resume=False, optim_wrapper=None, extra_hooks=(), val_metric=None,
+                dataset=None, **kwargs):
+    """A real MMEngine Runner on CPU: iteration-based unless ``max_epochs`` is given."""
+    by_epoch = max_epochs is not None
+    model = model if model is not None else ToyClassifier()
+    train_cfg = dict(by_epoch=True, max_epochs=max_epochs) if by_epoch else \
+        dict(by_epoch=False, max_iters=max_iters)
+    sampler = dict(type='DefaultSampler' if by_epoch else 'InfiniteSampler', shuffle=True)
+    cfg = dict(
+        model=model,
+        work_dir=str(work_dir),
+        experiment_name=f'abh_{uuid.uuid4().hex[:12]}',  # a fresh visualizer/logger per runner
+        train_dataloader=dict(dataset=dataset if dataset is not None else ToyData(),
+                              sampler=sampler, batch_size=4, num_workers=0,
+                              collate_fn=dict(type='pseudo_collate')),
+        train_cfg=train_cfg,
+        optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        default_hooks=dict(
+            logger=dict(type='LoggerHook', interval=1),
+            checkpoint=dict(type='CheckpointHook', by_epoch=by_epoch, interval=ckpt_interval or -1,
+                            save_last=False)),
+        custom_hooks=[hook if hook is not None else dict(type='AlphaBetaHook', end_iter=4),
+                      *extra_hooks],
+        visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
+        randomness=dict(seed=0),
+        load_from=load_from,
+        resume=resume,
+        log_level='WARNING',
+        default_scope='mmengine')
+    if val_metric is not None:
+        cfg.update(val_dataloader=dict(dataset=ToyData(n=4), sampler=dict(type='DefaultSampler',
+                                                                          shuffle=False),
+                                       batch_size=4, num_workers=0,
+                                       collate_fn=dict(type='pseudo_collate')),
+                   val_evaluator=[val_metric], val_cfg=dict())
+        train_cfg['val_interval'] = kwargs.pop('val_interval', 2)
+    cfg.update(kwargs)
+    return Runner(**cfg)
+
+
+def the_hook(runner) -> AlphaBetaHook:
+    return next(h for h in runner.hooks if isinstance(h, AlphaBetaHook))
+
+
+def read_scalars(runner):
+    files = glob.glob(os.path.join(runner.log_dir, 'vis_data', 'scalars.json'))
+    assert files, f'no scalars.json under {runner.log_dir}'
+    with open(files[0]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def weights(model):
+    model = model.module if hasattr(model, 'module') else model
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def assert_weights_changed(a, b):
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. The applied values follow the formulas
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('policy', POLICIES)
+@pytest.mark.parametrize('schedule', SCHEDULES)
+def test_runner_applies_schedule(tmp_path, policy, schedule):
+    model = ToyClassifier(depth=2)
+    hook = dict(type='AlphaBetaHook', end_iter=7, interval=2, policy=policy, schedule=schedule)
+    runner = make_runner(tmp_path, model, hook, max_iters=11)
+    runner.train()
+    seen = model.body.seen
+    assert_pairs(seen, [expected(t, 7, 2, policy, schedule) for t in range(11)])
+    # η holds the values between updates; the ends are exact; set once per iteration (+ before_train)
+    assert all(seen[t] == seen[t + 1] for t in range(0, 10, 2))
+    assert seen[0] == seen[1] == START and seen[8:] == [END] * 3
+    assert model.body.calls == [seen[0]] + seen
+    # α non-increasing, β non-decreasing
+    assert all(a1 <= a0 and b1 >= b0 for (a0, b0), (a1, b1) in zip(seen, seen[1:]))
+    hook_obj = the_hook(runner)
+    assert [hook_obj.coefficients_at(t) for t in range(11)] == seen
+    assert hook_obj.current == END
+
+
+def test_runner_by_epoch_end_epoch(tmp_path):
+    """end_epoch is converted with the loader length: 16 samples / batch 4 = 4 iterations per epoch."""
+    model = ToyClassifier(depth=2)
+    hook = dict(type='AlphaBetaHook', end_epoch=2, interval=3)
+    runner = make_runner(tmp_path, model, hook, max_epochs=3)
+    runner.train()
+    assert_pairs(model.body.seen, [expected(t, 8, 3) for t in range(12)])
+    hook_obj = the_hook(runner)
+    assert hook_obj.resolve_tau(runner) == 8
+    assert hook_obj.coefficients_at(9, runner) == END and hook_obj.coefficients_at(8, runner) != END
+    # fractional epochs
+    half = AlphaBetaHook(end_epoch=1.5)
+    assert half.resolve_tau(runner) == 6 and half.coefficients_at(6, runner) == END
+
+
+def test_validation_uses_current_values(tmp_path):
+    """Evaluation during and after training uses the values of the latest training iteration; the hook
+    does not touch them at val/test time."""
+    model = ToyClassifier(depth=2)
+    metric = CoefficientMetric(model.body.stage)
+    runner = make_runner(tmp_path, model, dict(type='AlphaBetaHook', end_iter=8), max_iters=6,
+                         val_metric=metric, val_interval=2)
+    runner.train()
+    seen = model.body.seen
+    assert metric.at_eval == [seen[1], seen[3], seen[5]]
+    runner.val()
+    assert metric.at_eval[-1] == seen[5] == (model.body.stage.alpha, model.body.stage.beta)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Resume
+# ------------------------------------------------------------------------------------------------
+def test_resume_matches_uninterrupted_run(tmp_path, own_checkpoints):
+    hook = dict(type='AlphaBetaHook', end_iter=8, interval=3, policy='exp')
+    full_model = ToyClassifier()
+    full = make_runner(tmp_path / 'full', full_model, hook, max_iters=12, ckpt_interval=5)
+    full.train()
+    ckpt = tmp_path / 'full' / 'iter_5.pth'
+    assert ckpt.exists()
+
+    resumed_model = ToyClassifier(seed=123)  # different init: everything must come from the checkpoint
+    resumed = make_runner(tmp_path / 'resumed', resumed_model, hook, max_iters=12,
+                          load_from=str(ckpt), resume=True)
+    resumed.train()
+    assert resumed_model.body.seen == full_model.body.seen[5:]
+    assert_same_weights(weights(resumed.model), weights(full.model))
+
+
+def _error_aware_hook(**kwargs):
+    cfg = dict(type='AlphaBetaHook', interval=2, target_error=1e-3, patience=2, path_steps=10,
+               max_error=1e-1)
+    cfg.update(kwargs)
+    return cfg
+
+
+def test_resume_error_aware_state(tmp_path, own_checkpoints):
+    """The error-aware walk (step, good-window count, open window, stopped flag) and the guard counter
+    are checkpointed; a run resumed mid-window continues exactly like the uninterrupted one."""
+
+    def model():  # float32 streams, 12 branches: huge error at (1, 0.1), small near (0.3, 0.7)
+        return ToyClassifier(depth=12, stream_dtype=torch.float32)
+
+    full_model = model()
+    full = make_runner(tmp_path / 'full', full_model, _error_aware_hook(), max_iters=24,
+                       ckpt_interval=9)
+    full.train()
+    hook_full = the_hook(full)
+    assert hook_full.stopped and hook_full.skipped_steps > 0  # the run exercises walk and guard
+    state = torch.load(tmp_path / 'full' / 'iter_9.pth', weights_only=False)['meta']['alpha_beta_hook']
+    assert state['iter'] == 9 and state['window_error'] is not None and not state['stopped']
+
+    resumed_model = model()
+    resumed = make_runner(tmp_path / 'resumed', resumed_model, _error_aware_hook(), max_iters=24,
+                          load_from=str(tmp_path / 'full' / 'iter_9.pth'), resume=True)
+    resumed.train()
+    hook_resumed = the_hook(resumed)
+    assert resumed_model.body.seen == full_model.body.seen[9:]
+    for name in ('step', 'stopped', 'end_point', 'end_point_iter', 'skipped_steps', 'good_windows'):
+        assert getattr(hook_resumed, name) == getattr(hook_full, name), name
+    assert_same_weights(weights(resumed.model), weights(full.model))
+
+
+def test_load_from_without_resume_restarts_schedule(tmp_path, own_checkpoints):
+    first = make_runner(tmp_path / 'a', ToyClassifier(), dict(type='AlphaBetaHook', end_iter=4),
+                        max_iters=6, ckpt_interval=6)
+    first.train()
+    model = ToyClassifier()
+    second = make_runner(tmp_path / 'b', model, dict(type='AlphaBetaHook', end_iter=4), max_iters=2,
+                         load_from=str(tmp_path / 'a' / 'iter_6.pth'))
+    second.train()
+    assert model.body.seen == [START, expected(1, 4, 1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Distributed (2 processes, gloo, MMDistributedDataParallel)
+# ------------------------------------------------------------------------------------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, root):
+    import torch.distributed as tdist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    # MMEngine's init_dist for launcher='pytorch' calls torch.cuda.set_device; on a CPU-only machine
+    # the group is initialised here (the Runner then skips init_dist) and DDP gets device_ids=None.
+    tdist.init_process_group('gloo', rank=rank, world_size=world_size)
+    try:
+        model = ToyClassifier()
+        snapshots = Snapshots()
+        runner = make_runner(
+            os.path.join(root, 'work'), model, dict(type='AlphaBetaHook', end_iter=4, interval=2),
+            max_iters=6, launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='gloo')),
+            cfg=dict(model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None)),
+            extra_hooks=[ForceThreshold([3], rank=0), snapshots])
+        runner.train()
+        hook = the_hook(runner)
+        torch.save(dict(wrapper=type(runner.model).__name__, calls=model.body.calls,
+                        seen=model.body.seen, skipped=hook.skipped_steps,
+                        weights=weights(runner.model), before3=snapshots.before[3],
+                        after3=snapshots.after[3], before2=snapshots.before[2],
+                        after2=snapshots.after[2]), os.path.join(root, f'rank{rank}.pt'))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_ddp_two_processes(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(2)]
+    want = [expected(t, 4, 2) for t in range(6)]
+    for res in results:
+        assert res['wrapper'] == 'MMDistributedDataParallel'
+        assert_pairs(res['seen'], want)  # set on the unwrapped model on both ranks
+        assert_pairs(res['calls'], [want[0]] + want)
+        # rank 0 alone saw a 'bad' error at iteration 3: both ranks skipped that step, no other
+        assert res['skipped'] == 1
+        assert_same_weights(res['before3'], res['after3'])
+        assert_weights_changed(res['before2'], res['after2'])
+    assert_same_weights(results[0]['weights'], results[1]['weights'])
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Logged scalars
+# ------------------------------------------------------------------------------------------------
+def test_scalars_file(tmp_path):
+    model = ToyClassifier(depth=2)
+    runner = make_runner(tmp_path, model, dict(type='AlphaBetaHook', end_iter=6, interval=2),
+                         max_iters=8, log_level='INFO')
+    runner.train()
+    rows = [r for r in read_scalars(runner) if 'alpha' in r]
+    assert [r['step'] for r in rows] == list(range(1, 9))
+    for row, (alpha, beta) in zip(rows, model.body.seen):
+        assert row['alpha'] == pytest.approx(alpha) and row['beta'] == pytest.approx(beta)
+        assert 0 <= row['reconstruction_error'] < 1e-4  # float64 streams: small
+        assert row['skipped_steps'] == 0
+    log_files = glob.glob(os.path.join(runner.log_dir, '*.log'))
+    assert log_files and 'alpha: 0.3000' in open(log_files[0]).read()
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Error-aware mode and the guard
+# ------------------------------------------------------------------------------------------------
+def test_error_aware_stops_below_target_swin(tmp_path):
+    """On a tiny Dr2NetSwin (float32 streams) the walk stops at the first point whose reconstruction
+    error stays below target for `patience` windows; it logs the end point and keeps it fixed."""
+    data = ToyData(n=8, shape=(3, 32, 32))
+    model = SwinClassifier()
+    target = 8e-6
+    hook = _error_aware_hook(target_error=target, patience=2, path_steps=10, interval=2,
+                             max_error=None)
+    runner = make_runner(tmp_path, model, hook, max_iters=24, dataset=data, log_level='INFO')
+    runner.train()
+    h = the_hook(runner)
+    assert h.stopped and h.end_point is not None and 0 < h.step < h.num_steps
+    assert h.end_point == h.point_at_step(h.step) == h.current
+    assert model.backbone.coefficients == h.end_point
+    rows = [r for r in read_scalars(runner) if 'alpha' in r]
+    errors = [r['reconstruction_error'] for r in rows]
+    points = [(r['alpha'], r['beta']) for r in rows]
+    stop = h.end_point_iter  # iterations [stop - patience·η, stop) ran at the end point, below target
+    assert all(p == pytest.approx(h.end_point) for p in points[stop - 4:])
+    assert max(errors[stop - 4:stop]) < target
+    # the previous point's window was not below target (that is why the walk moved on)
+    previous = h.point_at_step(h.step - 1)
+    assert any(e >= target for e, p in zip(errors, points) if p == pytest.approx(previous))
+    log = open(glob.glob(os.path.join(runner.log_dir, '*.log'))[0]).read()
+    assert 'error-aware end point' in log
+
+
+def test_guard_skips_imprecise_steps(tmp_path):
+    """Float32 streams over 12 branches at (1, 0.1): the reconstruction error is huge, so those steps are
+    dropped (weights unchanged) until the schedule reaches precise points; counted in the scalars."""
+    model = ToyClassifier(depth=12, stream_dtype=torch.float32)
+    snapshots = Snapshots()
+    runner = make_runner(tmp_path, model, dict(type='AlphaBetaHook', end_iter=10, max_error=1e-2),
+                         max_iters=10, extra_hooks=[snapshots])
+    runner.train()
+    rows = [r for r in read_scalars(runner) if 'alpha' in r]
+    skipped = 0
+    for t, row in enumerate(rows):
+        bad = not (row['reconstruction_error'] <= 1e-2)
+        skipped += bad
+        assert row['skipped_steps'] == skipped
+        if bad:
+            assert_same_weights(snapshots.before[t], snapshots.after[t])
+        else:
+            assert_weights_changed(snapshots.before[t], snapshots.after[t])
+    assert 0 < skipped < len(rows) and the_hook(runner).skipped_steps == skipped
+    assert 'skipped an optimizer step' in open(glob.glob(os.path.join(runner.log_dir,
+                                                                      '*.log'))[0]).read()
+
+
+def test_guard_with_gradient_accumulation(tmp_path):
+    """accumulative_counts=2: steps happen after iterations 1, 3, 5. A bad error on iteration 2 (a
+    micro-batch without a step) drops the step of iteration 3; nothing is dropped at iteration 2."""
+    snapshots = Snapshots()
+    runner = make_runner(
+        tmp_path, ToyClassifier(), dict(type='AlphaBetaHook', end_iter=4), max_iters=6,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9), accumulative_counts=2),
+        extra_hooks=[ForceThreshold([2]), snapshots])
+    runner.train()
+    before, after = snapshots.before, snapshots.after
+    assert the_hook(runner).skipped_steps == 1
+    for t in (0, 2, 3):  # no step at 0 and 2; the step at 3 was dropped
+        assert_same_weights(before[t], after[t])
+    for t in (1, 5):
+        assert_weights_changed(before[t], after[t])
+    optimizer = runner.optim_wrapper.optimizer
+    assert all(p.grad is None or not p.grad.any() for g in optimizer.param_groups for p in g['params'])
+
+
+def test_guard_with_amp_optim_wrapper(tmp_path, monkeypatch):
+    """AmpOptimWrapper: the GradScaler's step calls optimizer.step(), where the guard drops the grads.
+    MMEngine only builds it with an accelerator; here it gets torch's CPU GradScaler."""
+    from mmengine.optim.optimizer import amp_optimizer_wrapper as amp
+    monkeypatch.setattr(amp, 'is_cuda_available', lambda: True)
+    monkeypatch.setattr(amp, 'GradScaler', functools.partial(torch.amp.GradScaler, 'cpu',
+                                                             init_scale=2.0**8))
+    snapshots = Snapshots()
+    runner = make_runner(
+        tmp_path, ToyClassifier(), dict(type='AlphaBetaHook', end_iter=4), max_iters=4,
+        optim_wrapper=dict(type='AmpOptimWrapper', optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        extra_hooks=[ForceThreshold([1]), snapshots])
+    runner.train()
+    assert type(runner.optim_wrapper).__name__ == 'AmpOptimWrapper'
+    assert runner.optim_wrapper.loss_scaler.is_enabled()
+    assert the_hook(runner).skipped_steps == 1
+    assert_same_weights(snapshots.before[1], snapshots.after[1])
+    for t in (0, 2, 3):
+        assert_weights_changed(snapshots.before[t], snapshots.after[t])
+
+
+def test_guard_off(tmp_path):
+    model = ToyClassifier(depth=12, stream_dtype=torch.float32)
+    runner = make_runner(tmp_path, model, dict(type='AlphaBetaHook', end_iter=10, guard=False),
+                         max_iters=2)
+    runner.train()
+    assert the_hook(runner).skipped_steps == 0 and not the_hook(runner)._handles
+
+
+# ------------------------------------------------------------------------------------------------
+# Unit tests (no Runner)
+# ------------------------------------------------------------------------------------------------
+def test_registered_with_defaults():
+    hook = HOOKS.build(dict(type='AlphaBetaHook', end_iter=10))
+    assert isinstance(hook, AlphaBetaHook)
+    assert (hook.start, hook.end, hook.interval, hook.policy, hook.schedule) == \
+        (START, END, 1, 'linear', 'simultaneous')
+
+
+@pytest.mark.parametrize('policy', POLICIES)
+@pytest.mark.parametrize('schedule', SCHEDULES)
+def test_coefficients_at_formula_and_monotone(policy, schedule):
+    hook = AlphaBetaHook(end_iter=50, interval=5, policy=policy, schedule=schedule)
+    values = [hook.coefficients_at(t) for t in range(80)]
+    assert_pairs(values, [expected(t, 50, 5, policy, schedule) for t in range(80)])
+    assert values[0] == START and values[4] == START and values[50] == END and values[79] == END
+    assert all(a1 <= a0 and b1 >= b0 for (a0, b0), (a1, b1) in zip(values, values[1:]))
+    assert all(values[t] == values[(t // 5) * 5] for t in range(80))  # changes only every η
+    assert hook.coefficients_at(10**9) == END
+
+
+def test_coefficients_at_edges():
+    # τ not a multiple of η: the end point is reached at the first update step >= τ
+    hook = AlphaBetaHook(end_iter=10, interval=4)
+    assert hook.coefficients_at(11) != END and hook.coefficients_at(12) == END
+    # τ < η: start until the first update step, then the end point
+    hook = AlphaBetaHook(end_iter=3, interval=5)
+    assert hook.coefficients_at(4) == START and hook.coefficients_at(5) == END
+    # τ = 1: end from iteration 1
+    assert AlphaBetaHook(end_iter=1).coefficients_at(1) == END
+    # start == end: constant
+    hook = AlphaBetaHook(start=(0.5, 0.5), end=(0.5, 0.5), end_iter=3)
+    assert {hook.coefficients_at(t) for t in range(6)} == {(0.5, 0.5)}
+    # only one coefficient moves
+    hook = AlphaBetaHook(start=(1.0, 0.1), end=(1.0, 0.9), end_iter=4)
+    assert [hook.coefficients_at(t)[0] for t in range(6)] == [1.0] * 6
+    # exp is convex, log concave, log ∘ exp-inverse relation: f_log(f_exp(p)) on the linear diagonal
+    exp, log = AlphaBetaHook(end_iter=4, policy='exp'), AlphaBetaHook(end_iter=4, policy='log')
+    lin = AlphaBetaHook(end_iter=4)
+    for t in (1, 2, 3):
+        assert exp.coefficients_at(t)[0] > lin.coefficients_at(t)[0] > log.coefficients_at(t)[0]
+        p = t / 4
+        assert log._curve(exp._curve(p)) == pytest.approx(p, abs=1e-12)
+    # alpha_first: α done at half the way, β untouched until then
+    hook = AlphaBetaHook(end_iter=10, schedule='alpha_first')
+    assert hook.coefficients_at(5) == (0.3, 0.1) and hook.coefficients_at(7)[0] == 0.3
+    hook = AlphaBetaHook(end_iter=10, schedule='beta_first')
+    assert hook.coefficients_at(5) == (1.0, 0.7)
+
+
+def test_coefficients_at_needs_runner_for_end_epoch():
+    hook = AlphaBetaHook(end_epoch=2)
+    with pytest.raises(ValueError, match='end_epoch'):
+        hook.coefficients_at(3)
+    with pytest.raises(ValueError, match='iteration'):
+        AlphaBetaHook(end_iter=3).coefficients_at(-1)
+    with pytest.raises(ValueError, match='iteration'):
+        AlphaBetaHook(end_iter=3).coefficients_at(1.5)
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(end_iter=5, start=(0.3, 0.1), end=(0.5, 0.7)), ValueError, 'before start'),
+    (dict(end_iter=5, start=(1.0, 0.5), end=(0.3, 0.2)), ValueError, 'before start'),
+    (dict(end_iter=5, end=(0.3, 1.5)), ValueError, 'outside'),
+    (dict(end_iter=5, start=(-0.1, 0.1)), ValueError, 'outside'),
+    (dict(end_iter=5, start=(1.0, float('nan'))), ValueError, 'outside'),
+    (dict(end_iter=5, end=(0.3, )), TypeError, 'pair'),
+    (dict(end_iter=5, policy='cosine'), ValueError, 'unknown policy'),
+    (dict(end_iter=5, schedule='random'), ValueError, 'unknown schedule'),
+    (dict(), ValueError, 'end_iter'),
+    (dict(end_iter=5, end_epoch=1), ValueError, 'not both'),
+    (dict(end_iter=5, target_error=1e-4, end_epoch=1), ValueError, 'not both'),
+    (dict(end_iter=5, interval=0), ValueError, 'interval'),
+    (dict(end_iter=5, interval=1.5), ValueError, 'interval'),
+    (dict(end_iter=0), ValueError, 'end_iter'),
+    (dict(end_epoch=0), ValueError, 'end_epoch'),
+    (dict(target_error=0.0), ValueError, 'target_error'),
+    (dict(target_error=1e-4, patience=0), ValueError, 'patience'),
+    (dict(end_iter=5, max_error=-1), ValueError, 'max_error'),
+    (dict(end_iter=5, guard='yes'), TypeError, 'guard'),
+])
+def test_bad_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AlphaBetaHook(**kwargs)
+
+
+def test_error_aware_needs_no_tau():
+    hook = AlphaBetaHook(target_error=1e-4, interval=3, path_steps=4)
+    assert hook.num_steps == 4 and hook.point_at_step(0) == START and hook.point_at_step(4) == END
+    assert hook.point_at_step(2) == pytest.approx(expected(6, 12, 3))
+    hook = AlphaBetaHook(target_error=1e-4, interval=2, end_iter=7)  # τ given: ceil(7/2) steps
+    assert hook.num_steps == 4 and hook.point_at_step(3) == hook.coefficients_at(6)
+
+
+def test_zero_beta_with_reversible_model_rejected(tmp_path):
+    runner = make_runner(tmp_path, ToyClassifier(depth=2),
+                         dict(type='AlphaBetaHook', start=(1.0, 0.0), end=(0.3, 0.0), end_iter=4),
+                         max_iters=2)
+    with pytest.raises(ValueError, match='beta must stay > 0'):
+        runner.train()
+
+
+def test_coefficient_setters_outermost_and_unwrapped():
+    model = ToyClassifier(depth=2)
+    extra = ReversibleSequence([MLPBranch(8)])
+    model.neck = extra
+    found = coefficient_setters(nn.DataParallel(model))  # a registered model wrapper, CPU-usable
+    assert found == [model.body, extra]  # not model.body.stage (set through model.body)

@@ -1,0 +1,54 @@
+"""Evaluate a checkpoint with the config's test loop and metric (mmdet, mmseg, dr2net_mm configs).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Dr²Net backbones evaluate with the (α, β) stored in the checkpoint (they are model buffers).
+"""
+import argparse
+import os
+import sys
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
+from dr2net_mm.runner_utils import load_config, require_data, trust_own_checkpoints  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Evaluate a checkpoint')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where logs and metrics go')
+    parser.add_argument('--out', help='also dump the raw predictions to this .pkl file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. test_dataloader.batch_size=1')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    trust_own_checkpoints()
+    if not os.path.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint not found: {args.checkpoint}')
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit(f'--out must name a .pkl file, got {args.out}')
+        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [
+            cfg.test_evaluator]
+        cfg.test_evaluator = list(evaluators) + [dict(type='DumpResults', out_file_path=args.out)]
+    require_data(cfg, ('test_dataloader', ))
+    runner = Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

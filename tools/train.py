@@ -1,0 +1,69 @@
+"""Train a model from an MMEngine config: mmdet detectors, mmseg segmentors and dr2net_mm models.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp] [--auto-scale-lr]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Distributed: ``tools/dist_train.sh CONFIG NUM_PROCESSES`` (torchrun). On machines without a GPU the
+processes talk over gloo; ``DR2NET_DIST_BACKEND=gloo|nccl`` forces a backend.
+"""
+import argparse
+import os
+import sys
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
+from dr2net_mm.runner_utils import load_config, require_data, trust_own_checkpoints  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model from a config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default: '
+                        'work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                        help='resume from CHECKPOINT, or from the latest checkpoint in the work '
+                        'dir when no path is given')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (AmpOptimWrapper)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by total batch size / base_batch_size')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_iters=10')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    trust_own_checkpoints()
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    if args.amp:
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper == 'AmpOptimWrapper':
+            print('AMP is already enabled in the config')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=N)` in '
+                             'the config (the total batch size its learning rate was tuned for)')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not os.path.isfile(args.resume):
+            raise SystemExit(f'--resume: checkpoint not found: {args.resume}')
+        cfg.resume, cfg.load_from = True, args.resume
+    require_data(cfg, ('train_dataloader', 'val_dataloader'))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
