@@ -75,7 +75,8 @@ def _cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
 
 def measure(variant: Variant, device: torch.device, iters: int = 5, warmup: int = 1) -> Measurement:
     """Measure one variant (see module docstring)."""
-    model = variant.build().to(device).train()
+    model = variant.build().to(device)
+    model.train()  # not chained: some mm backbones' train() returns None
     params = [p for p in model.parameters()]
 
     def step():
@@ -153,3 +154,151 @@ def markdown_table(results: Sequence[Measurement], title: str = '') -> str:
                      f'{ratio(r, "peak_vs_conventional")} | {ratio(r, "peak_vs_checkpointing")} | '
                      f'{ratio(r, "time_vs_conventional")} |')
     return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Variants of the models the README reports. Each builder returns a list of Variant.
+# ------------------------------------------------------------------------------------------------
+def _square_loss(outputs) -> Tensor:
+    """Σ mean(o²) over the feature maps: every output gets a non-degenerate gradient (a plain
+    mean would give zero gradients through the output LayerNorms at their initial weights)."""
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    return sum(o.float().pow(2).mean() for o in outputs)
+
+
+def _image_batch(batch: int, size: int, device: torch.device, seed: int = 0) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=gen).to(device)
+
+
+def swin_variants(size: int, batch: int = 1, depths: Sequence[int] = (2, 2, 6, 2),
+                  embed_dims: int = 96, num_heads: Sequence[int] = (3, 6, 12, 24),
+                  window_size: int = 7, out_indices: Sequence[int] = (0, 1, 2, 3),
+                  device: torch.device = torch.device('cpu'),
+                  extra: Sequence[str] = ('dr2net_fp32', )) -> List[Variant]:
+    """mmdet ``SwinTransformer`` (conventional, ``with_cp=True`` = checkpointing) vs ``Dr2NetSwin``
+    at the start point (1, 0.1) with float64 streams (``dr2net``, the default) and, in ``extra``,
+    float32 streams (``dr2net_fp32``) or 4-block segments (``dr2net_seg4``)."""
+    from mmdet.models.backbones import SwinTransformer
+
+    from .models import Dr2NetSwin
+    common = dict(embed_dims=embed_dims, depths=tuple(depths), num_heads=tuple(num_heads),
+                  window_size=window_size, out_indices=tuple(out_indices), drop_path_rate=0.2)
+    x = _image_batch(batch, size, device)
+
+    def forward_loss(model):
+        return _square_loss(model(x))
+
+    def seeded(factory):
+        def build():
+            torch.manual_seed(0)
+            return factory()
+        return build
+
+    variants = [
+        Variant('conventional', seeded(lambda: SwinTransformer(**common)), forward_loss),
+        Variant('checkpointing', seeded(lambda: SwinTransformer(with_cp=True, **common)),
+                forward_loss),
+        Variant('dr2net', seeded(lambda: Dr2NetSwin(**common)), forward_loss),
+    ]
+    options = {
+        'dr2net_fp32': lambda: Dr2NetSwin(stream_dtype=torch.float32, **common),
+        'dr2net_seg4': lambda: Dr2NetSwin(segment_size=4, **common),
+    }
+    for name in extra:
+        if name not in options:
+            raise ValueError(f'unknown extra Swin variant {name!r}; choose from {sorted(options)}')
+        variants.append(Variant(name, seeded(options[name]), forward_loss))
+    return variants
+
+
+def vit_variants(size: int, batch: int = 1, arch: str = 'vit_small_patch16_224',
+                 out_indices: Sequence[int] = (-1, ), device: torch.device = torch.device('cpu'),
+                 extra: Sequence[str] = ()) -> List[Variant]:
+    """timm ``VisionTransformer`` (conventional; ``set_grad_checkpointing()`` = checkpointing) vs
+    ``Dr2NetViT`` at (1, 0.1) with float64 streams. All return the patch tokens after the final
+    norm (timm: ``forward_features``; Dr2NetViT: the NCHW map of the last block)."""
+    import timm
+
+    from .models import Dr2NetViT
+    x = _image_batch(batch, size, device)
+
+    def timm_model(checkpointing: bool):
+        def build():
+            torch.manual_seed(0)
+            model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=size,
+                                      drop_path_rate=0.1)
+            model.set_grad_checkpointing(checkpointing)
+            return model
+        return build
+
+    def timm_loss(model):
+        return _square_loss(model.forward_features(x))
+
+    def dr2net(**kwargs):
+        def build():
+            torch.manual_seed(0)
+            return Dr2NetViT(arch=arch, img_size=size, out_indices=tuple(out_indices),
+                             drop_path_rate=0.1, **kwargs)
+        return build
+
+    def dr2net_loss(model):
+        return _square_loss(model(x))
+
+    variants = [
+        Variant('conventional', timm_model(False), timm_loss),
+        Variant('checkpointing', timm_model(True), timm_loss),
+        Variant('dr2net', dr2net(), dr2net_loss),
+    ]
+    options = {'dr2net_fp32': dict(stream_dtype=torch.float32), 'dr2net_seg4': dict(segment_size=8)}
+    for name in extra:
+        if name not in options:
+            raise ValueError(f'unknown extra ViT variant {name!r}; choose from {sorted(options)}')
+        variants.append(Variant(name, dr2net(**options[name]), dr2net_loss))
+    return variants
+
+
+def detector_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict:
+    """A synthetic mmdet training batch: images and 3 random boxes per image."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append((torch.rand(3, size, size, generator=gen) * 255).to(torch.uint8))
+        xy = torch.rand(3, 2, generator=gen) * size * 0.6
+        wh = torch.rand(3, 2, generator=gen) * size * 0.3 + size * 0.05
+        sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+                                             scale_factor=(1.0, 1.0), pad_shape=(size, size),
+                                             batch_input_shape=(size, size)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], 1),
+            labels=torch.randint(0, num_classes, (3, ), generator=gen))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def detector_variants(configs: Dict[str, str], size: int, batch: int = 2,
+                      device: torch.device = torch.device('cpu')) -> List[Variant]:
+    """Whole detectors built from config files (``name -> path``), pretrained loading switched off,
+    trained on a synthetic batch. Memory and time cover the whole training step."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    def builder(path):
+        def build():
+            cfg = Config.fromfile(path)
+            init_default_scope(cfg.get('default_scope', 'mmdet'))
+            cfg.model.backbone.init_cfg = None
+            torch.manual_seed(0)
+            return MODELS.build(cfg.model)
+        return build
+
+    def forward_loss(model):
+        data = model.data_preprocessor(detector_batch(batch, size, model.bbox_head.num_classes),
+                                       True)
+        losses = model(**data, mode='loss')
+        return sum(v for k, v in losses.items() if 'loss' in k and isinstance(v, Tensor))
+
+    return [Variant(name, builder(path), forward_loss) for name, path in configs.items()]

@@ -430,3 +430,36 @@ def test_bad_forward_arguments_raise():
         stage(make_input(), torch.ones(1, requires_grad=True))
     with pytest.raises(TypeError, match='floating-point'):
         stage(torch.ones(2, 3, 32, dtype=torch.long))
+
+
+def test_backward_holds_one_function_gradients_at_a_time():
+    """Parameter gradients leave the stage node by node (accumulated at once), so the peak of a
+    training step stays near one function's parameters, not the stage's (12 functions here)."""
+    from dr2net_mm.benchmark import _cpu_peak_bytes
+    stage = make_stage(n=12, channels=256, alpha=0.5, beta=0.5)
+    x = make_input(batch=1, tokens=4, channels=256)
+    stage_param_bytes = sum(p.numel() * 4 for p in stage.parameters())
+    stage(x).sum().backward()  # allocates the .grad buffers
+
+    def step():
+        stage(x).sum().backward()
+
+    peak = _cpu_peak_bytes(step)
+    assert peak < 0.25 * stage_param_bytes, (peak, stage_param_bytes)
+
+
+def test_gradient_reaching_an_early_output_only():
+    """The loss uses the stream after F_3 only: F_4..F_6 get no gradient, and F_1..F_3 still get
+    the reference gradients (their streams are rebuilt from the kept end streams)."""
+    stage = make_stage(n=6, alpha=0.5, beta=0.5)
+    x = make_input()
+    grads = {}
+    for reversible in (True, False):
+        set_reversible(stage, reversible)
+        stage.zero_grad(set_to_none=True)
+        early, _ = stage(x, out_positions=(3, 6))
+        early.pow(2).sum().backward()
+        grads[reversible] = param_grads(stage)
+    assert set(grads[True]) == set(grads[False])
+    assert not any(n.startswith(('functions.3', 'functions.4', 'functions.5')) for n in grads[True])
+    assert max(rel(grads[True][n], grads[False][n]) for n in grads[False]) <= 1e-6

@@ -26,7 +26,9 @@ F_i runs in the model dtype), ``segment_size`` (a long stage is cut into reversi
 modules whose input streams are kept, so amplification is bounded by k modules, at the cost of one kept
 stream pair per segment) and a free reconstruction-error monitor (see ``ReversibleSequence``).
 """
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -81,17 +83,6 @@ def dual_residual_step(f: Tensor, x: Tensor, y: Optional[Tensor], alpha: float) 
     return out if y is None else out + y
 
 
-def unique_parameters(params_per_function: Sequence[Sequence[Tensor]]) -> List[Tensor]:
-    """The parameters of all functions in order, each listed once (shared ones appear once)."""
-    seen, flat = set(), []
-    for params in params_per_function:
-        for p in params:
-            if id(p) not in seen:
-                seen.add(id(p))
-                flat.append(p)
-    return flat
-
-
 def _relative_norm(error: Tensor, reference: Tensor) -> Tensor:
     """‖error‖ / ‖reference‖ as a 0-dim float64 tensor (no host sync)."""
     ref = torch.linalg.vector_norm(reference.to(torch.float64))
@@ -100,147 +91,165 @@ def _relative_norm(error: Tensor, reference: Tensor) -> Tensor:
 
 
 class _Run:
-    """Everything the autograd function needs besides tensors (kept on ``ctx``, no tensors of ours)."""
+    """State of one reversible forward call, shared by its per-function autograd nodes.
 
-    def __init__(self, stage: 'ReversibleSequence', args: Tuple[Any, ...],
-                 out_positions: Tuple[int, ...], params_per_function: List[List[nn.Parameter]]):
+    Besides constants, it carries the hand-over of rebuilt streams between nodes: the backward of
+    node i+1 rebuilds ``(x_i, y_i)`` (Eq. 2) and leaves them here for node i. At most one such pair
+    is held at a time. Kept segment-end streams are saved by their nodes (``save_for_backward``); the
+    run holds weak references to those nodes only for the rare backward that starts below a node
+    that got no gradient (see :meth:`streams_after`)."""
+
+    def __init__(self, stage: 'ReversibleSequence', args: Tuple[Any, ...], model_dtype: torch.dtype,
+                 device: torch.device, out_positions: Tuple[int, ...],
+                 params_per_function: List[List[Tensor]]):
         self.stage = stage
         self.functions = list(stage.functions)
+        self.params_per_function = params_per_function
         self.args = args
-        self.alpha = stage.alpha
-        self.beta = stage.beta
+        self.alpha, self.beta = stage.alpha, stage.beta
         self.stream_dtype = stage.stream_dtype
+        self.model_dtype = model_dtype
         self.out_positions = out_positions
         self.boundaries = stage.segment_boundaries()  # positions whose streams are kept
-        self.params_per_function = params_per_function
-        self.flat_params = unique_parameters(params_per_function)
         self.replay_rng = stage.preserve_rng_state and stage.training
-        self.rng_states: List[Any] = []
-        self.autocast: Optional[dict] = None
-        self.model_dtype: Optional[torch.dtype] = None
+        self.rng_states: Dict[int, Any] = {}
+        self.device = device
+        self.autocast = dict(device_type=device.type,
+                             enabled=torch.is_autocast_enabled(device.type),
+                             dtype=torch.get_autocast_dtype(device.type),
+                             cache_enabled=torch.is_autocast_cache_enabled())
+        self.handover: Optional[Tuple[int, Tensor, Tensor]] = None  # (i, x_i, y_i)
+        self.kept_nodes: Dict[int, Any] = {}  # position -> weakref to the node keeping its streams
+        self.layout: Dict[int, Tuple[int, bool]] = {}  # position -> (tensors packing x, has hi)
+        self.errors: Dict[int, Tensor] = {}  # segment start position -> reconstruction error
+
+    def record_error(self, segment_start: int, error: Tensor) -> None:
+        self.errors[segment_start] = error.detach()
+        self.stage._record_errors(torch.stack([self.errors[k] for k in sorted(self.errors)]))
+
+    def recompute(self, i: int, x_prev: Tensor, grad: bool) -> Tensor:
+        """F_i(x_{i-1}) as in the forward: same RNG draws, same autocast, input in the model dtype
+        (a fresh leaf that requires grad when ``grad``)."""
+        rng = self.rng_states.get(i) if self.replay_rng else None
+        with torch.set_grad_enabled(grad), replay_rng_state(rng), torch.autocast(**self.autocast):
+            inp = x_prev.to(self.model_dtype).detach().requires_grad_(grad)
+            return inp, self.functions[i - 1](inp, *self.args)
+
+    def invert(self, i: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        """Eq. 2 without gradients: (x_i, y_i) -> (x_{i-1}, y_{i-1})."""
+        x_prev = y / self.beta
+        _, f = self.recompute(i, x_prev, grad=False)
+        return x_prev, x - f.to(self.stream_dtype) - self.alpha * x_prev
+
+    def kept_streams(self, position: int, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
+        """Unpack the kept (x, y) at ``position`` from a node's saved tensors [x packed..., y, hi?]."""
+        n_packed, has_hi = self.layout[position]
+        hi = saved[n_packed + 1] if has_hi else None
+        x = unpack_stream(saved[:n_packed], hi, self.stream_dtype)
+        return x, saved[n_packed]
+
+    def streams_after(self, i: int) -> Tuple[Tensor, Tensor]:
+        """(x_i, y_i) for node i whose output streams are not kept: handed over by node i+1, or, if
+        node i+1 got no gradient, rebuilt from the nearest kept streams above."""
+        if self.handover is not None and self.handover[0] == i:
+            _, x, y = self.handover
+            self.handover = None
+            return x, y
+        above = min(p for p in self.boundaries if p > i)
+        node = self.kept_nodes[above]()
+        if node is None:
+            raise RuntimeError(
+                f'reversible stage: the gradient reached function {i} but not function {i + 1}, and '
+                f'the graph keeping the streams at position {above} is gone; keep the stage\'s '
+                'outputs alive until backward')
+        x, y = self.kept_streams(above, tuple(t.detach() for t in node.saved_tensors))
+        for j in range(above, i, -1):
+            x, y = self.invert(j, x, y)
+        return x, y
 
 
-class _ReversibleFunction(torch.autograd.Function):
-    """Eq. 1 forward keeping only segment-end streams; Eq. 2 backward recomputing each F_i once.
+class _StepFunction(torch.autograd.Function):
+    """One function of the stage as one autograd node: (x_{i-1}, y_{i-1}) -> (x_i, y_i) by Eq. 1.
 
-    Inputs are ``(run, x_0, *parameters)``: the trainable parameters of every F_i are inputs of this
-    node, so their gradients flow out of it through the autograd graph (each parameter reached once),
-    which is what ``DistributedDataParallel`` needs, with or without ``find_unused_parameters``.
-    """
+    Inputs are ``(run, i, x_{i-1}, y_{i-1}, *parameters of F_i)``: the parameters are inputs of this
+    node, so their gradients leave it through the autograd graph right after F_i's backward (each
+    parameter reached once, as ``DistributedDataParallel`` needs, and no gradient is held longer
+    than one function's backward). A node keeps nothing for backward unless its position ends a
+    segment; its output streams are rebuilt by the next node's backward (Eq. 2) and handed over.
+    A segment-end node that is also an output position returns the stream in the model dtype as a
+    third output and keeps it as the high part of the float64 stream (stored once)."""
 
     @staticmethod
-    def forward(ctx, run: _Run, x0: Tensor, *params: Tensor) -> Tuple[Tensor, ...]:
-        device_type = x0.device.type
-        run.model_dtype = x0.dtype
-        run.autocast = dict(device_type=device_type,
-                            enabled=torch.is_autocast_enabled(device_type),
-                            dtype=torch.get_autocast_dtype(device_type),
-                            cache_enabled=torch.is_autocast_cache_enabled())
+    def forward(ctx, run: _Run, i: int, x: Tensor, y: Tensor, *params: Tensor):
         alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
-        x = x0.to(sd)
-        y = beta * x
-        outputs, kept = {}, {}
-        for i, function in enumerate(run.functions, 1):
-            if run.replay_rng:
-                run.rng_states.append(capture_rng_state(x0.device))
-            inp = x.to(x0.dtype)
-            f = function(inp, *run.args)
-            _check_shape(i, function, inp, f)
-            x, y = dual_residual_step(f.to(sd), x, y, alpha), beta * x
-            if i in run.out_positions:
-                outputs[i] = x.to(x0.dtype)
-            if i in run.boundaries:
-                kept[i] = (x, y)
-        # Save per kept position: [x packed..., y]; an output at that position is shared, not copied.
-        to_save, layout = [], []
-        for position in run.boundaries:
-            x_kept, y_kept = kept[position]
-            packed = pack_stream(x_kept, outputs.get(position))
-            layout.append((position, len(packed)))
-            to_save.extend(packed)
-            to_save.append(y_kept)
-        # ‖x_0‖ (one scalar) normalises the first segment's monitor even when the rebuilt x_0' is garbage.
-        x0_norm = torch.linalg.vector_norm(x0.to(sd))
-        # Outputs at kept positions hold part of the kept stream; other outputs are not kept here.
-        shared_positions = [p for p in run.boundaries if p in outputs]
-        ctx.save_for_backward(*to_save, x0_norm, *(outputs[p] for p in shared_positions))
-        ctx.layout = layout
-        ctx.shared_positions = shared_positions
-        ctx.run = run
+        if run.replay_rng:
+            run.rng_states[i] = capture_rng_state(run.device)
+        inp = x.to(run.model_dtype)
+        f = run.functions[i - 1](inp, *run.args)
+        _check_shape(i, run.functions[i - 1], inp, f)
+        x_new, y_new = dual_residual_step(f.to(sd), x, y, alpha), beta * x
+        ctx.run, ctx.i = run, i
         ctx.set_materialize_grads(False)
-        return tuple(outputs[p] for p in run.out_positions)
+        outputs = (x_new, y_new)
+        to_save: List[Tensor] = []
+        if i in run.boundaries:
+            hi = x_new.to(run.model_dtype) if i in run.out_positions else None
+            packed = pack_stream(x_new, hi)
+            run.layout[i] = (len(packed), hi is not None)
+            to_save = [*packed, y_new] + ([hi] if hi is not None else [])
+            run.kept_nodes[i] = weakref.ref(ctx)
+            if hi is not None:
+                outputs = (x_new, y_new, hi)
+        if i == 1:  # ‖x_0‖ normalises the first segment's monitor even if the rebuilt x_0' is garbage
+            to_save.append(torch.linalg.vector_norm(x))
+        ctx.save_for_backward(*to_save)
+        return outputs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *grad_outputs: Optional[Tensor]):
+    def backward(ctx, gx: Optional[Tensor], gy: Optional[Tensor], g_hi: Optional[Tensor] = None):
         run: _Run = ctx.run
-        saved = ctx.saved_tensors
-        n_shared = len(ctx.shared_positions)
-        out_tensors = dict(zip(ctx.shared_positions, saved[len(saved) - n_shared:]))
-        out_grads = dict(zip(run.out_positions, grad_outputs))
-        x0_norm = saved[len(saved) - n_shared - 1]
-        kept, cursor = {}, 0
-        for position, n_packed in ctx.layout:
-            packed = saved[cursor:cursor + n_packed]
-            kept[position] = (unpack_stream(packed, out_tensors.get(position), run.stream_dtype),
-                              saved[cursor + n_packed])
-            cursor += n_packed + 1
-
+        i = ctx.i
         alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
-        n = len(run.functions)
-        x, y = kept[n]
-        gx: Optional[Tensor] = None  # dL/dx_i
-        gy: Optional[Tensor] = None  # dL/dy_i
-        param_grads = {}
-        errors = []
-        needs_x0_grad = ctx.needs_input_grad[1]
-        for i in range(n, 0, -1):
-            g_out = out_grads.get(i)
-            if g_out is not None:
-                gx = g_out.to(sd) if gx is None else gx + g_out.to(sd)
-            function = run.functions[i - 1]
-            params = run.params_per_function[i - 1]
-            x_prev = y / beta  # Eq. 2
-            rng = run.rng_states[i - 1] if run.replay_rng else None
-            want_input_grad = i > 1 or needs_x0_grad
-            with torch.set_grad_enabled(gx is not None), replay_rng_state(rng), \
-                    torch.autocast(**run.autocast):
-                inp = x_prev.to(run.model_dtype).detach().requires_grad_(gx is not None)
-                f = function(inp, *run.args)
-            y_prev = x - f.detach().to(sd) - alpha * x_prev  # Eq. 2
-            if gx is not None:
-                # x_i = F_i(x_{i-1}) + α x_{i-1} + y_{i-1},  y_i = β x_{i-1}:
-                # dL/dx_{i-1} = J_i^T dL/dx_i + α dL/dx_i + β dL/dy_i,   dL/dy_{i-1} = dL/dx_i
-                wrt = ([inp] if want_input_grad else []) + params
-                grads = torch.autograd.grad(f, wrt, gx.to(f.dtype), allow_unused=True) if wrt else []
-                if want_input_grad:
-                    jtg, grads = grads[0], grads[1:]
-                    gx_prev = alpha * gx if jtg is None else jtg.to(sd) + alpha * gx
-                    if gy is not None:
-                        gx_prev = gx_prev + beta * gy
-                else:
-                    gx_prev = None
-                for p, g in zip(params, grads):
-                    if g is not None:
-                        param_grads[id(p)] = g if id(p) not in param_grads else param_grads[id(p)] + g
-                gx, gy = gx_prev, gx
-            x, y = x_prev, y_prev
-            if i - 1 in kept:  # a segment start whose true streams were kept: measure, then reset
-                x_true, y_true = kept[i - 1]
-                errors.append(torch.maximum(_relative_norm(x - x_true, x_true),
-                                            _relative_norm(y - y_true, y_true)))
-                x, y = x_true, y_true
-            del f, inp
-        # First segment: the rebuilt pair must satisfy y_0 = β·x_0; relative to ‖β·x_0‖ of the forward.
-        errors.append(torch.linalg.vector_norm((y - beta * x).to(torch.float64))
-                      / (beta * x0_norm.to(torch.float64)).clamp_min(torch.finfo(torch.float64).tiny))
-        run.stage._record_errors(torch.stack(errors[::-1]))
-
-        grad_x0 = None
-        if needs_x0_grad and gx is not None:
-            grad_x0 = gx if gy is None else gx + beta * gy  # y_0 = β·x_0
-            grad_x0 = grad_x0.to(run.model_dtype)
-        return (None, grad_x0, *(param_grads.get(id(p)) for p in run.flat_params))
+        saved = ctx.saved_tensors
+        if i in run.boundaries:
+            x, y = run.kept_streams(i, saved)
+            if run.handover is not None and run.handover[0] == i:  # rebuilt by the next segment
+                _, x_rebuilt, y_rebuilt = run.handover
+                run.handover = None
+                run.record_error(i, torch.maximum(_relative_norm(x_rebuilt - x, x),
+                                                  _relative_norm(y_rebuilt - y, y)))
+        else:
+            x, y = run.streams_after(i)
+        if g_hi is not None:
+            gx = g_hi.to(sd) if gx is None else gx + g_hi.to(sd)
+        params = run.params_per_function[i - 1]
+        need_x = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        x_prev = y / beta  # Eq. 2
+        inp, f = run.recompute(i, x_prev, grad=gx is not None)
+        y_prev = x - f.detach().to(sd) - alpha * x_prev  # Eq. 2
+        if i == 1:  # the rebuilt pair must satisfy y_0 = β·x_0
+            x0_norm = saved[-1].to(torch.float64)
+            run.record_error(0, torch.linalg.vector_norm((y_prev - beta * x_prev).to(torch.float64))
+                             / (beta * x0_norm).clamp_min(torch.finfo(torch.float64).tiny))
+        else:
+            run.handover = (i - 1, x_prev, y_prev)
+        # x_i = F_i(x_{i-1}) + α x_{i-1} + y_{i-1},  y_i = β x_{i-1}:
+        # dL/dx_{i-1} = J_i^T dL/dx_i + α dL/dx_i + β dL/dy_i,   dL/dy_{i-1} = dL/dx_i
+        gx_prev = gy_prev = None
+        param_grads: List[Optional[Tensor]] = [None] * len(params)
+        if gx is not None:
+            wrt = ([inp] if need_x else []) + params
+            grads = list(torch.autograd.grad(f, wrt, gx.to(f.dtype), allow_unused=True)) \
+                if wrt else []
+            if need_x:
+                jtg = grads.pop(0)
+                gx_prev = alpha * gx if jtg is None else jtg.to(sd) + alpha * gx
+                gy_prev = gx
+            param_grads = grads
+        if need_x and gy is not None:
+            gx_prev = beta * gy if gx_prev is None else gx_prev + beta * gy
+        return (None, None, gx_prev, gy_prev, *param_grads)
 
 
 class ReversibleSequence(nn.Module):
@@ -368,12 +377,27 @@ class ReversibleSequence(nn.Module):
                 if isinstance(a, Tensor) and a.requires_grad:
                     raise ValueError('extra arguments of a reversible stage are constants; got a '
                                      'tensor that requires grad (detach it or use reversible=False)')
-            run = _Run(self, args, positions, params)
-            outputs = _ReversibleFunction.apply(run, x, *run.flat_params)
+            outputs = self._reversible_forward(x, args, positions, params)
         else:
             stream_dtype = self.stream_dtype if tracks_grad else x.dtype
             outputs = self._plain_forward(x, args, positions, stream_dtype)
         return outputs[0] if out_positions is None else tuple(outputs)
+
+    def _reversible_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
+                            params: List[List[Tensor]]) -> List[Tensor]:
+        """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
+        run = _Run(self, args, x0.dtype, x0.device, positions, params)
+        x = x0.to(self.stream_dtype)
+        y = self.beta * x  # (x_0, y_0) = (x_0, β·x_0); a scalar product keeps nothing for backward
+        outputs = {}
+        for i in range(1, len(self.functions) + 1):
+            result = _StepFunction.apply(run, i, x, y, *params[i - 1])
+            x, y = result[0], result[1]
+            if len(result) == 3:  # the kept stream's high part, returned as the output at i
+                outputs[i] = result[2]
+            elif i in positions:
+                outputs[i] = x.to(x0.dtype)  # the cast keeps nothing for backward
+        return [outputs[p] for p in positions]
 
     def _plain_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                        stream_dtype: torch.dtype) -> List[Tensor]:

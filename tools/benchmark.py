@@ -1,0 +1,152 @@
+"""Memory and time of a training step: Dr²Net vs conventional vs activation checkpointing.
+
+    python tools/benchmark.py swin --size 1024 --depths 2-2-6-2 2-2-18-2 2-2-30-2 --out results/swin
+    python tools/benchmark.py vit --arch vit_small_patch16_224 --size 512 --out results/vit_s
+    python tools/benchmark.py dino --size 512 --batch 2 --out results/dino
+
+Each run measures its variants one after another in one process and writes ``OUT.json`` (every
+number), ``OUT.md`` (a table per setting) and ``OUT.png`` (peak memory and step time per variant).
+What is measured is documented in :mod:`dr2net_mm.benchmark`. ``--device cuda`` measures on a GPU.
+The functions here are importable (``main(argv)``); the measuring code is ``dr2net_mm.benchmark``.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from dr2net_mm.benchmark import (compare, detector_variants, markdown_table,  # noqa: E402
+                                 swin_variants, vit_variants)
+
+DINO_CONFIGS = {
+    'conventional': 'configs/dino_swin_t_coco.py',
+    'checkpointing': 'configs/dino_swin_t_cp_coco.py',
+    'dr2net': 'configs/dino_dr2net_swin_t_coco.py',
+}
+
+
+def parse_depths(text: str) -> List[int]:
+    try:
+        depths = [int(d) for d in text.split('-')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'depths must look like 2-2-6-2, got {text!r}') from None
+    if len(depths) != 4 or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f'depths must be 4 positive ints like 2-2-6-2, got {text!r}')
+    return depths
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('model', choices=['swin', 'vit', 'dino'])
+    parser.add_argument('--size', type=int, default=512, help='square input size')
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--iters', type=int, default=3, help='timed steps per variant')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--depths', type=parse_depths, nargs='+', default=[[2, 2, 6, 2]],
+                        help='Swin depth settings to sweep, e.g. 2-2-6-2 2-2-18-2')
+    parser.add_argument('--embed-dims', type=int, default=96, help='Swin width (T/S: 96, B: 128)')
+    parser.add_argument('--arch', default='vit_small_patch16_224', help='timm ViT architecture')
+    parser.add_argument('--out-indices', type=int, nargs='+', default=None,
+                        help='backbone outputs (Swin default 0 1 2 3; ViT default -1)')
+    parser.add_argument('--extra', nargs='*', default=None,
+                        help='extra Dr²Net variants: dr2net_fp32 dr2net_seg4')
+    parser.add_argument('--out', default=None, help='output path without extension')
+    args = parser.parse_args(argv)
+    if args.size < 32 or args.batch < 1 or args.iters < 1:
+        parser.error(f'--size {args.size}, --batch {args.batch}, --iters {args.iters}: '
+                     'need size >= 32, batch >= 1, iters >= 1')
+    return args
+
+
+def settings(args) -> Dict[str, list]:
+    """Setting label -> variants."""
+    device = torch.device(args.device)
+    if args.model == 'swin':
+        heads = (3, 6, 12, 24) if args.embed_dims == 96 else tuple(args.embed_dims // 32 * m
+                                                                    for m in (1, 2, 4, 8))
+        extra = ('dr2net_fp32', ) if args.extra is None else tuple(args.extra)
+        out_indices = tuple(args.out_indices) if args.out_indices else (0, 1, 2, 3)
+        return {
+            f'Swin depths {"-".join(map(str, d))}, embed {args.embed_dims}, {args.size}², batch '
+            f'{args.batch}': swin_variants(args.size, args.batch, d, args.embed_dims, heads,
+                                           out_indices=out_indices, device=device, extra=extra)
+            for d in args.depths
+        }
+    if args.model == 'vit':
+        out_indices = tuple(args.out_indices) if args.out_indices else (-1, )
+        return {
+            f'{args.arch}, {args.size}², batch {args.batch}, out_indices {out_indices}':
+            vit_variants(args.size, args.batch, args.arch, out_indices, device,
+                         tuple(args.extra or ()))
+        }
+    configs = {name: os.path.join(ROOT, path) for name, path in DINO_CONFIGS.items()}
+    return {f'DINO-4scale Swin-T, {args.size}², batch {args.batch}':
+            detector_variants(configs, args.size, args.batch, device)}
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    labels = list(report['settings'])
+    names = []
+    for results in report['settings'].values():
+        names += [r['name'] for r in results if r['name'] not in names]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        for ax, key in zip(axes, ('peak_mb', 'step_ms')):
+            values = [next((r[key] for r in report['settings'][s] if r['name'] == name), 0)
+                      for s in labels]
+            ax.bar([i + k * width for i in range(len(labels))], values, width, label=name)
+    for ax, title in zip(axes, ('peak memory of a training step (MB)', 'step time (ms)')):
+        ax.set_title(title)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
+        ax.set_xticklabels([s.split(',')[0] for s in labels], fontsize=8)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f'{report["model"]} on {report["device_name"]} ({report["date"]})', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    report = dict(model=args.model, args=vars(args), date=time.strftime('%Y-%m-%d'),
+                  device=args.device, torch=torch.__version__,
+                  device_name=(torch.cuda.get_device_name(device) if device.type == 'cuda' else
+                               f'{platform.processor() or platform.machine()}, '
+                               f'{torch.get_num_threads()} threads'),
+                  settings={})
+    tables = []
+    for label, variants in settings(args).items():
+        print(f'== {label}', flush=True)
+        results = compare(variants, device, iters=args.iters, warmup=args.warmup,
+                          log=lambda line: print(line, flush=True))
+        report['settings'][label] = [r.as_dict() for r in results]
+        tables.append(markdown_table(results, label))
+    text = '\n\n'.join(tables)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + '.json', 'w') as f:
+            json.dump(report, f, indent=1)
+        with open(args.out + '.md', 'w') as f:
+            f.write(f'`python tools/benchmark.py {" ".join(argv or sys.argv[1:])}` — '
+                    f'{report["device_name"]}, torch {report["torch"]}, {report["date"]}\n\n'
+                    f'{text}\n')
+        plot(report, args.out + '.png')
+        print(f'wrote {args.out}.json, {args.out}.md, {args.out}.png')
+    return report
+
+
+if __name__ == '__main__':
+    main()
