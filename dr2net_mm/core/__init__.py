@@ -5,13 +5,14 @@
 keeps for backward.
 """
 from .memory import SavedBytes, count_saved_bytes
-from .precision import (ErrorSummary, GradientErrorReport, gradient_error, relative_error,
-                        weighted_sum_loss)
+from .precision import (ErrorSummary, GradientErrorReport, compute_gradients, gradient_error,
+                        relative_error, weighted_sum_loss)
 from .reversible import (ReversibleSequence, check_coefficients, dual_residual_step,
                          reversible_stages, set_reversible, set_stream_dtype)
 
 __all__ = [
     'ReversibleSequence', 'check_coefficients', 'dual_residual_step', 'reversible_stages',
-    'set_reversible', 'set_stream_dtype', 'gradient_error', 'relative_error', 'weighted_sum_loss',
+    'set_reversible', 'set_stream_dtype', 'gradient_error', 'compute_gradients', 'relative_error',
+    'weighted_sum_loss',
     'ErrorSummary', 'GradientErrorReport', 'count_saved_bytes', 'SavedBytes'
 ]

@@ -98,8 +98,11 @@ def weighted_sum_loss(seed: int = 0) -> Callable[[Outputs], Tensor]:
     return loss
 
 
-def _gradients(model: nn.Module, x: Tensor, loss_fn: Callable[[Outputs], Tensor],
+def compute_gradients(model: nn.Module, x: Tensor, loss_fn: Callable[[Outputs], Tensor],
                seed: int) -> Dict[str, Tensor]:
+    """Gradients of ``loss_fn(model(x))`` for the input (key ``'<input>'``) and every trainable
+    parameter (by name), with ``torch.manual_seed(seed)`` inside ``fork_rng`` (same random draws on
+    every call; the caller's RNG state is unchanged). ``.grad`` fields are not touched."""
     x = x.detach().clone().requires_grad_(True)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []):
@@ -128,16 +131,16 @@ def gradient_error(model: nn.Module, x: Tensor,
     flags = [(stage, stage.reversible) for stage in reversible_stages(model)]
     try:
         set_reversible(model, True)
-        reversible = _gradients(model, x, loss_fn, seed)
+        reversible = compute_gradients(model, x, loss_fn, seed)
         set_reversible(model, False)
-        reference = _gradients(model, x, loss_fn, seed)
+        reference = compute_gradients(model, x, loss_fn, seed)
     finally:
         for stage, flag in flags:
             stage.reversible = flag
     truth_model = copy.deepcopy(model).double()
     set_stream_dtype(truth_model, torch.float64)
     set_reversible(truth_model, False)
-    truth = _gradients(truth_model, x.double(), loss_fn, seed)
+    truth = compute_gradients(truth_model, x.double(), loss_fn, seed)
     return GradientErrorReport(
         reversible_vs_reference=ErrorSummary.of(reversible, reference),
         reversible_vs_truth=ErrorSummary.of(reversible, truth),
