@@ -463,3 +463,20 @@ def test_gradient_reaching_an_early_output_only():
     assert set(grads[True]) == set(grads[False])
     assert not any(n.startswith(('functions.3', 'functions.4', 'functions.5')) for n in grads[True])
     assert max(rel(grads[True][n], grads[False][n]) for n in grads[False]) <= 1e-6
+
+
+class RandDropPath(torch.nn.Module):
+    """Drop path drawing its mask with torch.rand(dtype=x.dtype), as mmcv's DropPath does."""
+
+    def forward(self, x):
+        keep = (0.5 + torch.rand((x.shape[0], 1, 1), dtype=x.dtype)).floor()
+        return x * keep / 0.5
+
+
+def test_float64_truth_draws_the_same_masks_as_the_model():
+    torch.manual_seed(0)
+    branches = [torch.nn.Sequential(MLPBranch(32), RandDropPath()) for _ in range(6)]
+    stage = ReversibleSequence(branches, alpha=0.5, beta=0.5).train()
+    report = gradient_error(stage, make_input(batch=8))
+    assert report.reference_vs_truth.worst < 1e-5  # other masks would give errors of order 1
+    assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst

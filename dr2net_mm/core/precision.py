@@ -14,8 +14,9 @@ means ``reversible_vs_truth.worst ≤ c · reference_vs_truth.worst`` for a smal
 """
 import copy
 import statistics
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -98,14 +99,42 @@ def weighted_sum_loss(seed: int = 0) -> Callable[[Outputs], Tensor]:
     return loss
 
 
+@contextmanager
+def same_random_draws_in_float64() -> Iterator[None]:
+    """Inside the block, random tensors asked for in float64 (``torch.rand``/``torch.rand_like``) are
+    drawn in float32 and cast. ``torch.rand`` consumes the generator differently per dtype, so without
+    this a float64 copy of a model (mmcv's DropPath draws ``torch.rand(dtype=x.dtype)``) would drop
+    other branches than the float32 model; ``bernoulli_`` (torch dropout, timm DropPath) already
+    agrees across dtypes."""
+    rand, rand_like = torch.rand, torch.rand_like
+
+    def rand_f32(*size, dtype=None, **kwargs):
+        if dtype == torch.float64:
+            return rand(*size, dtype=torch.float32, **kwargs).to(torch.float64)
+        return rand(*size, dtype=dtype, **kwargs)
+
+    def rand_like_f32(tensor, *, dtype=None, **kwargs):
+        if (dtype or tensor.dtype) == torch.float64:
+            return rand_like(tensor, dtype=torch.float32, **kwargs).to(torch.float64)
+        return rand_like(tensor, dtype=dtype, **kwargs)
+
+    torch.rand, torch.rand_like = rand_f32, rand_like_f32
+    try:
+        yield
+    finally:
+        torch.rand, torch.rand_like = rand, rand_like
+
+
 def compute_gradients(model: nn.Module, x: Tensor, loss_fn: Callable[[Outputs], Tensor],
                seed: int) -> Dict[str, Tensor]:
     """Gradients of ``loss_fn(model(x))`` for the input (key ``'<input>'``) and every trainable
     parameter (by name), with ``torch.manual_seed(seed)`` inside ``fork_rng`` (same random draws on
-    every call; the caller's RNG state is unchanged). ``.grad`` fields are not touched."""
+    every call, in float64 too: :func:`same_random_draws_in_float64`; the caller's RNG state is
+    unchanged). ``.grad`` fields are not touched."""
     x = x.detach().clone().requires_grad_(True)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []):
+    with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []), \
+            same_random_draws_in_float64():
         torch.manual_seed(seed)
         loss = loss_fn(model(x))
         grads = torch.autograd.grad(loss, [x] + [p for _, p in named], allow_unused=True)
