@@ -14,11 +14,12 @@ Per variant (a constructor for a model in train mode plus an input and a loss):
 ``compare`` runs variants one after another in one process (so ratios hold on a noisy machine) and
 adds ratios to the variants named ``conventional`` and ``checkpointing`` when present.
 """
+import copy
 import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -278,17 +279,19 @@ def detector_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> di
     return dict(inputs=inputs, data_samples=samples)
 
 
-def detector_variants(configs: Dict[str, str], size: int, batch: int = 2,
-                      device: torch.device = torch.device('cpu')) -> List[Variant]:
-    """Whole detectors built from config files (``name -> path``), pretrained loading switched off,
-    trained on a synthetic batch. Memory and time cover the whole training step."""
+def detector_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
+                      device: torch.device = torch.device('cpu'),
+                      data: Optional[dict] = None) -> List[Variant]:
+    """Whole detectors built from configs (``name -> path or Config``), pretrained loading switched
+    off, trained on ``data`` (an mmdet batch: ``inputs`` + ``data_samples``) or on a synthetic batch
+    of ``batch`` images of ``size``². Memory and time cover the whole training step."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
-    def builder(path):
+    def builder(config):
         def build():
-            cfg = Config.fromfile(path)
+            cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
             init_default_scope(cfg.get('default_scope', 'mmdet'))
             cfg.model.backbone.init_cfg = None
             torch.manual_seed(0)
@@ -296,9 +299,25 @@ def detector_variants(configs: Dict[str, str], size: int, batch: int = 2,
         return build
 
     def forward_loss(model):
-        data = model.data_preprocessor(detector_batch(batch, size, model.bbox_head.num_classes),
-                                       True)
-        losses = model(**data, mode='loss')
-        return sum(v for k, v in losses.items() if 'loss' in k and isinstance(v, Tensor))
+        raw = data if data is not None else detector_batch(batch, size,
+                                                           model.bbox_head.num_classes)
+        losses = model(**model.data_preprocessor(raw, True), mode='loss')
+        total = 0
+        for key, value in losses.items():
+            if 'loss' in key:
+                total = total + (sum(value) if isinstance(value, (list, tuple)) else value)
+        return total
 
-    return [Variant(name, builder(path), forward_loss) for name, path in configs.items()]
+    return [Variant(name, builder(config), forward_loss) for name, config in configs.items()]
+
+
+def swap_backbone(cfg, backbone_type: str, **overrides):
+    """A copy of a detector/segmentor config with its Swin backbone switched between mmdet's
+    ``SwinTransformer`` and ``Dr2NetSwin`` (the Dr²Net-only arguments dropped or added)."""
+    cfg = copy.deepcopy(cfg)
+    backbone = cfg.model.backbone
+    for key in ('alpha', 'beta', 'reversible', 'stream_dtype', 'segment_size'):
+        backbone.pop(key, None)
+    backbone.type = backbone_type
+    backbone.update(overrides)
+    return cfg

@@ -7,6 +7,9 @@ triangles on textured backgrounds, with tight boxes::
     out_dir/annotations/instances_val.json     out_dir/val/000000.png ...
 
 Same arguments → byte-identical files. ``python -m dr2net_mm.demo_data --out data/demo_coco``.
+
+``write_swin_official_checkpoint(path)`` writes a random Swin-T in the official release layout, the
+demo's stand-in for ImageNet weights (no download possible).
 """
 import argparse
 import json
@@ -111,6 +114,26 @@ def make_demo_coco(out_dir: str, num_train: int = 64, num_val: int = 16,
     with open(stamp, 'w') as f:  # written last: a half-written set is regenerated next time
         json.dump(params, f)
     return out_dir
+
+
+def write_swin_official_checkpoint(path: str, arch: str = 'swin_tiny_patch4_window7_224',
+                                   seed: int = 0) -> str:
+    """Save a randomly initialised timm Swin in the official release layout (``{'model': ...}``) to
+    ``path``: the stand-in for the ImageNet checkpoint, loaded by ``convert_weights=True`` like the
+    real file. Skipped when ``path`` exists; written atomically."""
+    if os.path.isfile(path):
+        return path
+    import timm
+    import torch
+
+    from .models.swin import timm_to_official
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp'
+    torch.save({'model': timm_to_official(model.state_dict())}, tmp)
+    os.replace(tmp, path)  # never a half-written checkpoint
+    return path
 
 
 def main(argv=None):

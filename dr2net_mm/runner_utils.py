@@ -51,6 +51,36 @@ def choose_dist_backend(cfg: Config) -> str:
     return dist_cfg.backend
 
 
+def setup_cpu_distributed(cfg: Config) -> bool:
+    """On a machine without CUDA, prepare a ``--launcher pytorch`` run (torchrun sets RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT): MMEngine's ``init_dist`` would call ``torch.cuda.set_device`` and
+    its DDP wrapper would pass ``device_ids=[LOCAL_RANK]``, both GPU-only. So the gloo process group
+    is created here (the Runner then keeps it) and the model is wrapped with ``device_ids=None``.
+    Returns True when it did so."""
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return False
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend=cfg.env_cfg.dist_cfg.get('backend', 'gloo'),
+                                rank=int(os.environ['RANK']),
+                                world_size=int(os.environ['WORLD_SIZE']))
+    wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(type='MMDistributedDataParallel')
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+    return True
+
+
+def coefficients_summary(model) -> str:
+    """``(alpha, beta) = (a, b)`` of the Dr²Net modules in ``model`` (wrappers unwrapped), or ''."""
+    while hasattr(model, 'module'):
+        model = model.module
+    pairs = sorted({tuple(round(float(v), 6) for v in m.coefficients) for m in model.modules()
+                    if isinstance(getattr(m, 'coefficients', None), tuple)})
+    return ', '.join(f'(alpha, beta) = ({a:g}, {b:g})' for a, b in pairs)
+
+
 def _datasets(dataset: dict) -> Iterator[dict]:
     """A dataset config and the ones it wraps (RepeatDataset, ConcatDataset, ClassBalanced...)."""
     if not isinstance(dataset, dict):

@@ -14,7 +14,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
-from dr2net_mm.runner_utils import load_config, require_data, trust_own_checkpoints  # noqa: E402
+from dr2net_mm.runner_utils import (coefficients_summary, load_config, require_data,  # noqa: E402
+                                    setup_cpu_distributed, trust_own_checkpoints)
 
 
 def parse_args(argv=None):
@@ -46,8 +47,12 @@ def main(argv=None):
             cfg.test_evaluator]
         cfg.test_evaluator = list(evaluators) + [dict(type='DumpResults', out_file_path=args.out)]
     require_data(cfg, ('test_dataloader', ))
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.test()
+    coefficients = coefficients_summary(runner.model)
+    if coefficients:
+        print(f'evaluated with {coefficients} (from the checkpoint)')
 
 
 if __name__ == '__main__':

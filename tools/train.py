@@ -15,7 +15,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
-from dr2net_mm.runner_utils import load_config, require_data, trust_own_checkpoints  # noqa: E402
+from dr2net_mm.runner_utils import (load_config, require_data, setup_cpu_distributed,  # noqa: E402
+                                    trust_own_checkpoints)
 
 
 def parse_args(argv=None):
@@ -61,6 +62,7 @@ def main(argv=None):
             raise SystemExit(f'--resume: checkpoint not found: {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
     require_data(cfg, ('train_dataloader', 'val_dataloader'))
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
 

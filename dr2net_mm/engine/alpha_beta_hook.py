@@ -137,7 +137,9 @@ class AlphaBetaHook(Hook):
     appear in the log lines and in every visualizer backend (``vis_data/scalars.json``, TensorBoard).
 
     **Guard** (``guard=True``). When the reconstruction error of any reversible backward since the last
-    optimizer step is non-finite or above ``max_error`` (None: each stage's own ``max_error``), the
+    optimizer step is non-finite or above ``max_error`` (None: each stage's own ``max_error``, which
+    by default flags only non-finite errors: at the start point (1, 0.1) a deep stage's error is of
+    order 1 even with float64 streams, and the paper trains through that regime), the
     optimizer step of that iteration is skipped: a ``torch.optim.Optimizer`` step pre-hook (installed
     on the wrapped optimizer(s) in ``before_train``, removed in ``after_train``) sets every parameter's
     ``.grad`` to None, so SGD/AdamW & co. leave the weights and their own state (momentum, moments,
@@ -181,7 +183,9 @@ class AlphaBetaHook(Hook):
         patience: consecutive good η-windows required before the error-aware mode stops (int ≥ 1).
         path_steps: the number of η-steps from start to end in error-aware mode without τ (int ≥ 1).
         guard: skip optimizer steps after an imprecise reversible backward (see above).
-        max_error: the guard's error threshold; None uses each stage's ``max_error``.
+        max_error: the guard's error threshold; None uses each stage's ``max_error`` (by default
+            none: only non-finite errors skip a step). E.g. 1.0 skips steps whose rebuilt
+            activations are noise.
     """
 
     priority = 'NORMAL'
@@ -393,7 +397,7 @@ class AlphaBetaHook(Hook):
             peak = errors.max()
             worst = torch.where(finite, peak, torch.full_like(peak, float('nan')))
             threshold = self.max_error if self.max_error is not None else stage.max_error
-            bad = ~finite | (peak > threshold)
+            bad = ~finite if threshold is None else ~finite | (peak > threshold)
             # torch.maximum propagates NaN: a non-finite error stays visible.
             self._iter_worst = worst if self._iter_worst is None else torch.maximum(
                 self._iter_worst, worst)

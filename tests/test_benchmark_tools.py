@@ -1,0 +1,83 @@
+"""tools/benchmark.py and tools/grad_error_map.py, end to end at tiny sizes (figures must be sane,
+outputs complete); the real figures come from running them at full size (README, Results)."""
+import json
+import os
+import runpy
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tool(name):
+    return runpy.run_path(os.path.join(ROOT, 'tools', f'{name}.py'), run_name=name)
+
+
+def test_swin_benchmark_writes_json_table_and_chart(tmp_path):
+    out = str(tmp_path / 'swin')
+    report = tool('benchmark')['main']([
+        'swin', '--size', '96', '--depths', '1-1-2-1', '1-1-6-1', '--embed-dims', '32', '--iters',
+        '1', '--out', out
+    ])
+    for ext in ('.json', '.md', '.png'):
+        assert os.path.getsize(out + ext) > 0
+    with open(out + '.json') as f:
+        saved = json.load(f)
+    assert saved['settings'] == json.loads(json.dumps(report['settings']))
+    shallow, deep = (dict((r['name'], r) for r in results)
+                     for results in saved['settings'].values())
+    for results in (shallow, deep):
+        assert set(results) == {'conventional', 'checkpointing', 'dr2net', 'dr2net_fp32'}
+        for r in results.values():
+            assert r['saved_mb'] > 0 and r['peak_mb'] > 0 and r['step_ms'] > 0
+        assert results['dr2net']['saved_mb'] < results['conventional']['saved_mb']
+        assert results['dr2net_fp32']['saved_mb'] < results['dr2net']['saved_mb']
+        ratios = results['dr2net']['ratios']
+        assert ratios['saved_vs_conventional'] == pytest.approx(
+            results['dr2net']['saved_mb'] / results['conventional']['saved_mb'])
+        assert {'peak_vs_checkpointing', 'time_vs_conventional'} <= set(ratios)
+    # reversible memory is flat in depth, conventional memory is not
+    assert deep['dr2net']['saved_mb'] == pytest.approx(shallow['dr2net']['saved_mb'], rel=0.1)
+    assert deep['conventional']['saved_mb'] > 1.3 * shallow['conventional']['saved_mb']
+    with open(out + '.md') as f:
+        assert '| dr2net |' in f.read()
+
+
+def test_vit_benchmark_runs(tmp_path):
+    report = tool('benchmark')['main'](['vit', '--arch', 'vit_tiny_patch16_224', '--size', '64',
+                                        '--iters', '1'])
+    results = {r['name']: r for r in next(iter(report['settings'].values()))}
+    assert results['dr2net']['saved_mb'] < results['checkpointing']['saved_mb'] \
+        < results['conventional']['saved_mb']
+
+
+def test_benchmark_rejects_bad_arguments(capsys):
+    main = tool('benchmark')['main']
+    with pytest.raises(SystemExit):
+        main(['swin', '--depths', '2-2-6'])
+    assert 'depths must be 4 positive ints' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['swin', '--size', '8'])
+    assert 'need size >= 32' in capsys.readouterr().err
+
+
+def test_grad_error_map_writes_maps_and_reports_the_floor(tmp_path):
+    out = str(tmp_path / 'map')
+    report = tool('grad_error_map')['main']([
+        '--size', '56', '--embed-dims', '16', '--depths', '1', '1', '2', '1', '--num-heads', '1',
+        '2', '4', '8', '--alphas', '0.3', '1.0', '--betas', '0.1', '0.7', '--out', out
+    ])
+    assert os.path.getsize(out + '.png') > 0
+    with open(out + '.json') as f:
+        saved = json.load(f)
+    grid = saved['grid']
+    assert set(grid) == {'rev_fp32_vs_exact', 'rev_fp64_vs_exact', 'rev_fp32_vs_truth',
+                         'rev_fp64_vs_truth', 'floor'}
+    for values in grid.values():
+        assert len(values) == 2 and all(len(row) == 2 for row in values)
+        assert all(0 <= v < float('inf') for row in values for v in row)
+    floor = report['grid']['floor'][1][0]  # (0.3, 0.7)
+    assert 0 < floor < 1e-4
+    assert report['grid']['rev_fp64_vs_truth'][1][0] <= 2 * floor
+    # at (1, 0.1) float32 streams are much worse than float64 streams
+    assert report['grid']['rev_fp32_vs_truth'][0][1] > 10 * report['grid']['rev_fp64_vs_truth'][0][1]
