@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from dr2net_mm.core import (ReversibleSequence, count_saved_bytes, dual_residual_step, gradient_error,
-                            set_reversible)
+from dr2net_mm.core import (ReversibleSequence, branch_input, count_saved_bytes, dual_residual_step,
+                            gradient_error, set_reversible)
 from dr2net_mm.core.streams import pack_stream, unpack_stream
 from toys import MLPBranch, make_input, make_stage
 
@@ -283,12 +283,12 @@ def true_reconstruction_error(stage, x0):
     with torch.no_grad():
         x, y = x0.to(sd), beta * x0.to(sd)
         for f in stage.functions:
-            x, y = dual_residual_step(f(x.to(x0.dtype)).to(sd), x, y, alpha), beta * x
+            x, y = dual_residual_step(f(branch_input(x, x0.dtype)).to(sd), x, y, alpha), beta * x
         hi = x.to(x0.dtype)
         x = unpack_stream(pack_stream(x, hi), hi, sd)
         for f in reversed(stage.functions):
             x_prev = y / beta
-            x, y = x_prev, x - f(x_prev.to(x0.dtype)).to(sd) - alpha * x_prev
+            x, y = x_prev, x - f(branch_input(x_prev, x0.dtype)).to(sd) - alpha * x_prev
     x0 = x0.to(sd)
     return max(rel(x, x0), rel(y, beta * x0))
 

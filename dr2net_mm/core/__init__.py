@@ -7,11 +7,12 @@ keeps for backward.
 from .memory import SavedBytes, count_saved_bytes
 from .precision import (ErrorSummary, GradientErrorReport, compute_gradients, gradient_error,
                         relative_error, weighted_sum_loss)
-from .reversible import (ReversibleSequence, check_coefficients, dual_residual_step,
+from .reversible import (ReversibleSequence, branch_input, check_coefficients, dual_residual_step,
                          reversible_stages, set_reversible, set_stream_dtype)
 
 __all__ = [
-    'ReversibleSequence', 'check_coefficients', 'dual_residual_step', 'reversible_stages',
+    'ReversibleSequence', 'branch_input', 'check_coefficients', 'dual_residual_step',
+    'reversible_stages',
     'set_reversible', 'set_stream_dtype', 'gradient_error', 'compute_gradients', 'relative_error',
     'weighted_sum_loss',
     'ErrorSummary', 'GradientErrorReport', 'count_saved_bytes', 'SavedBytes'

@@ -74,6 +74,24 @@ def _check_shape(index: int, function: nn.Module, inp: Tensor, out: Tensor) -> N
             f'their input\'s shape (the branch output, without the residual add)')
 
 
+_TIE_BREAK = 1.0 + 2.0**-30
+
+
+def branch_input(stream: Tensor, dtype: torch.dtype) -> Tensor:
+    """The stream as F_i's input in the model dtype: ``fp32(x·(1 + 2^-30))`` for a float64 stream.
+
+    A float64 stream built from float32 values (x_0 plus branch outputs) often lies exactly half-way
+    between two float32 numbers. A rebuilt stream one float64 ulp off then rounds the other way, F_i
+    sees an input one float32 ulp off, and the inverse amplifies that ~1e-7 error. Scaling by
+    1 + 2^-30 first moves every such tie 2^-30 (relative) to one side: far more than a rebuild error
+    (~2^-52), far less than half a float32 ulp (2^-25). The forward rounds the same way, so every
+    mode computes the same network; it differs from round-to-nearest only in how ties break.
+    """
+    if stream.dtype == torch.float64 and dtype != torch.float64:
+        return (stream * _TIE_BREAK).to(dtype)
+    return stream.to(dtype)
+
+
 def dual_residual_step(f: Tensor, x: Tensor, y: Optional[Tensor], alpha: float) -> Tensor:
     """Eq. 1's new x stream: ``x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1}`` (``y=None`` means 0).
 
@@ -132,7 +150,7 @@ class _Run:
         (a fresh leaf that requires grad when ``grad``)."""
         rng = self.rng_states.get(i) if self.replay_rng else None
         with torch.set_grad_enabled(grad), replay_rng_state(rng), torch.autocast(**self.autocast):
-            inp = x_prev.to(self.model_dtype).detach().requires_grad_(grad)
+            inp = branch_input(x_prev, self.model_dtype).detach().requires_grad_(grad)
             return inp, self.functions[i - 1](inp, *self.args)
 
     def invert(self, i: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
@@ -184,7 +202,7 @@ class _StepFunction(torch.autograd.Function):
         alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
         if run.replay_rng:
             run.rng_states[i] = capture_rng_state(run.device)
-        inp = x.to(run.model_dtype)
+        inp = branch_input(x, run.model_dtype)
         f = run.functions[i - 1](inp, *run.args)
         _check_shape(i, run.functions[i - 1], inp, f)
         x_new, y_new = dual_residual_step(f.to(sd), x, y, alpha), beta * x
@@ -413,7 +431,7 @@ class ReversibleSequence(nn.Module):
         y = beta * x if beta != 0.0 else None
         outputs = []
         for i, function in enumerate(self.functions, 1):
-            inp = x.to(x0.dtype)
+            inp = branch_input(x, x0.dtype)
             f = function(inp, *args)
             _check_shape(i, function, inp, f)
             x, y = dual_residual_step(f.to(stream_dtype), x, y, alpha), \

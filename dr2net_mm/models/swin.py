@@ -1,0 +1,674 @@
+"""Dr2NetSwin: mmdet's Swin Transformer backbone with reversible dual-residual stages (Dr²Net).
+
+Each stage of Swin is a chain of ``2·depth`` residual branches (every ``SwinBlock`` is an attention
+branch and an FFN branch). Dr²Net (Zhao et al., CVPR 2024, Eq. 1) runs that chain as::
+
+    x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1},   y_i = β·x_{i-1},   (x_0, y_0) = (x_0, β·x_0)
+
+with, for block j of the stage (tokens ``x`` of shape ``(B, H·W, C)``, ``hw_shape = (H, W)``)::
+
+    F_{2j-1}(x) = attn(norm1(x), hw_shape)                          # shifted-window MSA + drop path
+    F_{2j}(x)   = ffn.dropout_layer(ffn.gamma2(ffn.layers(norm2(x))))  # mmcv FFN without its identity
+
+At (α, β) = (1, 0) this is exactly mmdet's ``SwinTransformer``; for β > 0 every step is invertible, so
+in training the backward rebuilds the activations of a stage from its output streams instead of keeping
+them (see :mod:`dr2net_mm.core.reversible`). Patch embedding, patch merging and the output norms stay
+ordinary layers outside the reversible stages. The parameters, their names, the constructor arguments
+and the outputs are mmdet's, so mmdet/mmseg configs and checkpoints work unchanged.
+
+Memory: bytes saved for backward by the backbone's training forward (activations only; batch 1,
+512×512, Swin-T shape: embed 96, heads 3-6-12-24, window 7; float32 weights; (α, β) = (1, 0.1))::
+
+                                        depths 2-2-6-2     depths 2-2-18-2
+    mmdet SwinTransformer                  574.7 MiB           913.8 MiB
+    mmdet SwinTransformer, with_cp          70.1 MiB            88.1 MiB
+    Dr2NetSwin, float64 streams             54.3 MiB            54.3 MiB   (0.77 / 0.62 × with_cp)
+    Dr2NetSwin, float32 streams             31.8 MiB            31.8 MiB   (0.45 / 0.36 × with_cp)
+    Dr2NetSwin, float64, segment_size=4     66.3 MiB           102.3 MiB
+
+What a reversible stage keeps: its output (shared with the output norm and patch merging, which
+recomputes from it in backward) and, for float64 streams, a float32 remainder of ``x_n`` and the
+float64 ``y_n``: 4 float32-sized tensors per stage (2 with float32 streams), independent of depth. The
+rest (9 MiB) is the patch embedding's input image and norm input. Measured with
+``pytest tests/test_swin.py -k saved_bytes -s`` (CPU, torch 2.14, mmdet 3.3).
+
+Precision (``dr2net_mm.core.gradient_error``, Swin-T shape, drop path 0.2, train mode, random init,
+64×64 and 112×112 inputs; worst relative gradient error against a float64 model, float32 autograd's
+own is ~9e-7): at (0.3, 0.7) float64 streams give 9e-7 (= ordinary autograd), float32 streams 5e-6.
+At the start point (1, 0.1) rebuilding 12 branches (Swin-T's third stage) amplifies rounding too much:
+4e-2 (64²) to 0.5 (112²) with float64 streams, garbage with float32; ``segment_size=4`` brings float64
+to 4e-6 to 7e-6 and ``segment_size=2`` to 8e-7. Watch :meth:`Dr2NetSwin.reconstruction_errors`.
+"""
+import logging
+import math
+import re
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmdet.models.backbones.swin import SwinBlock, SwinTransformer, swin_converter
+from mmengine.logging import MMLogger, print_log
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import Tensor, nn
+
+from ..core import ReversibleSequence, check_coefficients
+
+__all__ = [
+    'Dr2NetSwin', 'Dr2NetSwinStage', 'SwinAttentionBranch', 'SwinFFNBranch', 'LoadReport',
+    'checkpoint_filter_fn', 'detect_checkpoint_format', 'official_to_mmdet', 'timm_to_official',
+    'unwrap_state_dict', 'resize_rel_pos_bias_table', 'resize_abs_pos_embed'
+]
+
+_STREAM_DTYPE_NAMES = {
+    'float64': torch.float64, 'torch.float64': torch.float64, 'fp64': torch.float64,
+    'double': torch.float64, 'float32': torch.float32, 'torch.float32': torch.float32,
+    'fp32': torch.float32, 'float': torch.float32
+}
+# Buffers computed from the configuration (window size, input size), never taken from a checkpoint.
+_DERIVED_BUFFERS = ('relative_position_index', 'attn_mask')
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+# ------------------------------------------------------------------------------------------------
+def parse_stream_dtype(value: Union[torch.dtype, str]) -> torch.dtype:
+    """``torch.float64``/``torch.float32`` or their names (configs are text): 'float64', 'float32'."""
+    if isinstance(value, str):
+        if value.strip().lower() not in _STREAM_DTYPE_NAMES:
+            raise ValueError(f"stream_dtype={value!r} is not supported; use 'float64' (precise, the "
+                             "default) or 'float32' (or torch.float64 / torch.float32)")
+        return _STREAM_DTYPE_NAMES[value.strip().lower()]
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f'stream_dtype must be torch.float64, torch.float32 or their names, got '
+                        f'{value!r} ({type(value).__name__})')
+    if value not in (torch.float64, torch.float32):
+        raise ValueError(f'stream_dtype={value} is not supported; use torch.float64 (precise, the '
+                         'default) or torch.float32')
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be True or False, got {value!r} ({type(value).__name__})')
+    return value
+
+
+def _check_segment_size(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'segment_size must be None or an int >= 1, got {value!r} '
+                        f'({type(value).__name__})')
+    if value < 1:
+        raise ValueError(f'segment_size={value} must be >= 1 (or None: one segment per stage)')
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# The residual branches of a SwinBlock, as engine functions
+# ------------------------------------------------------------------------------------------------
+class SwinAttentionBranch(nn.Module):
+    """``F(x, hw_shape) = attn(norm1(x), hw_shape)``: the shifted-window attention branch of a
+    ``SwinBlock`` without its residual add (mmdet's ``ShiftWindowMSA`` pads to whole windows, shifts,
+    masks, and applies drop path to its output).
+
+    Holds references to the block's ``norm1`` and ``attn`` (their parameters keep their names in the
+    backbone). ``x``: ``(B, H·W, C)``; returns ``(B, H·W, C)``. ``use_checkpoint``: recompute the branch
+    in backward (``torch.utils.checkpoint``), used by ``with_cp`` in reference mode only.
+    """
+
+    def __init__(self, block: SwinBlock):
+        super().__init__()
+        self.norm1 = block.norm1
+        self.attn = block.attn
+
+    def branch(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        return self.attn(self.norm1(x), hw_shape)
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int], use_checkpoint: bool = False) -> Tensor:
+        if use_checkpoint and x.requires_grad:
+            return cp.checkpoint(self.branch, x, hw_shape, use_reentrant=False)
+        return self.branch(x, hw_shape)
+
+
+class SwinFFNBranch(nn.Module):
+    """``F(x) = ffn.dropout_layer(ffn.gamma2(ffn.layers(norm2(x))))``: the FFN branch of a ``SwinBlock``
+    without the identity add of mmcv's ``FFN`` (``FFN.forward`` returns ``identity + that``).
+
+    ``x``: ``(B, H·W, C)``; returns ``(B, H·W, C)``; ``hw_shape`` is accepted and unused.
+    """
+
+    def __init__(self, block: SwinBlock):
+        super().__init__()
+        self.norm2 = block.norm2
+        self.ffn = block.ffn
+
+    def branch(self, x: Tensor) -> Tensor:
+        ffn = self.ffn
+        return ffn.dropout_layer(ffn.gamma2(ffn.layers(self.norm2(x))))
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int], use_checkpoint: bool = False) -> Tensor:
+        if use_checkpoint and x.requires_grad:
+            return cp.checkpoint(self.branch, x, use_reentrant=False)
+        return self.branch(x)
+
+
+class Dr2NetSwinStage(BaseModule):
+    """One Swin stage: ``x = engine(x, hw_shape)`` over the blocks' branches, then patch merging.
+
+    Drop-in for mmdet's ``SwinBlockSequence``: same submodule names (``blocks``, ``downsample``), same
+    state dict, same return value ``(x_down, down_hw_shape, x, hw_shape)``. ``engine`` is a
+    :class:`~dr2net_mm.core.ReversibleSequence` over ``[attn_1, ffn_1, attn_2, ffn_2, ...]`` that owns
+    no parameters (it adds no state-dict keys).
+    """
+
+    def __init__(self, blocks: nn.ModuleList, downsample: Optional[nn.Module], alpha: float,
+                 beta: float, reversible: bool, stream_dtype: torch.dtype,
+                 segment_size: Optional[int], with_cp: bool = False):
+        super().__init__()
+        self.blocks = blocks
+        self.downsample = downsample
+        functions: List[nn.Module] = []
+        for block in blocks:
+            functions += [SwinAttentionBranch(block), SwinFFNBranch(block)]
+        self.engine = ReversibleSequence(functions, alpha=alpha, beta=beta, reversible=reversible,
+                                         stream_dtype=stream_dtype, segment_size=segment_size,
+                                         register_functions=False)
+        self.with_cp = with_cp
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int]):
+        engine = self.engine
+        # Checkpointing only helps the ordinary autograd path (reference mode); the reversible path
+        # keeps no per-branch activations and would recompute twice.
+        use_cp = self.with_cp and not (engine.reversible and engine.training)
+        x = engine(x, hw_shape, use_cp)
+        if self.downsample:
+            if engine.reversible and engine.training and x.requires_grad:
+                # The engine keeps x (its output) for its backward anyway: recompute patch merging
+                # from it rather than keep merging's own two activations (deterministic, exact).
+                x_down, down_hw_shape = cp.checkpoint(self.downsample, x, hw_shape,
+                                                        use_reentrant=False)
+            else:
+                x_down, down_hw_shape = self.downsample(x, hw_shape)
+            return x_down, down_hw_shape, x, hw_shape
+        return x, hw_shape, x, hw_shape
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint conversion: pure functions, state dict in -> state dict out
+# ------------------------------------------------------------------------------------------------
+def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:
+    """The backbone's tensors of a loaded checkpoint file, prefixes removed.
+
+    Takes ``checkpoint['state_dict']`` (mmengine/mmdet/mmseg) or ``checkpoint['model']`` (official Swin
+    release, DeiT-style) or the mapping itself; strips a ``module.`` prefix (DDP); with ``prefix``
+    keeps only keys under it (stripped); otherwise, when some keys start with ``backbone.`` (a detector
+    or segmentor checkpoint), keeps only those (stripped), as mmdet does.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
+    state_dict = checkpoint
+    for key in ('state_dict', 'model'):
+        if isinstance(state_dict.get(key), Mapping):
+            state_dict = state_dict[key]
+            break
+    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if isinstance(v, Tensor))
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        state_dict = OrderedDict((k[7:], v) for k, v in state_dict.items())
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                               if k.startswith(prefix))
+        if not selected:
+            raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r}; first keys: '
+                             f'{list(state_dict)[:5]}')
+        return selected
+    if any(k.startswith('backbone.') for k in state_dict):
+        state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
+    return state_dict
+
+
+def detect_checkpoint_format(state_dict: Mapping[str, Tensor]) -> str:
+    """Which Swin layout ``state_dict`` (prefixes already removed) is in:
+
+    * ``'mmdet'``: mmdet/mmseg ``SwinTransformer`` (``stages.N.blocks.M.attn.w_msa.*``,
+      ``patch_embed.projection.*``) -- also Dr2NetSwin's own;
+    * ``'official'``: the Microsoft release files (``layers.N.blocks.M.attn.*``, ``mlp.fc1``; patch
+      merging ``layers.N.downsample`` at the end of stage N, unfold order x0, x1, x2, x3), also
+      old timm;
+    * ``'timm'``: timm 0.9+ and 1.0 (same names, but patch merging at the *start* of stage N+1:
+      ``layers.{N+1}.downsample``; ``head.fc``).
+    """
+    keys = list(state_dict)
+    if any('logit_scale' in k or 'cpb_mlp' in k for k in keys):
+        raise ValueError('this is a Swin V2 checkpoint (logit_scale / cpb_mlp); Dr2NetSwin is Swin V1')
+    if any(k.startswith('stages.') or k.startswith('patch_embed.projection.') for k in keys):
+        return 'mmdet'
+    if any(k.startswith('layers.') for k in keys):
+        if any(k.startswith('layers.0.downsample.') for k in keys):
+            return 'official'
+        if any(re.match(r'layers\.\d+\.downsample\.', k) for k in keys):
+            return 'timm'
+        return 'official'  # a single stage: both layouts agree
+    raise ValueError('the checkpoint does not look like a Swin backbone (no stages.*/layers.* keys); '
+                     f'first keys: {keys[:8]}')
+
+
+def timm_to_official(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """timm (0.9+, 1.0) Swin layout -> official layout: ``layers.{N+1}.downsample`` ->
+    ``layers.N.downsample`` (same tensors: timm's ``PatchMerging`` concatenates the 2×2 neighbours
+    in the official order), the classifier (``head.*``) and the derived buffers dropped."""
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        if key.startswith('head.') or key.endswith(_DERIVED_BUFFERS):
+            continue
+        match = re.match(r'layers\.(\d+)\.downsample\.(.*)$', key)
+        if match:
+            key = f'layers.{int(match.group(1)) - 1}.downsample.{match.group(2)}'
+        out[key] = value
+    return out
+
+
+def official_to_mmdet(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Official Swin layout -> mmdet layout with mmdet's own ``swin_converter`` (names, the unfold
+    channel order of patch merging), without the ``backbone.`` prefix it adds; derived buffers and the
+    classifier dropped."""
+    converted = swin_converter(OrderedDict(
+        (k, v) for k, v in state_dict.items() if not k.endswith(_DERIVED_BUFFERS)))
+    return OrderedDict((k[len('backbone.'):], v) for k, v in converted.items())
+
+
+def resize_rel_pos_bias_table(table: Tensor, length: int) -> Tensor:
+    """A ``((2W-1)², heads)`` relative position bias table resized to ``length`` rows (another window
+    size), bicubic on the ``(2W-1)×(2W-1)`` grid, as mmdet's ``init_weights`` does."""
+    old_len, heads = table.shape
+    s_old, s_new = int(round(math.sqrt(old_len))), int(round(math.sqrt(length)))
+    if s_old * s_old != old_len or s_new * s_new != length:
+        raise ValueError(f'cannot resize a relative position table of {old_len} rows to {length}')
+    grid = table.t().reshape(1, heads, s_old, s_old).float()
+    resized = F.interpolate(grid, size=(s_new, s_new), mode='bicubic')
+    return resized.view(heads, length).t().contiguous().to(table.dtype)
+
+
+def resize_abs_pos_embed(pos: Tensor, src_hw: Tuple[int, int], dst_hw: Tuple[int, int]) -> Tensor:
+    """Absolute position embedding ``(1, H·W, C)`` on an ``src_hw`` grid, resized bicubic to
+    ``dst_hw``."""
+    if tuple(src_hw) == tuple(dst_hw):
+        return pos
+    channels = pos.shape[-1]
+    grid = pos.reshape(1, src_hw[0], src_hw[1], channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(dst_hw), mode='bicubic', align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, dst_hw[0] * dst_hw[1], channels)
+
+
+def checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: Optional['Dr2NetSwin'] = None,
+                         prefix: Optional[str] = None,
+                         logger: Optional[logging.Logger] = None) -> Dict[str, Tensor]:
+    """Any supported Swin checkpoint -> a state dict in Dr2NetSwin's (= mmdet's) layout.
+
+    Accepts an official release file, timm's ``swin_*`` state dicts, mmdet/mmseg detector or segmentor
+    checkpoints (keys under ``backbone.``) and bare backbone state dicts (see
+    :func:`detect_checkpoint_format`). Derived buffers (``relative_position_index``, ``attn_mask``) are
+    dropped: the model computes its own. With ``model``: relative position bias tables are resized
+    (bicubic) to the model's window size and the absolute position embedding to its patch grid.
+    """
+    state_dict = unwrap_state_dict(checkpoint, prefix)
+    fmt = detect_checkpoint_format(state_dict)
+    if fmt == 'timm':
+        state_dict = timm_to_official(state_dict)
+    if fmt in ('timm', 'official'):
+        state_dict = official_to_mmdet(state_dict)
+    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if not k.endswith(_DERIVED_BUFFERS))
+    if model is not None:
+        state_dict = _adapt_to_model(state_dict, model, logger)
+    return state_dict
+
+
+def _adapt_to_model(state_dict: Dict[str, Tensor], model: nn.Module,
+                    logger: Optional[logging.Logger]) -> Dict[str, Tensor]:
+    own = model.state_dict()
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        target = own.get(key)
+        if target is not None and value.shape != target.shape:
+            if key.endswith('relative_position_bias_table') and value.shape[1] == target.shape[1]:
+                print_log(f'resizing {key} from {tuple(value.shape)} to {tuple(target.shape)} '
+                          '(another window size, bicubic)', logger=logger, level=logging.INFO)
+                value = resize_rel_pos_bias_table(value, target.shape[0])
+            elif key == 'absolute_pos_embed' and value.dim() in (3, 4):
+                if value.dim() == 4:  # (1, C, H, W), an older layout
+                    src_hw = tuple(value.shape[2:])
+                    value = value.flatten(2).transpose(1, 2)
+                else:  # (1, H·W, C) on a square grid
+                    side = int(round(math.sqrt(value.shape[1])))
+                    src_hw = (side, side)
+                if src_hw[0] * src_hw[1] == value.shape[1] and value.shape[2] == target.shape[2]:
+                    print_log(f'resizing absolute_pos_embed from a {src_hw} to a '
+                              f'{model.pos_embed_grid} patch grid (bicubic)', logger=logger,
+                              level=logging.INFO)
+                    value = resize_abs_pos_embed(value, src_hw, model.pos_embed_grid)
+        out[key] = value
+    return out
+
+
+class LoadReport(NamedTuple):
+    """What :meth:`Dr2NetSwin.load_pretrained` did: the detected source ``format``, the model's keys the
+    checkpoint did not provide (``missing_keys``), the checkpoint keys the model has no use for
+    (``unexpected_keys``) and keys skipped because their shapes differ (``mismatched_keys``)."""
+    format: str
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+    mismatched_keys: List[str]
+
+
+# ------------------------------------------------------------------------------------------------
+# The backbone
+# ------------------------------------------------------------------------------------------------
+@MODELS.register_module()
+class Dr2NetSwin(SwinTransformer):
+    """Swin Transformer with reversible dual-residual stages (Dr²Net), a drop-in for mmdet's
+    ``SwinTransformer`` (and mmseg's): same arguments, defaults, submodules, state dict and outputs.
+
+    Every stage runs its ``2·depth`` residual branches (attention, FFN of each block; see
+    :class:`SwinAttentionBranch`, :class:`SwinFFNBranch`) as Eq. 1 of the paper::
+
+        x_i = F_i(x_{i-1}, hw_shape) + α·x_{i-1} + y_{i-1},   y_i = β·x_{i-1},
+        (x_0, y_0) = (x_0, β·x_0)
+
+    and returns ``x_{2·depth}``; patch merging and the output norms follow as in mmdet. With (α, β) =
+    (1, 0) it computes mmdet's Swin exactly; the paper finetunes from (1, 0.1) towards e.g. (0.3, 0.7)
+    (change them with :meth:`set_coefficients`, e.g. from a hook).
+
+    Input ``(B, in_channels, H, W)``; output: a list with, for each ``i`` in ``out_indices``, the
+    ``norm{i}``-normalised stage-``i`` feature map ``(B, embed_dims·2^i, H_i, W_i)`` (NCHW) with
+    ``H_0 = ceil(H / patch_size)``, ``H_{i+1} = ceil(H_i / 2)`` (likewise W).
+
+    Differences from mmdet, none in the computed values: in reversible training patch merging is
+    recomputed in backward from the stage output (which the stage keeps anyway) instead of keeping
+    its own activations; with ``use_abs_pos_embed`` an input whose patch grid differs from
+    ``pretrain_img_size``'s gets a bicubic-resized embedding (mmdet raises); ``pretrained=`` works
+    (mmdet 3.3 drops it); ``train()`` returns the model; checkpoints of any Swin layout load.
+
+    Args (those of mmdet's ``SwinTransformer``, plus):
+        alpha, beta: the Dr²Net coefficients in [0, 1] (β > 0 when ``reversible``). Kept in the model
+            as persistent float64 buffers ``alpha``/``beta`` (so checkpoints carry them); loading a
+            state dict sets every stage to the loaded values; a checkpoint without them (e.g. mmdet's
+            ``SwinTransformer``) keeps the current values. Change them with :meth:`set_coefficients`;
+            other in-place writes to the buffers (EMA copies) are picked up at the next forward.
+        reversible: True: in training with gradients each stage keeps only its final streams and
+            rebuilds activations in backward (Eq. 2). False: ordinary autograd (the exact reference,
+            also the mode for β = 0). In eval mode or under ``torch.no_grad()`` the forward is a plain
+            loop either way (no bookkeeping, as fast as mmdet).
+        stream_dtype: dtype of the two streams in training: ``torch.float64`` (default; needed near
+            the start point (1, 0.1), see the module docstring) or ``torch.float32`` (enough near
+            (0.3, 0.7)); the names 'float64'/'float32' work too.
+        segment_size: keep the streams every ``segment_size`` branches of a stage (bounds the error
+            amplification of long stages at one stream pair each); None: once per stage. Near the
+            start point (1, 0.1) Swin-T's 12-branch third stage needs ``segment_size=4`` for precise
+            gradients even with float64 streams (module docstring); settable later, e.g. back to
+            None once the coefficients are near (0.3, 0.7).
+        with_cp: accepted for config compatibility. A reversible stage keeps no per-block activations,
+            so in reversible mode it has no effect (logged once at construction). In reference mode
+            (``reversible=False``) it recomputes each branch in backward with
+            ``torch.utils.checkpoint`` (as mmdet does per block), for memory-light exact training.
+        convert_weights: accepted for compatibility; the checkpoint layout (official release, timm,
+            mmdet/mmseg, bare) is detected from its keys (see :func:`checkpoint_filter_fn`).
+        pretrained: deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``
+            (mmseg segmentors pass it).
+    """
+
+    def __init__(self,
+                 pretrain_img_size=224,
+                 in_channels=3,
+                 embed_dims=96,
+                 patch_size=4,
+                 window_size=7,
+                 mlp_ratio=4,
+                 depths=(2, 2, 6, 2),
+                 num_heads=(3, 6, 12, 24),
+                 strides=(4, 2, 2, 2),
+                 out_indices=(0, 1, 2, 3),
+                 qkv_bias=True,
+                 qk_scale=None,
+                 patch_norm=True,
+                 drop_rate=0.,
+                 attn_drop_rate=0.,
+                 drop_path_rate=0.1,
+                 use_abs_pos_embed=False,
+                 act_cfg=dict(type='GELU'),
+                 norm_cfg=dict(type='LN'),
+                 with_cp=False,
+                 pretrained=None,
+                 convert_weights=False,
+                 frozen_stages=-1,
+                 init_cfg=None,
+                 alpha=1.0,
+                 beta=0.1,
+                 reversible=True,
+                 stream_dtype=torch.float64,
+                 segment_size=None):
+        reversible = _check_bool('reversible', reversible)
+        alpha, beta = check_coefficients(alpha, beta, reversible)
+        stream_dtype = parse_stream_dtype(stream_dtype)
+        segment_size = _check_segment_size(segment_size)
+        with_cp = _check_bool('with_cp', with_cp)
+        if pretrained is not None:
+            if not isinstance(pretrained, str):
+                raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
+            if init_cfg is not None:
+                raise ValueError('init_cfg and pretrained cannot be specified at the same time')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        if isinstance(mlp_ratio, float) and mlp_ratio.is_integer():
+            mlp_ratio = int(mlp_ratio)  # mmseg configs may write 4.0
+        super().__init__(
+            pretrain_img_size=pretrain_img_size, in_channels=in_channels, embed_dims=embed_dims,
+            patch_size=patch_size, window_size=window_size, mlp_ratio=mlp_ratio, depths=depths,
+            num_heads=num_heads, strides=strides, out_indices=out_indices, qkv_bias=qkv_bias,
+            qk_scale=qk_scale, patch_norm=patch_norm, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            use_abs_pos_embed=use_abs_pos_embed, act_cfg=act_cfg, norm_cfg=norm_cfg, with_cp=False,
+            pretrained=None, convert_weights=convert_weights, frozen_stages=frozen_stages,
+            init_cfg=init_cfg)
+        size = pretrain_img_size if isinstance(pretrain_img_size, (tuple, list)) else \
+            (pretrain_img_size, pretrain_img_size)
+        size = tuple(size) * 2 if len(size) == 1 else tuple(size)
+        self.pos_embed_grid = (size[0] // patch_size, size[1] // patch_size)
+        self.with_cp = with_cp
+        self.register_buffer('alpha', torch.tensor(alpha, dtype=torch.float64))
+        self.register_buffer('beta', torch.tensor(beta, dtype=torch.float64))
+        self._coefficients = (alpha, beta)
+        self._synced_buffers = self._buffer_versions()
+        for i, stage in enumerate(self.stages):
+            self.stages[i] = Dr2NetSwinStage(stage.blocks, stage.downsample, alpha, beta, reversible,
+                                             stream_dtype, segment_size, with_cp)
+        if with_cp and reversible:
+            print_log('Dr2NetSwin: with_cp=True has no effect while reversible=True (a reversible '
+                      'stage keeps no per-block activations); it applies in reference mode only',
+                      logger='current', level=logging.INFO)
+
+    # --------------------------------------------------------------------------- coefficients
+    @property
+    def engines(self) -> List[ReversibleSequence]:
+        """The reversible engine of every stage, in order."""
+        return [stage.engine for stage in self.stages]
+
+    @property
+    def coefficients(self) -> Tuple[float, float]:
+        """The current (α, β) as Python floats."""
+        self._sync_coefficients()
+        return self._coefficients
+
+    def set_coefficients(self, alpha: float, beta: float) -> None:
+        """Set (α, β) in the buffers and in every stage (validated: [0, 1], β > 0 when reversible)."""
+        alpha, beta = check_coefficients(alpha, beta, any(e.reversible for e in self.engines))
+        self._apply_coefficients(alpha, beta)
+
+    def _apply_coefficients(self, alpha: float, beta: float) -> None:
+        with torch.no_grad():
+            self.alpha.fill_(alpha)
+            self.beta.fill_(beta)
+        for engine in self.engines:
+            engine.set_coefficients(alpha, beta)
+        self._coefficients = (alpha, beta)
+        self._synced_buffers = self._buffer_versions()
+
+    def _buffer_versions(self) -> Tuple[int, ...]:
+        return (id(self.alpha), self.alpha._version, id(self.beta), self.beta._version)
+
+    def _sync_coefficients(self) -> None:
+        """Follow writes to the ``alpha``/``beta`` buffers made without :meth:`set_coefficients`
+        (an EMA model copying buffers, DDP broadcasting them, ``.to(device)``): a version counter tells
+        whether they were written; only then are they read (one device sync) and validated."""
+        if self._buffer_versions() != self._synced_buffers:
+            self._apply_coefficients(*check_coefficients(self.alpha, self.beta,
+                                                         self._any_reversible()))
+
+    @property
+    def reversible(self) -> bool:
+        """True when every stage is reversible (settable, validated against β; the core's
+        ``set_reversible(model, flag)`` also works)."""
+        return all(engine.reversible for engine in self.engines)
+
+    @reversible.setter
+    def reversible(self, value: bool) -> None:
+        value = _check_bool('reversible', value)
+        check_coefficients(*self._coefficients, value)
+        for engine in self.engines:
+            engine.reversible = value
+
+    @property
+    def stream_dtype(self) -> torch.dtype:
+        return self.engines[0].stream_dtype
+
+    @stream_dtype.setter
+    def stream_dtype(self, value: Union[torch.dtype, str]) -> None:
+        value = parse_stream_dtype(value)
+        for engine in self.engines:
+            engine.stream_dtype = value
+
+    @property
+    def segment_size(self) -> Optional[int]:
+        return self.engines[0].segment_size
+
+    @segment_size.setter
+    def segment_size(self, value: Optional[int]) -> None:
+        value = _check_segment_size(value)
+        for engine in self.engines:
+            engine.segment_size = value
+
+    def reconstruction_errors(self) -> List[Optional[float]]:
+        """Per stage, the worst relative reconstruction error of its latest reversible backward (None
+        for a stage that has not run one, e.g. frozen or reference mode). Reading it syncs the
+        device."""
+        return [engine.reconstruction_error() for engine in self.engines]
+
+    def reconstruction_ok(self) -> bool:
+        """False when a stage's latest reversible backward rebuilt non-finite or too imprecise
+        streams (the caller may skip that optimizer step)."""
+        return all(engine.reconstruction_ok() for engine in self.engines)
+
+    # --------------------------------------------------------------------------- state dict
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Buffers the source may lack: α/β (an mmdet checkpoint: keep the current values) and derived
+        # buffers (timm and converted checkpoints: the model's own are right by construction).
+        loaded = {}
+        for name in ('alpha', 'beta'):
+            if prefix + name in state_dict:
+                loaded[name] = state_dict[prefix + name]
+            else:
+                state_dict[prefix + name] = getattr(self, name)
+        for name, buffer in self.named_buffers():
+            if name.endswith(_DERIVED_BUFFERS) and prefix + name not in state_dict:
+                state_dict[prefix + name] = buffer
+        coefficients = None
+        if loaded:
+            try:
+                coefficients = check_coefficients(
+                    loaded.get('alpha', self._coefficients[0]),
+                    loaded.get('beta', self._coefficients[1]), self._any_reversible())
+            except (TypeError, ValueError) as error:
+                error_msgs.append(f'{prefix}alpha/{prefix}beta: {error}')
+                for name in loaded:
+                    state_dict[prefix + name] = getattr(self, name)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if coefficients is not None:
+            self._apply_coefficients(*coefficients)
+
+    def _any_reversible(self) -> bool:
+        return any(engine.reversible for engine in self.engines)
+
+    # --------------------------------------------------------------------------- weights
+    def init_weights(self) -> None:
+        """From scratch as mmdet (``init_cfg=None``), or from ``init_cfg=dict(type='Pretrained',
+        checkpoint=..., prefix=None)`` in any layout :func:`checkpoint_filter_fn` accepts."""
+        cfg = self.init_cfg
+        if cfg is None:
+            super().init_weights()
+            return
+        if isinstance(cfg, (list, tuple)) or not isinstance(cfg, Mapping) or 'checkpoint' not in cfg:
+            raise ValueError(f'{type(self).__name__} supports init_cfg=None or '
+                             f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
+        self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
+                             map_location=cfg.get('map_location', 'cpu'))
+
+    def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], prefix: Optional[str] = None,
+                        map_location: str = 'cpu') -> LoadReport:
+        """Load pretrained weights from a file name/URL or a loaded checkpoint dict; logs and returns
+        what was missing, unexpected or skipped for a shape mismatch."""
+        logger = MMLogger.get_current_instance()
+        source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
+        if isinstance(checkpoint, str):
+            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
+                                                          map_location=map_location)
+        fmt = detect_checkpoint_format(unwrap_state_dict(checkpoint, prefix))
+        state_dict = checkpoint_filter_fn(checkpoint, self, prefix=prefix, logger=logger)
+        own = self.state_dict()
+        mismatched = [k for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+        for key in mismatched:
+            state_dict.pop(key)
+        result = self.load_state_dict(state_dict, strict=False)
+        report = LoadReport(fmt, list(result.missing_keys), list(result.unexpected_keys), mismatched)
+        print_log(f'{type(self).__name__}: loaded {len(state_dict)} tensors from {source} '
+                  f'({fmt} layout)', logger=logger, level=logging.INFO)
+        if report.missing_keys:
+            print_log(f'{type(self).__name__}: missing keys (left as initialised): '
+                      f'{report.missing_keys}', logger=logger, level=logging.WARNING)
+        if report.unexpected_keys:
+            print_log(f'{type(self).__name__}: unused checkpoint keys: {report.unexpected_keys}',
+                      logger=logger, level=logging.WARNING)
+        if report.mismatched_keys:
+            print_log(f'{type(self).__name__}: skipped keys with mismatched shapes: '
+                      f'{[(k, tuple(own[k].shape)) for k in report.mismatched_keys]}',
+                      logger=logger, level=logging.WARNING)
+        return report
+
+    # --------------------------------------------------------------------------- forward
+    def train(self, mode: bool = True) -> 'Dr2NetSwin':
+        """Train/eval mode, keeping frozen stages in eval mode (mmdet's behaviour); returns self."""
+        super().train(mode)
+        return self
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        """``(B, in_channels, H, W)`` -> list of ``(B, embed_dims·2^i, H_i, W_i)``, one per
+        ``out_indices``."""
+        self._sync_coefficients()
+        x, hw_shape = self.patch_embed(x)
+        if self.use_abs_pos_embed:
+            # mmdet requires the pretraining patch grid; other sizes get a resized embedding.
+            x = x + resize_abs_pos_embed(self.absolute_pos_embed, self.pos_embed_grid, hw_shape)
+        x = self.drop_after_pos(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x, hw_shape, out, out_hw_shape = stage(x, hw_shape)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(out)
+                out = out.view(-1, *out_hw_shape, self.num_features[i]).permute(0, 3, 1,
+                                                                                 2).contiguous()
+                outs.append(out)
+        return outs
