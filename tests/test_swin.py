@@ -6,7 +6,6 @@ import copy
 import inspect
 import logging
 
-import mmcv.cnn.bricks.drop as mmcv_drop
 import pytest
 import torch
 from mmdet.models.backbones.swin import SwinTransformer
@@ -390,19 +389,8 @@ def test_conversion_functions_are_pure_and_detect_the_layout(timm_swin):
 
 
 # 4. Gradients --------------------------------------------------------------------------------------
-def drop_path_same_masks_in_any_dtype(x, drop_prob=0., training=False):
-    """mmcv's drop_path draws its mask with torch.rand(dtype=x.dtype): a float64 copy of the model
-    would draw other masks. Drawing in float32 gives every run of gradient_error the same masks."""
-    if drop_prob == 0. or not training:
-        return x
-    keep = 1 - drop_prob
-    shape = (x.shape[0], ) + (1, ) * (x.ndim - 1)
-    mask = (keep + torch.rand(shape, device=x.device)).floor().to(x.dtype)
-    return x.div(keep) * mask
-
-
-def swin_t_for_gradients(monkeypatch, **kwargs):
-    monkeypatch.setattr(mmcv_drop, 'drop_path', drop_path_same_masks_in_any_dtype)
+def swin_t_for_gradients(**kwargs):
+    """Swin-T shape with drop path 0.2 (gradient_error draws the same masks in every run)."""
     torch.manual_seed(0)
     model = Dr2NetSwin(**SWIN_T, drop_path_rate=0.2, **kwargs)
     model.init_weights()
@@ -415,12 +403,12 @@ def describe(report, model):
             f'reconstruction errors {[f"{e:.2g}" for e in model.reconstruction_errors()]}')
 
 
-def test_reversible_gradients_as_precise_as_ordinary_autograd(monkeypatch):
+def test_reversible_gradients_as_precise_as_ordinary_autograd():
     """Swin-T shape, drop path 0.2, train mode, float64 streams: at the paper's end point (0.3, 0.7)
     the reversible gradients are as precise as ordinary float32 autograd; at the start point (1, 0.1)
     they are when the 12-branch third stage is cut into segments of 4 branches (see the module
     docstring and the slow test below for one segment per stage)."""
-    model, x = swin_t_for_gradients(monkeypatch, alpha=0.3, beta=0.7)
+    model, x = swin_t_for_gradients(alpha=0.3, beta=0.7)
     report = gradient_error(model, x)
     print(f'\n(0.3, 0.7) float64: {describe(report, model)}')
     assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst
@@ -432,14 +420,14 @@ def test_reversible_gradients_as_precise_as_ordinary_autograd(monkeypatch):
     model.segment_size = 4
     start = gradient_error(model, x)
     print(f'(1, 0.1) float64, segment_size=4: {describe(start, model)}')
-    assert start.reversible_vs_truth.worst <= 20 * start.reference_vs_truth.worst
+    assert start.reversible_vs_truth.worst <= 2 * start.reference_vs_truth.worst
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('stream_dtype', ['float64', 'float32'])
-def test_record_gradient_errors_with_one_segment_per_stage(monkeypatch, stream_dtype):
+def test_record_gradient_errors_with_one_segment_per_stage(stream_dtype):
     """Recorded, not asserted beyond the end point: at (1, 0.1) one segment per stage is imprecise."""
-    model, x = swin_t_for_gradients(monkeypatch, stream_dtype=stream_dtype)
+    model, x = swin_t_for_gradients(stream_dtype=stream_dtype)
     for alpha, beta in ((1.0, 0.1), (0.3, 0.7)):
         model.set_coefficients(alpha, beta)
         report = gradient_error(model, x)

@@ -1,1 +1,5 @@
 """Backbones registered into MMEngine's root MODELS registry."""
+from .swin import Dr2NetSwin
+from .vit import Dr2NetViT
+
+__all__ = ['Dr2NetSwin', 'Dr2NetViT']
