@@ -11,6 +11,7 @@ import torch
 from mmdet.models.backbones.swin import SwinTransformer
 from mmengine.config import ConfigDict
 from mmengine.logging import MMLogger
+from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import load_checkpoint
 
 import dr2net_mm  # noqa: F401  (registers Dr2NetSwin)
@@ -163,11 +164,12 @@ def test_mmseg_segmentor_passes_pretrained_to_the_backbone(tmp_path):
     source = mmdet_swin(**SMALL)
     path = str(tmp_path / 'swin.pth')
     torch.save(source.state_dict(), path)
-    segmentor = MMSEG_MODELS.build(ConfigDict(  # what a config file gives
-        type='EncoderDecoder', pretrained=path,
-        backbone=dict(type='Dr2NetSwin', **SMALL, alpha=1.0, beta=0.0, reversible=False),
-        decode_head=dict(type='FCNHead', in_channels=128, in_index=3, channels=8, num_convs=1,
-                         num_classes=3)))
+    with DefaultScope.overwrite_default_scope('mmseg'):  # as a Runner with an mmseg config does
+        segmentor = MMSEG_MODELS.build(ConfigDict(  # what a config file gives
+            type='EncoderDecoder', pretrained=path,
+            backbone=dict(type='Dr2NetSwin', **SMALL, alpha=1.0, beta=0.0, reversible=False),
+            decode_head=dict(type='FCNHead', in_channels=128, in_index=3, channels=8,
+                             num_convs=1, num_classes=3)))
     segmentor.init_weights()
     x = torch.randn(1, 3, 64, 64)
     source.eval(), segmentor.backbone.eval()

@@ -5,6 +5,7 @@ from contextlib import contextmanager
 import pytest
 import timm
 import torch
+from mmengine.registry import DefaultScope
 from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
@@ -253,8 +254,6 @@ def test_trains_one_step_inside_mmseg_encoder_decoder():
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS as SEG_MODELS
     from mmseg.structures import SegDataSample
-    from mmseg.utils import register_all_modules
-    register_all_modules()
     cfg = dict(
         type='EncoderDecoder',
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.7, 116.3, 103.5],
@@ -271,7 +270,8 @@ def test_trains_one_step_inside_mmseg_encoder_decoder():
                                           loss_weight=1.0)),
         train_cfg=dict(), test_cfg=dict(mode='whole'))
     torch.manual_seed(0)
-    segmentor = SEG_MODELS.build(cfg)
+    with DefaultScope.overwrite_default_scope('mmseg'):  # as a Runner with an mmseg config does
+        segmentor = SEG_MODELS.build(cfg)
     segmentor.init_weights()
     assert isinstance(segmentor.backbone, Dr2NetViT)
     samples = []
