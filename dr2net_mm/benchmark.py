@@ -110,7 +110,6 @@ def measure(variant: Variant, device: torch.device, iters: int = 5, warmup: int 
     result = Measurement(name=variant.name, saved_mb=saved.total / MB, peak_mb=peak / MB,
                          step_ms=statistics.median(times),
                          params_m=sum(p.numel() for p in params) / 1e6)
-    del model, params
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()

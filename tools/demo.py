@@ -31,8 +31,12 @@ def step(title: str) -> float:
     return time.time()
 
 
-def run(cmd, log_path):
-    """Run a tool, showing its progress lines, keeping its full output in ``log_path``."""
+NOISE = re.compile(r'^(USDT:|\[W\d|ERROR:.*DeviceProperties|.*Warning|\s*warnings.warn)')
+
+
+def run(cmd, log_path, show=r'Epoch\((train|val|test)\)|bbox_mAP|Error|error:|Saving checkpoint'):
+    """Run a tool, printing the lines matching ``show`` (None: all but profiler noise) as they come,
+    keeping its full output in ``log_path``."""
     print('$ ' + ' '.join(cmd), flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONWARNINGS='ignore')
     with open(log_path, 'w') as log, subprocess.Popen(cmd, cwd=ROOT, env=env,
@@ -40,7 +44,7 @@ def run(cmd, log_path):
                                                       stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
             log.write(line)
-            if re.search(r'Epoch\((train|val|test)\)|bbox_mAP|Error|error:|Saving checkpoint', line):
+            if (show is None and not NOISE.match(line)) or (show and re.search(show, line)):
                 print('  ' + line.rstrip()[:160], flush=True)
     if proc.returncode:
         raise SystemExit(f'{cmd[1]} failed (exit {proc.returncode}); full log: {log_path}')
@@ -76,7 +80,11 @@ def main(argv=None):
     parser.add_argument('--epochs', type=int, default=None, help='override max_epochs')
     parser.add_argument('--work-dir', default='work_dirs/demo_dino')
     parser.add_argument('--skip-train', action='store_true', help='evaluate/compare only')
+    parser.add_argument('--compare-only', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compare_only:  # step 4, in its own process (see main)
+        compare_backbones(CONFIG)
+        return
     start = time.time()
     os.chdir(ROOT)
     os.makedirs(args.work_dir, exist_ok=True)
@@ -110,8 +118,9 @@ def main(argv=None):
     map_text = f'bbox mAP {found[-1][0]}, mAP@50 {found[-1][1]}' if found else 'see ' + log
     print(f'{checkpoint}: {map_text} ({time.time() - t:.0f} s)')
 
-    t = step('4/4 memory and time of one training step: Dr²Net vs the baseline backbones')
-    compare_backbones(CONFIG)
+    step('4/4 memory and time of one training step: Dr²Net vs the baseline backbones')
+    run([python, 'tools/demo.py', '--compare-only'], os.path.join(args.work_dir, 'compare.log'),
+        show=None)
     print(f'\ndemo finished in {(time.time() - start) / 60:.1f} min: {map_text} on the demo val set')
 
 

@@ -6,7 +6,7 @@ _base_ = '../dino_dr2net_swin_t_coco.py'
 data_root = 'data/demo_coco/'
 classes = ('square', 'disk', 'triangle')
 image_size = (160, 160)
-max_epochs = 3
+max_epochs = 10
 demo_pretrained = data_root + 'swin_tiny_official_random.pth'  # written by the demo generator
 
 model = dict(
@@ -61,5 +61,5 @@ default_hooks = dict(
     logger=dict(interval=4),
     checkpoint=dict(interval=1, max_keep_ckpts=2))
 custom_hooks = [
-    dict(type='AlphaBetaHook', start=(1.0, 0.1), end=(0.3, 0.7), end_epoch=2, interval=2)
+    dict(type='AlphaBetaHook', start=(1.0, 0.1), end=(0.3, 0.7), end_epoch=5, interval=2)
 ]

@@ -51,19 +51,20 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmdet.models.backbones.swin import SwinBlock, SwinTransformer, swin_converter
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor, nn
 
 from ..core import ReversibleSequence, check_coefficients
+from .common import (Dr2NetBackboneMixin, LoadReport, check_bool, check_segment_size,
+                     parse_stream_dtype, unwrap_state_dict)
 
 __all__ = [
     'Dr2NetSwin', 'Dr2NetSwinStage', 'SwinAttentionBranch', 'SwinFFNBranch', 'LoadReport',
@@ -71,51 +72,12 @@ __all__ = [
     'unwrap_state_dict', 'resize_rel_pos_bias_table', 'resize_abs_pos_embed'
 ]
 
-_STREAM_DTYPE_NAMES = {
-    'float64': torch.float64, 'torch.float64': torch.float64, 'fp64': torch.float64,
-    'double': torch.float64, 'float32': torch.float32, 'torch.float32': torch.float32,
-    'fp32': torch.float32, 'float': torch.float32
-}
-# Buffers computed from the configuration (window size, input size), never taken from a checkpoint.
 _DERIVED_BUFFERS = ('relative_position_index', 'attn_mask')
 
 
 # ------------------------------------------------------------------------------------------------
 # Argument checks
 # ------------------------------------------------------------------------------------------------
-def parse_stream_dtype(value: Union[torch.dtype, str]) -> torch.dtype:
-    """``torch.float64``/``torch.float32`` or their names (configs are text): 'float64', 'float32'."""
-    if isinstance(value, str):
-        if value.strip().lower() not in _STREAM_DTYPE_NAMES:
-            raise ValueError(f"stream_dtype={value!r} is not supported; use 'float64' (precise, the "
-                             "default) or 'float32' (or torch.float64 / torch.float32)")
-        return _STREAM_DTYPE_NAMES[value.strip().lower()]
-    if not isinstance(value, torch.dtype):
-        raise TypeError(f'stream_dtype must be torch.float64, torch.float32 or their names, got '
-                        f'{value!r} ({type(value).__name__})')
-    if value not in (torch.float64, torch.float32):
-        raise ValueError(f'stream_dtype={value} is not supported; use torch.float64 (precise, the '
-                         'default) or torch.float32')
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{name} must be True or False, got {value!r} ({type(value).__name__})')
-    return value
-
-
-def _check_segment_size(value: Any) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'segment_size must be None or an int >= 1, got {value!r} '
-                        f'({type(value).__name__})')
-    if value < 1:
-        raise ValueError(f'segment_size={value} must be >= 1 (or None: one segment per stage)')
-    return value
-
-
 # ------------------------------------------------------------------------------------------------
 # The residual branches of a SwinBlock, as engine functions
 # ------------------------------------------------------------------------------------------------
@@ -209,37 +171,6 @@ class Dr2NetSwinStage(BaseModule):
 # ------------------------------------------------------------------------------------------------
 # Checkpoint conversion: pure functions, state dict in -> state dict out
 # ------------------------------------------------------------------------------------------------
-def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:
-    """The backbone's tensors of a loaded checkpoint file, prefixes removed.
-
-    Takes ``checkpoint['state_dict']`` (mmengine/mmdet/mmseg) or ``checkpoint['model']`` (official Swin
-    release, DeiT-style) or the mapping itself; strips a ``module.`` prefix (DDP); with ``prefix``
-    keeps only keys under it (stripped); otherwise, when some keys start with ``backbone.`` (a detector
-    or segmentor checkpoint), keeps only those (stripped), as mmdet does.
-    """
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
-    state_dict = checkpoint
-    for key in ('state_dict', 'model'):
-        if isinstance(state_dict.get(key), Mapping):
-            state_dict = state_dict[key]
-            break
-    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if isinstance(v, Tensor))
-    if state_dict and all(k.startswith('module.') for k in state_dict):
-        state_dict = OrderedDict((k[7:], v) for k, v in state_dict.items())
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
-                               if k.startswith(prefix))
-        if not selected:
-            raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r}; first keys: '
-                             f'{list(state_dict)[:5]}')
-        return selected
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
-    return state_dict
-
-
 def detect_checkpoint_format(state_dict: Mapping[str, Tensor]) -> str:
     """Which Swin layout ``state_dict`` (prefixes already removed) is in:
 
@@ -363,21 +294,11 @@ def _adapt_to_model(state_dict: Dict[str, Tensor], model: nn.Module,
     return out
 
 
-class LoadReport(NamedTuple):
-    """What :meth:`Dr2NetSwin.load_pretrained` did: the detected source ``format``, the model's keys the
-    checkpoint did not provide (``missing_keys``), the checkpoint keys the model has no use for
-    (``unexpected_keys``) and keys skipped because their shapes differ (``mismatched_keys``)."""
-    format: str
-    missing_keys: List[str]
-    unexpected_keys: List[str]
-    mismatched_keys: List[str]
-
-
 # ------------------------------------------------------------------------------------------------
 # The backbone
 # ------------------------------------------------------------------------------------------------
 @MODELS.register_module()
-class Dr2NetSwin(SwinTransformer):
+class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
     """Swin Transformer with reversible dual-residual stages (Dr²Net), a drop-in for mmdet's
     ``SwinTransformer`` (and mmseg's): same arguments, defaults, submodules, state dict and outputs.
 
@@ -429,6 +350,9 @@ class Dr2NetSwin(SwinTransformer):
             (mmseg segmentors pass it).
     """
 
+    detect_format = staticmethod(detect_checkpoint_format)
+    filter_checkpoint = staticmethod(checkpoint_filter_fn)
+
     def __init__(self,
                  pretrain_img_size=224,
                  in_channels=3,
@@ -459,11 +383,11 @@ class Dr2NetSwin(SwinTransformer):
                  reversible=True,
                  stream_dtype=torch.float64,
                  segment_size=None):
-        reversible = _check_bool('reversible', reversible)
+        reversible = check_bool('reversible', reversible)
         alpha, beta = check_coefficients(alpha, beta, reversible)
         stream_dtype = parse_stream_dtype(stream_dtype)
-        segment_size = _check_segment_size(segment_size)
-        with_cp = _check_bool('with_cp', with_cp)
+        segment_size = check_segment_size(segment_size)
+        with_cp = check_bool('with_cp', with_cp)
         if pretrained is not None:
             if not isinstance(pretrained, str):
                 raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
@@ -498,118 +422,24 @@ class Dr2NetSwin(SwinTransformer):
                       'stage keeps no per-block activations); it applies in reference mode only',
                       logger='current', level=logging.INFO)
 
-    # --------------------------------------------------------------------------- coefficients
     @property
     def engines(self) -> List[ReversibleSequence]:
         """The reversible engine of every stage, in order."""
         return [stage.engine for stage in self.stages]
 
-    @property
-    def coefficients(self) -> Tuple[float, float]:
-        """The current (α, β) as Python floats."""
-        self._sync_coefficients()
-        return self._coefficients
-
-    def set_coefficients(self, alpha: float, beta: float) -> None:
-        """Set (α, β) in the buffers and in every stage (validated: [0, 1], β > 0 when reversible)."""
-        alpha, beta = check_coefficients(alpha, beta, any(e.reversible for e in self.engines))
-        self._apply_coefficients(alpha, beta)
-
-    def _apply_coefficients(self, alpha: float, beta: float) -> None:
-        with torch.no_grad():
-            self.alpha.fill_(alpha)
-            self.beta.fill_(beta)
-        for engine in self.engines:
-            engine.set_coefficients(alpha, beta)
-        self._coefficients = (alpha, beta)
-        self._synced_buffers = self._buffer_versions()
-
-    def _buffer_versions(self) -> Tuple[int, ...]:
-        return (id(self.alpha), self.alpha._version, id(self.beta), self.beta._version)
-
-    def _sync_coefficients(self) -> None:
-        """Follow writes to the ``alpha``/``beta`` buffers made without :meth:`set_coefficients`
-        (an EMA model copying buffers, DDP broadcasting them, ``.to(device)``): a version counter tells
-        whether they were written; only then are they read (one device sync) and validated."""
-        if self._buffer_versions() != self._synced_buffers:
-            self._apply_coefficients(*check_coefficients(self.alpha, self.beta,
-                                                         self._any_reversible()))
-
-    @property
-    def reversible(self) -> bool:
-        """True when every stage is reversible (settable, validated against β; the core's
-        ``set_reversible(model, flag)`` also works)."""
-        return all(engine.reversible for engine in self.engines)
-
-    @reversible.setter
-    def reversible(self, value: bool) -> None:
-        value = _check_bool('reversible', value)
-        check_coefficients(*self._coefficients, value)
-        for engine in self.engines:
-            engine.reversible = value
-
-    @property
-    def stream_dtype(self) -> torch.dtype:
-        return self.engines[0].stream_dtype
-
-    @stream_dtype.setter
-    def stream_dtype(self, value: Union[torch.dtype, str]) -> None:
-        value = parse_stream_dtype(value)
-        for engine in self.engines:
-            engine.stream_dtype = value
-
-    @property
-    def segment_size(self) -> Optional[int]:
-        return self.engines[0].segment_size
-
-    @segment_size.setter
-    def segment_size(self, value: Optional[int]) -> None:
-        value = _check_segment_size(value)
-        for engine in self.engines:
-            engine.segment_size = value
-
-    def reconstruction_errors(self) -> List[Optional[float]]:
-        """Per stage, the worst relative reconstruction error of its latest reversible backward (None
-        for a stage that has not run one, e.g. frozen or reference mode). Reading it syncs the
-        device."""
-        return [engine.reconstruction_error() for engine in self.engines]
-
-    def reconstruction_ok(self) -> bool:
-        """False when a stage's latest reversible backward rebuilt non-finite or too imprecise
-        streams (the caller may skip that optimizer step)."""
-        return all(engine.reconstruction_ok() for engine in self.engines)
-
     # --------------------------------------------------------------------------- state dict
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Buffers the source may lack: α/β (an mmdet checkpoint: keep the current values) and derived
-        # buffers (timm and converted checkpoints: the model's own are right by construction).
-        loaded = {}
-        for name in ('alpha', 'beta'):
-            if prefix + name in state_dict:
-                loaded[name] = state_dict[prefix + name]
-            else:
-                state_dict[prefix + name] = getattr(self, name)
+        # α/β may be absent (an mmdet checkpoint keeps the current values), so may derived buffers
+        # (timm and converted checkpoints: the model's own are right by construction).
+        coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
         for name, buffer in self.named_buffers():
             if name.endswith(_DERIVED_BUFFERS) and prefix + name not in state_dict:
                 state_dict[prefix + name] = buffer
-        coefficients = None
-        if loaded:
-            try:
-                coefficients = check_coefficients(
-                    loaded.get('alpha', self._coefficients[0]),
-                    loaded.get('beta', self._coefficients[1]), self._any_reversible())
-            except (TypeError, ValueError) as error:
-                error_msgs.append(f'{prefix}alpha/{prefix}beta: {error}')
-                for name in loaded:
-                    state_dict[prefix + name] = getattr(self, name)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if coefficients is not None:
             self._apply_coefficients(*coefficients)
-
-    def _any_reversible(self) -> bool:
-        return any(engine.reversible for engine in self.engines)
 
     # --------------------------------------------------------------------------- weights
     def init_weights(self) -> None:
@@ -624,37 +454,6 @@ class Dr2NetSwin(SwinTransformer):
                              f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
         self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
                              map_location=cfg.get('map_location', 'cpu'))
-
-    def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], prefix: Optional[str] = None,
-                        map_location: str = 'cpu') -> LoadReport:
-        """Load pretrained weights from a file name/URL or a loaded checkpoint dict; logs and returns
-        what was missing, unexpected or skipped for a shape mismatch."""
-        logger = MMLogger.get_current_instance()
-        source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
-        if isinstance(checkpoint, str):
-            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
-                                                          map_location=map_location)
-        fmt = detect_checkpoint_format(unwrap_state_dict(checkpoint, prefix))
-        state_dict = checkpoint_filter_fn(checkpoint, self, prefix=prefix, logger=logger)
-        own = self.state_dict()
-        mismatched = [k for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-        for key in mismatched:
-            state_dict.pop(key)
-        result = self.load_state_dict(state_dict, strict=False)
-        report = LoadReport(fmt, list(result.missing_keys), list(result.unexpected_keys), mismatched)
-        print_log(f'{type(self).__name__}: loaded {len(state_dict)} tensors from {source} '
-                  f'({fmt} layout)', logger=logger, level=logging.INFO)
-        if report.missing_keys:
-            print_log(f'{type(self).__name__}: missing keys (left as initialised): '
-                      f'{report.missing_keys}', logger=logger, level=logging.WARNING)
-        if report.unexpected_keys:
-            print_log(f'{type(self).__name__}: unused checkpoint keys: {report.unexpected_keys}',
-                      logger=logger, level=logging.WARNING)
-        if report.mismatched_keys:
-            print_log(f'{type(self).__name__}: skipped keys with mismatched shapes: '
-                      f'{[(k, tuple(own[k].shape)) for k in report.mismatched_keys]}',
-                      logger=logger, level=logging.WARNING)
-        return report
 
     # --------------------------------------------------------------------------- forward
     def train(self, mode: bool = True) -> 'Dr2NetSwin':

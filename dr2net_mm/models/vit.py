@@ -58,28 +58,25 @@ import logging
 import re
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor, nn
 
 from ..core import ReversibleSequence, check_coefficients
+from .common import (Dr2NetBackboneMixin, LoadReport, check_bool, check_segment_size,
+                     parse_stream_dtype, unwrap_state_dict)
 
 __all__ = [
     'Dr2NetViT', 'ViTAttentionBranch', 'ViTMLPBranch', 'LoadReport', 'checkpoint_filter_fn',
     'detect_checkpoint_format', 'openmmlab_to_timm', 'unwrap_state_dict'
 ]
 
-_STREAM_DTYPE_NAMES = {
-    'float64': torch.float64, 'torch.float64': torch.float64, 'fp64': torch.float64,
-    'double': torch.float64, 'float32': torch.float32, 'torch.float32': torch.float32,
-    'fp32': torch.float32, 'float': torch.float32
-}
+
 # timm VisionTransformer arguments that Dr2NetViT sets itself (with the Dr2NetViT argument to use).
 _RESERVED_TIMM_KWARGS = {
     'num_classes': None, 'global_pool': None, 'pretrained': None, 'features_only': None,
@@ -96,45 +93,11 @@ _NON_BACKBONE = re.compile(r'^(head|head_dist|fc_norm|attn_pool|pre_logits|decod
 # ------------------------------------------------------------------------------------------------
 # Argument checks
 # ------------------------------------------------------------------------------------------------
-def parse_stream_dtype(value: Union[torch.dtype, str]) -> torch.dtype:
-    """``torch.float64``/``torch.float32`` or their names (configs are text): 'float64', 'float32'."""
-    if isinstance(value, str):
-        if value.strip().lower() not in _STREAM_DTYPE_NAMES:
-            raise ValueError(f"stream_dtype={value!r} is not supported; use 'float64' (precise, the "
-                             "default) or 'float32' (or torch.float64 / torch.float32)")
-        return _STREAM_DTYPE_NAMES[value.strip().lower()]
-    if not isinstance(value, torch.dtype):
-        raise TypeError(f'stream_dtype must be torch.float64, torch.float32 or their names, got '
-                        f'{value!r} ({type(value).__name__})')
-    if value not in (torch.float64, torch.float32):
-        raise ValueError(f'stream_dtype={value} is not supported; use torch.float64 (precise, the '
-                         'default) or torch.float32')
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{name} must be True or False, got {value!r} ({type(value).__name__})')
-    return value
-
-
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f'{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})')
     if value < minimum:
         raise ValueError(f'{name}={value} must be >= {minimum}')
-    return value
-
-
-def _check_segment_size(value: Any) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'segment_size must be None or an int >= 1 (branches, two per block), got '
-                        f'{value!r} ({type(value).__name__})')
-    if value < 1:
-        raise ValueError(f'segment_size={value} must be >= 1 (branches, two per block), or None: one '
-                         'segment for all blocks')
     return value
 
 
@@ -204,37 +167,6 @@ class ViTMLPBranch(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Checkpoint conversion: state dict in -> state dict out
 # ------------------------------------------------------------------------------------------------
-def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:
-    """The backbone's tensors of a loaded checkpoint file, prefixes removed.
-
-    Takes ``checkpoint['state_dict']`` (mmengine/mmseg/mmpretrain), ``checkpoint['model']`` (DeiT, MAE
-    releases) or the mapping itself; strips a ``module.`` prefix (DDP); with ``prefix`` keeps only the
-    keys under it (stripped); otherwise, when some keys start with ``backbone.`` (a segmentor, detector
-    or classifier checkpoint), keeps only those (stripped).
-    """
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
-    state_dict = checkpoint
-    for key in ('state_dict', 'model'):
-        if isinstance(state_dict.get(key), Mapping):
-            state_dict = state_dict[key]
-            break
-    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if isinstance(v, Tensor))
-    if state_dict and all(k.startswith('module.') for k in state_dict):
-        state_dict = OrderedDict((k[7:], v) for k, v in state_dict.items())
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
-                               if k.startswith(prefix))
-        if not selected:
-            raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r}; first keys: '
-                             f'{list(state_dict)[:5]}')
-        return selected
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
-    return state_dict
-
-
 def detect_checkpoint_format(state_dict: Mapping[str, Tensor]) -> str:
     """Which ViT layout ``state_dict`` (prefixes already removed) is in:
 
@@ -356,19 +288,6 @@ def checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: Optional['Dr2NetV
     return OrderedDict((k, v) for k, v in state_dict.items() if k not in dropped)
 
 
-class LoadReport(NamedTuple):
-    """What :meth:`Dr2NetViT.load_pretrained` did: the detected source ``format``, the model's keys the
-    checkpoint did not provide (``missing_keys``), the checkpoint keys the model has no use for
-    (``unexpected_keys``) and keys skipped because their shapes differ (``mismatched_keys``)."""
-    format: str
-    missing_keys: List[str]
-    unexpected_keys: List[str]
-    mismatched_keys: List[str]
-
-
-# ------------------------------------------------------------------------------------------------
-# The backbone
-# ------------------------------------------------------------------------------------------------
 def _build_timm_vit(arch: Optional[str], kwargs: Dict[str, Any]) -> nn.Module:
     import timm
     from timm.layers import PatchEmbed
@@ -407,7 +326,7 @@ def _build_timm_vit(arch: Optional[str], kwargs: Dict[str, Any]) -> nn.Module:
 
 
 @MODELS.register_module()
-class Dr2NetViT(BaseModule):
+class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
     """A timm Vision Transformer with its blocks run as one reversible dual-residual stage (Dr²Net).
 
     The ``2·depth`` residual branches of the blocks (:class:`ViTAttentionBranch`,
@@ -472,6 +391,9 @@ class Dr2NetViT(BaseModule):
             (mmseg segmentors pass it).
     """
 
+    detect_format = staticmethod(detect_checkpoint_format)
+    filter_checkpoint = staticmethod(checkpoint_filter_fn)
+
     def __init__(self,
                  arch: Optional[str] = 'vit_small_patch16_224',
                  embed_dims: Optional[int] = None,
@@ -496,13 +418,13 @@ class Dr2NetViT(BaseModule):
                  segment_size: Optional[int] = None,
                  init_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None):
-        reversible = _check_bool('reversible', reversible)
+        reversible = check_bool('reversible', reversible)
         alpha, beta = check_coefficients(alpha, beta, reversible)
         stream_dtype = parse_stream_dtype(stream_dtype)
-        segment_size = _check_segment_size(segment_size)
-        final_norm = _check_bool('final_norm', final_norm)
-        dynamic_img_pad = _check_bool('dynamic_img_pad', dynamic_img_pad)
-        pos_embed_antialias = _check_bool('pos_embed_antialias', pos_embed_antialias)
+        segment_size = check_segment_size(segment_size)
+        final_norm = check_bool('final_norm', final_norm)
+        dynamic_img_pad = check_bool('dynamic_img_pad', dynamic_img_pad)
+        pos_embed_antialias = check_bool('pos_embed_antialias', pos_embed_antialias)
         if pos_embed_interp not in ('bicubic', 'bilinear', 'nearest'):
             raise ValueError(f"pos_embed_interp={pos_embed_interp!r} must be 'bicubic', 'bilinear' or "
                              "'nearest'")
@@ -555,6 +477,7 @@ class Dr2NetViT(BaseModule):
         self.register_buffer('alpha', torch.tensor(alpha, dtype=torch.float64))
         self.register_buffer('beta', torch.tensor(beta, dtype=torch.float64))
         self._coefficients = (alpha, beta)
+        self._synced_buffers = self._buffer_versions()
 
     @staticmethod
     def _timm_kwargs(arch, embed_dims, depth, num_heads, patch_size, mlp_ratio, img_size,
@@ -602,75 +525,16 @@ class Dr2NetViT(BaseModule):
         kwargs.update(extra)
         return kwargs
 
-    # --------------------------------------------------------------------------- coefficients
     @property
     def engines(self) -> List[ReversibleSequence]:
         """The reversible stages (one: all blocks)."""
         return [self.engine]
 
-    @property
-    def coefficients(self) -> Tuple[float, float]:
-        """The current (α, β) as Python floats."""
-        return self._coefficients
-
-    def set_coefficients(self, alpha: float, beta: float) -> None:
-        """Set (α, β) in the buffers and in the stage (validated: [0, 1], β > 0 when reversible)."""
-        alpha, beta = check_coefficients(alpha, beta, self.engine.reversible)
-        self._apply_coefficients(alpha, beta)
-
-    def _apply_coefficients(self, alpha: float, beta: float) -> None:
-        with torch.no_grad():
-            self.alpha.fill_(alpha)
-            self.beta.fill_(beta)
-        self.engine.set_coefficients(alpha, beta)
-        self._coefficients = (alpha, beta)
-
-    @property
-    def reversible(self) -> bool:
-        """Whether the stage is reversible (settable; ``set_reversible(model, flag)`` also works)."""
-        return self.engine.reversible
-
-    @reversible.setter
-    def reversible(self, value: bool) -> None:
-        self.engine.reversible = _check_bool('reversible', value)
-
-    @property
-    def stream_dtype(self) -> torch.dtype:
-        return self.engine.stream_dtype
-
-    @stream_dtype.setter
-    def stream_dtype(self, value: Union[torch.dtype, str]) -> None:
-        self.engine.stream_dtype = parse_stream_dtype(value)
-
-    def reconstruction_errors(self) -> List[Optional[float]]:
-        """Per stage (one here), the worst relative reconstruction error of its latest reversible
-        backward (None before any). Reading it syncs the device."""
-        return [engine.reconstruction_error() for engine in self.engines]
-
-    def reconstruction_ok(self) -> bool:
-        """False when the latest reversible backward rebuilt non-finite or too imprecise streams."""
-        return all(engine.reconstruction_ok() for engine in self.engines)
-
     # --------------------------------------------------------------------------- state dict
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # α/β may be absent (a timm / mmseg checkpoint): keep the current values then.
-        loaded = {}
-        for name in ('alpha', 'beta'):
-            if prefix + name in state_dict:
-                loaded[name] = state_dict[prefix + name]
-            else:
-                state_dict[prefix + name] = getattr(self, name)
-        coefficients = None
-        if loaded:
-            try:
-                coefficients = check_coefficients(loaded.get('alpha', self._coefficients[0]),
-                                                  loaded.get('beta', self._coefficients[1]),
-                                                  self.engine.reversible)
-            except (TypeError, ValueError) as error:
-                error_msgs.append(f'{prefix}alpha/{prefix}beta: {error}')
-                for name in loaded:
-                    state_dict[prefix + name] = getattr(self, name)
+        coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if coefficients is not None:
@@ -691,38 +555,6 @@ class Dr2NetViT(BaseModule):
                                  map_location=cfg.get('map_location', 'cpu'))
         self._is_init = True
 
-    def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], prefix: Optional[str] = None,
-                        map_location: str = 'cpu') -> LoadReport:
-        """Load pretrained weights from a file name/URL or a loaded checkpoint dict; logs and returns
-        what was missing, unexpected or skipped for a shape mismatch."""
-        logger = MMLogger.get_current_instance()
-        source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
-        if isinstance(checkpoint, str):
-            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
-                                                          map_location=map_location)
-        fmt = detect_checkpoint_format(unwrap_state_dict(checkpoint, prefix))
-        state_dict = checkpoint_filter_fn(checkpoint, self, prefix=prefix, logger=logger)
-        own = self.state_dict()
-        mismatched = [k for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-        for key in mismatched:
-            state_dict.pop(key)
-        result = self.load_state_dict(state_dict, strict=False)
-        report = LoadReport(fmt, list(result.missing_keys), list(result.unexpected_keys), mismatched)
-        print_log(f'{type(self).__name__}: loaded {len(state_dict)} tensors from {source} '
-                  f'({fmt} layout)', logger=logger, level=logging.INFO)
-        if report.missing_keys:
-            print_log(f'{type(self).__name__}: missing keys (left as initialised): '
-                      f'{report.missing_keys}', logger=logger, level=logging.WARNING)
-        if report.unexpected_keys:
-            print_log(f'{type(self).__name__}: unused checkpoint keys: {report.unexpected_keys}',
-                      logger=logger, level=logging.WARNING)
-        if report.mismatched_keys:
-            print_log(f'{type(self).__name__}: skipped keys with mismatched shapes: '
-                      f'{[(k, tuple(own[k].shape)) for k in report.mismatched_keys]}',
-                      logger=logger, level=logging.WARNING)
-        return report
-
-    # --------------------------------------------------------------------------- forward
     def feature_size(self, height: int, width: int) -> Tuple[int, int]:
         """The patch grid ``(h, w)`` of an ``height × width`` input."""
         ph, pw = self.patch_size
@@ -797,6 +629,7 @@ class Dr2NetViT(BaseModule):
 
     def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         """``(B, in_channels, H, W)`` -> tuple of ``(B, embed_dims, h, w)`` maps, one per out index."""
+        self._sync_coefficients()
         x, (h, w) = self.embed(images)
         outs = self._run_blocks(x, self.out_indices, None)
         return tuple(out[:, self.num_prefix_tokens:].reshape(out.shape[0], h, w, -1).permute(
@@ -829,6 +662,7 @@ class Dr2NetViT(BaseModule):
                 1, tokens.shape[0]) or pos_embed.shape[1:] != tokens.shape[1:]):
             raise ValueError(f'pos_embed must have shape (B or 1, N, C) = ({tokens.shape[0]} or 1, '
                              f'{tokens.shape[1]}, {tokens.shape[2]}), got {tuple(pos_embed.shape)}')
+        self._sync_coefficients()
         indices = self.out_indices if out_indices is None else _normalize_indices(
             'out_indices', out_indices, self.depth)
         x = tokens if pos_embed is None else tokens + pos_embed

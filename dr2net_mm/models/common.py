@@ -1,0 +1,244 @@
+"""What every Dr²Net backbone shares: argument parsing, checkpoint unwrapping and the (α, β) /
+mode / monitor interface (:class:`Dr2NetBackboneMixin`)."""
+import logging
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import torch
+from mmengine.logging import MMLogger, print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import Tensor
+
+from ..core import ReversibleSequence, check_coefficients
+
+_STREAM_DTYPE_NAMES = {
+    'float64': torch.float64, 'torch.float64': torch.float64, 'fp64': torch.float64,
+    'double': torch.float64, 'float32': torch.float32, 'torch.float32': torch.float32,
+    'fp32': torch.float32, 'float': torch.float32
+}
+
+
+def parse_stream_dtype(value: Union[torch.dtype, str]) -> torch.dtype:
+    """``torch.float64``/``torch.float32`` or their names (configs are text): 'float64', 'float32'."""
+    if isinstance(value, str):
+        if value.strip().lower() not in _STREAM_DTYPE_NAMES:
+            raise ValueError(f"stream_dtype={value!r} is not supported; use 'float64' (precise, the "
+                             "default) or 'float32' (or torch.float64 / torch.float32)")
+        return _STREAM_DTYPE_NAMES[value.strip().lower()]
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f'stream_dtype must be torch.float64, torch.float32 or their names, got '
+                        f'{value!r} ({type(value).__name__})')
+    if value not in (torch.float64, torch.float32):
+        raise ValueError(f'stream_dtype={value} is not supported; use torch.float64 (precise, the '
+                         'default) or torch.float32')
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be True or False, got {value!r} ({type(value).__name__})')
+    return value
+
+
+def check_segment_size(value: Any) -> Optional[int]:
+    """None (one segment per stage) or an int >= 1 (branches per segment)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'segment_size must be None or an int >= 1, got {value!r} '
+                        f'({type(value).__name__})')
+    if value < 1:
+        raise ValueError(f'segment_size={value} must be >= 1 (or None: one segment per stage)')
+    return value
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:
+    """The backbone's tensors of a loaded checkpoint file, prefixes removed.
+
+    Takes ``checkpoint['state_dict']`` (mmengine/mmdet/mmseg/mmpretrain) or ``checkpoint['model']``
+    (official Swin, DeiT and MAE releases) or the mapping itself; strips a ``module.`` prefix (DDP);
+    with ``prefix`` keeps only keys under it (stripped); otherwise, when some keys start with
+    ``backbone.`` (a detector, segmentor or classifier checkpoint), keeps only those (stripped).
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
+    state_dict = checkpoint
+    for key in ('state_dict', 'model'):
+        if isinstance(state_dict.get(key), Mapping):
+            state_dict = state_dict[key]
+            break
+    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if isinstance(v, Tensor))
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        state_dict = OrderedDict((k[7:], v) for k, v in state_dict.items())
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                               if k.startswith(prefix))
+        if not selected:
+            raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r}; first keys: '
+                             f'{list(state_dict)[:5]}')
+        return selected
+    if any(k.startswith('backbone.') for k in state_dict):
+        state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
+    return state_dict
+
+
+class LoadReport(NamedTuple):
+    """What ``load_pretrained`` did: the detected source ``format``, the model's keys the checkpoint
+    did not provide (``missing_keys``), the checkpoint keys the model has no use for
+    (``unexpected_keys``) and keys skipped because their shapes differ (``mismatched_keys``)."""
+    format: str
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+    mismatched_keys: List[str]
+
+
+class Dr2NetBackboneMixin:
+    """(α, β) as persistent float64 buffers ``alpha``/``beta`` mirrored in every reversible stage,
+    the stages' mode switches, their reconstruction-error monitor, and pretrained loading.
+
+    A backbone defines ``engines`` (its :class:`ReversibleSequence` stages) and the two checkpoint
+    functions ``detect_format(state_dict) -> str`` and ``filter_checkpoint(checkpoint, model,
+    prefix, logger) -> state_dict``, and calls :meth:`_apply_coefficients` once in ``__init__``.
+    """
+    detect_format: Callable[[Mapping[str, Tensor]], str]
+    filter_checkpoint: Callable[..., Dict[str, Tensor]]
+
+    @property
+    def engines(self) -> List[ReversibleSequence]:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------- coefficients
+    @property
+    def coefficients(self) -> Tuple[float, float]:
+        """The current (α, β) as Python floats."""
+        self._sync_coefficients()
+        return self._coefficients
+
+    def set_coefficients(self, alpha: float, beta: float) -> None:
+        """Set (α, β) in the buffers and in every stage (validated: [0, 1], β > 0 when reversible)."""
+        self._apply_coefficients(*check_coefficients(alpha, beta, self._any_reversible()))
+
+    def _apply_coefficients(self, alpha: float, beta: float) -> None:
+        with torch.no_grad():
+            self.alpha.fill_(alpha)
+            self.beta.fill_(beta)
+        for engine in self.engines:
+            engine.set_coefficients(alpha, beta)
+        self._coefficients = (alpha, beta)
+        self._synced_buffers = self._buffer_versions()
+
+    def _buffer_versions(self) -> Tuple[int, ...]:
+        return (id(self.alpha), self.alpha._version, id(self.beta), self.beta._version)
+
+    def _sync_coefficients(self) -> None:
+        """Follow writes to the ``alpha``/``beta`` buffers made without :meth:`set_coefficients`
+        (an EMA model copying buffers, DDP broadcasting them, ``.to(device)``): a version counter tells
+        whether they were written; only then are they read (one device sync) and validated."""
+        if self._buffer_versions() != self._synced_buffers:
+            self._apply_coefficients(*check_coefficients(self.alpha, self.beta,
+                                                         self._any_reversible()))
+
+    def _any_reversible(self) -> bool:
+        return any(engine.reversible for engine in self.engines)
+
+    def _take_coefficients(self, state_dict: dict, prefix: str,
+                           error_msgs: List[str]) -> Optional[Tuple[float, float]]:
+        """For ``_load_from_state_dict``: the (α, β) a state dict brings, validated (None when it has
+        none, e.g. an mmdet/timm checkpoint: the current values stay and the keys are filled in, so
+        ``strict`` loading works). Invalid values are reported in ``error_msgs`` and not loaded."""
+        loaded = {}
+        for name in ('alpha', 'beta'):
+            if prefix + name in state_dict:
+                loaded[name] = state_dict[prefix + name]
+            else:
+                state_dict[prefix + name] = getattr(self, name)
+        if not loaded:
+            return None
+        try:
+            return check_coefficients(loaded.get('alpha', self._coefficients[0]),
+                                      loaded.get('beta', self._coefficients[1]),
+                                      self._any_reversible())
+        except (TypeError, ValueError) as error:
+            error_msgs.append(f'{prefix}alpha/{prefix}beta: {error}')
+            for name in loaded:
+                state_dict[prefix + name] = getattr(self, name)
+            return None
+
+    # --------------------------------------------------------------------------- modes, monitor
+    @property
+    def reversible(self) -> bool:
+        """True when every stage is reversible (settable, validated against β; the core's
+        ``set_reversible(model, flag)`` also works)."""
+        return all(engine.reversible for engine in self.engines)
+
+    @reversible.setter
+    def reversible(self, value: bool) -> None:
+        value = check_bool('reversible', value)
+        check_coefficients(*self._coefficients, value)
+        for engine in self.engines:
+            engine.reversible = value
+
+    @property
+    def stream_dtype(self) -> torch.dtype:
+        return self.engines[0].stream_dtype
+
+    @stream_dtype.setter
+    def stream_dtype(self, value: Union[torch.dtype, str]) -> None:
+        value = parse_stream_dtype(value)
+        for engine in self.engines:
+            engine.stream_dtype = value
+
+    @property
+    def segment_size(self) -> Optional[int]:
+        return self.engines[0].segment_size
+
+    @segment_size.setter
+    def segment_size(self, value: Optional[int]) -> None:
+        value = check_segment_size(value)
+        for engine in self.engines:
+            engine.segment_size = value
+
+    def reconstruction_errors(self) -> List[Optional[float]]:
+        """Per stage, the worst relative reconstruction error of its latest reversible backward (None
+        for a stage that has not run one, e.g. frozen or reference mode). Reading it syncs the
+        device."""
+        return [engine.reconstruction_error() for engine in self.engines]
+
+    def reconstruction_ok(self) -> bool:
+        """False when a stage's latest reversible backward rebuilt non-finite or too imprecise
+        streams (the caller may skip that optimizer step)."""
+        return all(engine.reconstruction_ok() for engine in self.engines)
+
+    # --------------------------------------------------------------------------- weights
+    def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], prefix: Optional[str] = None,
+                        map_location: str = 'cpu') -> LoadReport:
+        """Load pretrained weights from a file name/URL or a loaded checkpoint dict; logs and returns
+        what was missing, unexpected or skipped for a shape mismatch."""
+        logger = MMLogger.get_current_instance()
+        source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
+        if isinstance(checkpoint, str):
+            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
+                                                          map_location=map_location)
+        fmt = type(self).detect_format(unwrap_state_dict(checkpoint, prefix))
+        state_dict = type(self).filter_checkpoint(checkpoint, self, prefix=prefix, logger=logger)
+        own = self.state_dict()
+        mismatched = [k for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+        for key in mismatched:
+            state_dict.pop(key)
+        result = self.load_state_dict(state_dict, strict=False)
+        report = LoadReport(fmt, list(result.missing_keys), list(result.unexpected_keys), mismatched)
+        name = type(self).__name__
+        print_log(f'{name}: loaded {len(state_dict)} tensors from {source} ({fmt} layout)',
+                  logger=logger, level=logging.INFO)
+        if report.missing_keys:
+            print_log(f'{name}: missing keys (left as initialised): {report.missing_keys}',
+                      logger=logger, level=logging.WARNING)
+        if report.unexpected_keys:
+            print_log(f'{name}: unused checkpoint keys: {report.unexpected_keys}', logger=logger,
+                      level=logging.WARNING)
+        if report.mismatched_keys:
+            print_log(f'{name}: skipped keys with mismatched shapes: '
+                      f'{[(k, tuple(own[k].shape)) for k in report.mismatched_keys]}',
+                      logger=logger, level=logging.WARNING)
+        return report
