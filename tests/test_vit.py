@@ -146,14 +146,15 @@ def test_gradients_at_0p3_0p7_are_as_precise_as_reference_mode(arch, drop_path_r
     assert model.reconstruction_errors()[0] < 1e-5
 
 
-@pytest.mark.slow
-def test_twelve_blocks_need_segments_at_0p3_0p7():
-    """ViT-S/16 with all 12 blocks (24 branches): one segment amplifies the rounding of the float32
-    branch inputs past the float32 floor; segments of 4 branches (2 blocks) stay within 2x of it."""
+@pytest.mark.parametrize('alpha,beta,segment_size', [(0.3, 0.7, 8), (1.0, 0.1, 4)])
+def test_twelve_blocks_with_segments_are_as_precise_as_reference_mode(alpha, beta, segment_size):
+    """ViT-S/16 with all 12 blocks (24 branches): in one segment the inverse amplifies rounding past
+    the float32 floor (measured ratio ~7 at (0.3, 0.7)); segments of 8 branches at (0.3, 0.7) and of
+    4 branches at the start point (1, 0.1) stay within 2x of ordinary float32 autograd."""
     torch.manual_seed(0)
     images = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
-    model = Dr2NetViT('vit_small_patch16_224', segment_size=4, drop_path_rate=0.1, alpha=0.3,
-                      beta=0.7).train()
+    model = Dr2NetViT('vit_small_patch16_224', segment_size=segment_size, drop_path_rate=0.1,
+                      alpha=alpha, beta=beta).train()
     report = gradient_error(model, images)
     assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
 

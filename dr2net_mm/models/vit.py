@@ -41,17 +41,19 @@ give 21.03 / 39.04 / 75.08 MiB. Measured with ``python -c 'from dr2net_mm.models
 main()'`` (CPU, torch 2.14, timm 1.0.31).
 
 Precision: the inverse amplifies rounding by roughly (‖J‖ + α)/β per branch, so long single segments
-need care. Gradient error of the reversible backward against float64 truth, relative to the float32
-reference's own error ("ratio to floor"), randomly initialised ViT-S/16 with all 12 blocks (24
-branches), drop path 0.1, batch 2 at 112², float64 streams, measured with the current engine::
+need care. Worst relative gradient error of the reversible backward against a float64 copy of the
+model, randomly initialised ViT-S/16 with all 12 blocks (24 branches), drop path 0.1, float64 streams
+(``dr2net_mm.core.gradient_error``; ordinary float32 autograd's own error, the floor, is 8e-7 to
+9e-7)::
 
-    (α, β)       one segment     segment_size=8    segment_size=4    segment_size=2
-    (0.3, 0.7)   2.2 (to 20)     1.3               1.2               1.05
-    (1, 0.1)     2e6 (garbage)   3e5 (garbage)     31                1.8
+    (α, β)       segments              112², batch 2           224², batch 1
+    (0.3, 0.7)   one (24 branches)     6.2e-6 (7.4x floor)     5.8e-6 (6.4x floor)
+    (0.3, 0.7)   segment_size=8        <= 2x floor (tests/test_vit.py)
+    (1, 0.1)     segment_size=4        8.0e-7 (1.01x floor)    8.1e-7 (1.00x floor)
 
-(one segment at (0.3, 0.7) varies with the input: 2.2 to 6 at 112², 20 at 224²; 4 blocks in one segment
-stay at 1.0). Watch :meth:`Dr2NetViT.reconstruction_errors` (the engine's free monitor) and pick
-``segment_size`` (in branches, two per block) accordingly.
+Four blocks in one segment stay at the floor at (0.3, 0.7). Watch :meth:`reconstruction_errors` (the
+engine's free monitor) and pick ``segment_size`` (in branches, two per block): each segment keeps one
+more stream pair (16 bytes per token and channel, see Memory).
 """
 import difflib
 import logging
