@@ -16,6 +16,7 @@ adds ratios to the variants named ``conventional`` and ``checkpointing`` when pr
 """
 import copy
 import gc
+import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -285,6 +286,7 @@ def detector_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
     off, trained on ``data`` (an mmdet batch: ``inputs`` + ``data_samples``) or on a synthetic batch
     of ``batch`` images of ``size``². Memory and time cover the whole training step."""
     from mmengine.config import Config
+    from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
@@ -294,7 +296,18 @@ def detector_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
             init_default_scope(cfg.get('default_scope', 'mmdet'))
             cfg.model.backbone.init_cfg = None
             torch.manual_seed(0)
-            return MODELS.build(cfg.model)
+            model = MODELS.build(cfg.model)
+            # DINO allocates some parameters uninitialised (level_embed, ...): init_weights fills
+            # them, otherwise they hold whatever the previous variant left in memory. (Quietly:
+            # MMEngine logs every parameter.)
+            logger = MMLogger.get_current_instance()
+            level = logger.level
+            logger.setLevel(logging.WARNING)
+            try:
+                model.init_weights()
+            finally:
+                logger.setLevel(level)
+            return model
         return build
 
     def forward_loss(model):
