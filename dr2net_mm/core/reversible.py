@@ -101,6 +101,13 @@ def dual_residual_step(f: Tensor, x: Tensor, y: Optional[Tensor], alpha: float) 
     return out if y is None else out + y
 
 
+def inverse_y(x: Tensor, f: Tensor, x_prev: Tensor, alpha: float) -> Tensor:
+    """Eq. 2's ``y_{i-1} = x_i − F_i(x_{i-1}) − α·x_{i-1}`` in the stream dtype of ``x``; ``f`` (model
+    dtype) is promoted on the fly, so no stream-dtype copy of it or of ``α·x_{i-1}`` is made (these
+    transients set the peak memory of the backward at high resolution)."""
+    return torch.sub(x, f).sub_(x_prev, alpha=alpha)
+
+
 def _relative_norm(error: Tensor, reference: Tensor) -> Tensor:
     """‖error‖ / ‖reference‖ as a 0-dim float64 tensor (no host sync)."""
     ref = torch.linalg.vector_norm(reference.to(torch.float64))
@@ -157,7 +164,7 @@ class _Run:
         """Eq. 2 without gradients: (x_i, y_i) -> (x_{i-1}, y_{i-1})."""
         x_prev = y / self.beta
         _, f = self.recompute(i, x_prev, grad=False)
-        return x_prev, x - f.to(self.stream_dtype) - self.alpha * x_prev
+        return x_prev, inverse_y(x, f, x_prev, self.alpha)
 
     def kept_streams(self, position: int, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
         """Unpack the kept (x, y) at ``position`` from a node's saved tensors [x packed..., y, hi?]."""
@@ -245,7 +252,7 @@ class _StepFunction(torch.autograd.Function):
         need_x = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
         x_prev = y / beta  # Eq. 2
         inp, f = run.recompute(i, x_prev, grad=gx is not None)
-        y_prev = x - f.detach().to(sd) - alpha * x_prev  # Eq. 2
+        y_prev = inverse_y(x, f.detach(), x_prev, alpha)  # Eq. 2
         if i == 1:  # the rebuilt pair must satisfy y_0 = β·x_0
             x0_norm = saved[-1].to(torch.float64)
             run.record_error(0, torch.linalg.vector_norm((y_prev - beta * x_prev).to(torch.float64))
@@ -262,11 +269,12 @@ class _StepFunction(torch.autograd.Function):
                 if wrt else []
             if need_x:
                 jtg = grads.pop(0)
-                gx_prev = alpha * gx if jtg is None else jtg.to(sd) + alpha * gx
+                # jtg (model dtype) is promoted on the fly: no stream-dtype copy of it
+                gx_prev = alpha * gx if jtg is None else torch.add(jtg, gx, alpha=alpha)
                 gy_prev = gx
             param_grads = grads
         if need_x and gy is not None:
-            gx_prev = beta * gy if gx_prev is None else gx_prev + beta * gy
+            gx_prev = beta * gy if gx_prev is None else gx_prev.add_(gy, alpha=beta)
         return (None, None, gx_prev, gy_prev, *param_grads)
 
 
