@@ -259,6 +259,7 @@ class _StepFunction(torch.autograd.Function):
                              / (beta * x0_norm).clamp_min(torch.finfo(torch.float64).tiny))
         else:
             run.handover = (i - 1, x_prev, y_prev)
+        del x, y  # (x_i, y_i) are rebuilt into (x_{i-1}, y_{i-1}): free them before F's backward
         # x_i = F_i(x_{i-1}) + α x_{i-1} + y_{i-1},  y_i = β x_{i-1}:
         # dL/dx_{i-1} = J_i^T dL/dx_i + α dL/dx_i + β dL/dy_i,   dL/dy_{i-1} = dL/dx_i
         gx_prev = gy_prev = None
