@@ -33,19 +33,12 @@ rest (9 MiB) is the patch embedding's input image and norm input. Measured with
 ``pytest tests/test_swin.py -k saved_bytes -s`` (CPU, torch 2.14, mmdet 3.3).
 
 Precision (``dr2net_mm.core.gradient_error``, Swin-T shape, drop path 0.2, train mode, random init,
-64×64 and 112×112 inputs; worst relative gradient error against a float64 model; float32 autograd's
-own is 8e-7 to 1e-6)::
-
-    (α, β)       streams    segment_size=None    segment_size=4    segment_size=2
-    (0.3, 0.7)   float64    9e-7 (the floor)
-    (0.3, 0.7)   float32    5e-6 to 6e-6
-    (1, 0.1)     float64    2e-2 to 0.6          8e-7 (floor)      8e-7 (floor)
-    (1, 0.1)     float32    1.5 to 1.6           1e-4              1.7e-6
-
-At the start point, rebuilding the 12 branches of Swin-T's third stage in one segment amplifies
-rounding far too much even in float64; segments of 4 branches (66 / 102 MiB at depths 6 / 18 above)
-reach the float32 floor. Watch :meth:`Dr2NetSwin.reconstruction_errors`. Measured with
-``pytest tests/test_swin.py -k gradient -s`` (plus the same at 112×112).
+112×112 input; worst relative gradient error against a float64 model, float32 autograd's own is
+~8e-7 to 9e-7): at (0.3, 0.7) float64 streams give 9.1e-7 (= ordinary autograd). At the start point
+(1, 0.1) rebuilding 12 branches (Swin-T's third stage) amplifies rounding ~11x per branch: 7e-2 with
+float64 streams, garbage with float32; ``segment_size=4`` brings float64 to 8.2e-7 (the floor), which
+is why ``configs/dino_dr2net_swin_t_coco.py`` uses it. The α×β map: ``tools/grad_error_map.py``.
+Watch :meth:`Dr2NetSwin.reconstruction_errors`.
 """
 import logging
 import math
