@@ -63,3 +63,4 @@ default_hooks = dict(
 custom_hooks = [
     dict(type='AlphaBetaHook', start=(1.0, 0.1), end=(0.3, 0.7), end_epoch=5, interval=2)
 ]
+randomness = dict(seed=0)  # the same demo run every time (same data order, flips and masks)
