@@ -81,6 +81,16 @@ def coefficients_summary(model) -> str:
     return ', '.join(f'(alpha, beta) = ({a:g}, {b:g})' for a, b in pairs)
 
 
+def finish_distributed() -> None:
+    """Tear the process group down before the interpreter exits (after all ranks are done): a gloo
+    group left alive can abort a finished process at exit ("terminate called without an active
+    exception"), and MMEngine does not destroy it."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _datasets(dataset: dict) -> Iterator[dict]:
     """A dataset config and the ones it wraps (RepeatDataset, ConcatDataset, ClassBalanced...)."""
     if not isinstance(dataset, dict):

@@ -14,8 +14,9 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
-from dr2net_mm.runner_utils import (coefficients_summary, load_config, require_data,  # noqa: E402
-                                    setup_cpu_distributed, trust_own_checkpoints)
+from dr2net_mm.runner_utils import (  # noqa: E402
+    coefficients_summary, finish_distributed, load_config, require_data, setup_cpu_distributed,
+    trust_own_checkpoints)
 
 
 def parse_args(argv=None):
@@ -50,6 +51,7 @@ def main(argv=None):
     setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.test()
+    finish_distributed()
     coefficients = coefficients_summary(runner.model)
     if coefficients:
         print(f'evaluated with {coefficients} (from the checkpoint)')

@@ -15,8 +15,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
-from dr2net_mm.runner_utils import (load_config, require_data, setup_cpu_distributed,  # noqa: E402
-                                    trust_own_checkpoints)
+from dr2net_mm.runner_utils import (  # noqa: E402
+    finish_distributed, load_config, require_data, setup_cpu_distributed, trust_own_checkpoints)
 
 
 def parse_args(argv=None):
@@ -65,6 +65,7 @@ def main(argv=None):
     setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == '__main__':
