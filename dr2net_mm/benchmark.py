@@ -32,8 +32,8 @@ MB = 2.0**20
 
 @dataclass
 class Variant:
-    """A model to measure: ``build()`` returns it; ``step(model)`` runs forward + loss and returns
-    the loss (the input is made inside, once per call, outside the timed region when possible)."""
+    """A model to measure: ``build()`` returns it; ``forward_loss(model)`` runs the forward on an
+    input prepared once by the variant's builder and returns the loss."""
     name: str
     build: Callable[[], nn.Module]
     forward_loss: Callable[[nn.Module], Tensor]

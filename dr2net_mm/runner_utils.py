@@ -18,6 +18,22 @@ def trust_own_checkpoints() -> None:
     os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
 
+def add_runner_arguments(parser, cfg_example: str) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local_rank``, as mmdet/mmseg tools take them."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help=f'override config entries, e.g. {cfg_example}')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_runner_arguments(parser, argv=None):
+    """Parse, and export ``--local_rank`` as LOCAL_RANK for launchers that pass it as argument."""
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
                 launcher: str = 'none') -> Config:
     """Read ``path``, apply ``--cfg-options``, set the work dir (default ``work_dirs/<config name>``)

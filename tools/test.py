@@ -9,14 +9,13 @@ import argparse
 import os
 import sys
 
-from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
 from dr2net_mm.runner_utils import (  # noqa: E402
-    coefficients_summary, finish_distributed, load_config, require_data, setup_cpu_distributed,
-    trust_own_checkpoints)
+    add_runner_arguments, coefficients_summary, finish_distributed, load_config,
+    parse_runner_arguments, require_data, setup_cpu_distributed, trust_own_checkpoints)
 
 
 def parse_args(argv=None):
@@ -25,13 +24,8 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where logs and metrics go')
     parser.add_argument('--out', help='also dump the raw predictions to this .pkl file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. test_dataloader.batch_size=1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_arguments(parser, 'test_dataloader.batch_size=1')
+    return parse_runner_arguments(parser, argv)
 
 
 def main(argv=None):

@@ -10,13 +10,13 @@ import argparse
 import os
 import sys
 
-from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
 from dr2net_mm.runner_utils import (  # noqa: E402
-    finish_distributed, load_config, require_data, setup_cpu_distributed, trust_own_checkpoints)
+    add_runner_arguments, finish_distributed, load_config, parse_runner_arguments, require_data,
+    setup_cpu_distributed, trust_own_checkpoints)
 
 
 def parse_args(argv=None):
@@ -30,13 +30,8 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true', help='mixed precision (AmpOptimWrapper)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by total batch size / base_batch_size')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. train_cfg.max_iters=10')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_arguments(parser, 'train_cfg.max_iters=10')
+    return parse_runner_arguments(parser, argv)
 
 
 def main(argv=None):

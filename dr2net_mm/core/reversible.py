@@ -164,11 +164,13 @@ class _Run:
             inp = branch_input(x_prev, self.model_dtype).detach().requires_grad_(grad)
             return inp, self.functions[i - 1](inp, *self.args)
 
-    def invert(self, i: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
-        """Eq. 2 without gradients: (x_i, y_i) -> (x_{i-1}, y_{i-1})."""
+    def invert(self, i: int, x: Tensor, y: Tensor,
+               grad: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Eq. 2, (x_i, y_i) -> (x_{i-1}, y_{i-1}); also returns F_i's recomputed input and output
+        (with a graph when ``grad``) for the backward through F_i."""
         x_prev = y / self.beta
-        _, f = self.recompute(i, x_prev, grad=False)
-        return x_prev, inverse_y(x, f, x_prev, self.alpha)
+        inp, f = self.recompute(i, x_prev, grad)
+        return x_prev, inverse_y(x, f.detach(), x_prev, self.alpha), inp, f
 
     def kept_streams(self, position: int, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
         """Unpack the kept (x, y) at ``position`` from a node's saved tensors [x packed..., y, hi?]."""
@@ -193,7 +195,7 @@ class _Run:
                 'outputs alive until backward')
         x, y = self.kept_streams(above, tuple(t.detach() for t in node.saved_tensors))
         for j in range(above, i, -1):
-            x, y = self.invert(j, x, y)
+            x, y = self.invert(j, x, y)[:2]
         return x, y
 
 
@@ -254,9 +256,7 @@ class _StepFunction(torch.autograd.Function):
             gx = g_hi.to(sd) if gx is None else gx + g_hi.to(sd)
         params = run.params_per_function[i - 1]
         need_x = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        x_prev = y / beta  # Eq. 2
-        inp, f = run.recompute(i, x_prev, grad=gx is not None)
-        y_prev = inverse_y(x, f.detach(), x_prev, alpha)  # Eq. 2
+        x_prev, y_prev, inp, f = run.invert(i, x, y, grad=gx is not None)  # Eq. 2
         if i == 1:  # the rebuilt pair must satisfy y_0 = β·x_0
             x0_norm = saved[-1].to(torch.float64)
             run.record_error(0, torch.linalg.vector_norm((y_prev - beta * x_prev).to(torch.float64))

@@ -23,16 +23,16 @@ import torch
 from torch import Tensor
 
 
-def _splits(stream: Tensor, shared: Optional[Tensor]) -> bool:
-    return (shared is not None and stream.dtype == torch.float64
-            and shared.dtype == torch.float32)
+def _splits(stream_dtype: torch.dtype, shared: Optional[Tensor]) -> bool:
+    """Whether a stream of ``stream_dtype`` is kept as ``shared`` plus a float32 remainder."""
+    return shared is not None and stream_dtype == torch.float64 and shared.dtype == torch.float32
 
 
 def pack_stream(stream: Tensor, shared: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
     """Tensors to save for ``stream``; ``shared`` is ``stream`` rounded to the output dtype, or None."""
     if shared is not None and stream.dtype == shared.dtype:
         return ()  # the output is the stream itself: nothing new to keep
-    if _splits(stream, shared):
+    if _splits(stream.dtype, shared):
         return ((stream - shared.to(torch.float64)).to(torch.float32), )
     return (stream, )
 
@@ -42,7 +42,6 @@ def unpack_stream(packed: Tuple[Tensor, ...], shared: Optional[Tensor],
     """Inverse of :func:`pack_stream`: the stream in ``stream_dtype``."""
     if not packed:
         return shared.to(stream_dtype)
-    if len(packed) == 1 and shared is not None and packed[0].dtype == torch.float32 \
-            and stream_dtype == torch.float64 and shared.dtype == torch.float32:
+    if _splits(stream_dtype, shared):
         return shared.to(torch.float64) + packed[0].to(torch.float64)
     return packed[0].to(stream_dtype)

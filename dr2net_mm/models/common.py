@@ -52,6 +52,18 @@ def check_segment_size(value: Any) -> Optional[int]:
     return value
 
 
+def pretrained_init_cfg(pretrained: Optional[str], init_cfg: Optional[dict]) -> Optional[dict]:
+    """The ``init_cfg`` for the deprecated ``pretrained=PATH`` argument that mmdet/mmseg configs
+    still pass (e.g. an ``EncoderDecoder`` with ``pretrained``)."""
+    if pretrained is None:
+        return init_cfg
+    if not isinstance(pretrained, str):
+        raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
+    if init_cfg is not None:
+        raise ValueError('init_cfg and pretrained cannot be specified at the same time')
+    return dict(type='Pretrained', checkpoint=pretrained)
+
+
 def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:
     """The backbone's tensors of a loaded checkpoint file, prefixes removed.
 

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from ..core import ReversibleSequence, check_coefficients
 from .common import (Dr2NetBackboneMixin, LoadReport, check_bool, check_segment_size,
-                     parse_stream_dtype, unwrap_state_dict)
+                     parse_stream_dtype, pretrained_init_cfg, unwrap_state_dict)
 
 __all__ = [
     'Dr2NetSwin', 'Dr2NetSwinStage', 'SwinAttentionBranch', 'SwinFFNBranch', 'LoadReport',
@@ -381,12 +381,7 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
         stream_dtype = parse_stream_dtype(stream_dtype)
         segment_size = check_segment_size(segment_size)
         with_cp = check_bool('with_cp', with_cp)
-        if pretrained is not None:
-            if not isinstance(pretrained, str):
-                raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
-            if init_cfg is not None:
-                raise ValueError('init_cfg and pretrained cannot be specified at the same time')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        init_cfg = pretrained_init_cfg(pretrained, init_cfg)
         if isinstance(mlp_ratio, float) and mlp_ratio.is_integer():
             mlp_ratio = int(mlp_ratio)  # mmseg configs may write 4.0
         super().__init__(

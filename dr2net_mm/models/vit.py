@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from ..core import ReversibleSequence, check_coefficients
 from .common import (Dr2NetBackboneMixin, LoadReport, check_bool, check_segment_size,
-                     parse_stream_dtype, unwrap_state_dict)
+                     parse_stream_dtype, pretrained_init_cfg, unwrap_state_dict)
 
 __all__ = [
     'Dr2NetViT', 'ViTAttentionBranch', 'ViTMLPBranch', 'LoadReport', 'checkpoint_filter_fn',
@@ -430,12 +430,7 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
         if pos_embed_interp not in ('bicubic', 'bilinear', 'nearest'):
             raise ValueError(f"pos_embed_interp={pos_embed_interp!r} must be 'bicubic', 'bilinear' or "
                              "'nearest'")
-        if pretrained is not None:
-            if not isinstance(pretrained, str):
-                raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
-            if init_cfg is not None:
-                raise ValueError('init_cfg and pretrained cannot be specified at the same time')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        init_cfg = pretrained_init_cfg(pretrained, init_cfg)
         super().__init__(init_cfg=init_cfg)
 
         kwargs = self._timm_kwargs(arch, embed_dims, depth, num_heads, patch_size, mlp_ratio,
