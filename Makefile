@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all demo clean
+.PHONY: install test test-all demo demo-seg clean
 
 install:
 	bash tools/install.sh
@@ -26,6 +26,10 @@ test-all: install
 demo: install
 	@test -f tools/demo.py || { echo "make demo: tools/demo.py does not exist yet (it is being written; see README)"; exit 1; }
 	$(PY) tools/demo.py
+
+# UPerNet + Dr²Net Swin-T and ViT-S on generated ADE20K-layout scenes (mmseg), mIoU at the end
+demo-seg: install
+	$(PY) tools/demo_seg.py
 
 clean:
 	find . -path ./.venv -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print -exec rm -rf {} +

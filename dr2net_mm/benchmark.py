@@ -279,24 +279,55 @@ def detector_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> di
     return dict(inputs=inputs, data_samples=samples)
 
 
-def detector_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
-                      device: torch.device = torch.device('cpu'),
-                      data: Optional[dict] = None) -> List[Variant]:
-    """Whole detectors built from configs (``name -> path or Config``), pretrained loading switched
-    off, trained on ``data`` (an mmdet batch: ``inputs`` + ``data_samples``) or on a synthetic batch
-    of ``batch`` images of ``size``². Memory and time cover the whole training step."""
+def segmentor_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict:
+    """A synthetic mmseg training batch: images and label maps of random rectangles."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    gen = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append((torch.rand(3, size, size, generator=gen) * 255).to(torch.uint8))
+        labels = torch.zeros(1, size, size, dtype=torch.long)
+        for _ in range(3):
+            x0, y0 = torch.randint(0, size // 2, (2, ), generator=gen).tolist()
+            labels[:, y0:y0 + size // 2, x0:x0 + size // 2] = int(
+                torch.randint(0, num_classes, (1, ), generator=gen))
+        sample = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+                                             pad_shape=(size, size)))
+        sample.gt_sem_seg = PixelData(data=labels)
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _total_loss(losses: Dict[str, Any]) -> Tensor:
+    """Sum of the ``loss*`` entries of an mm model's loss dict (lists summed), as its optimiser sees."""
+    total = 0
+    for key, value in losses.items():
+        if 'loss' in key:
+            total = total + (sum(value) if isinstance(value, (list, tuple)) else value)
+    return total
+
+
+def mm_model_variants(configs: Dict[str, Any], make_batch: Callable[[nn.Module], dict],
+                      default_scope: str) -> List[Variant]:
+    """Whole mmdet / mmseg models built from configs (``name -> path or Config``) in their registry
+    scope, pretrained loading switched off, ``init_weights()`` run, SyncBN reverted to BN (one
+    process), trained on ``make_batch(model)`` (an mm batch: ``inputs`` + ``data_samples``, made
+    once per variant). Memory and time cover the whole training step, data preprocessing included."""
     from mmengine.config import Config
     from mmengine.logging import MMLogger
-    from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
 
     def builder(config):
         def build():
             cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
-            init_default_scope(cfg.get('default_scope', 'mmdet'))
+            init_default_scope(cfg.get('default_scope', default_scope))
             cfg.model.backbone.init_cfg = None
+            if 'pretrained' in cfg.model:  # mmseg segmentors pass it to the backbone
+                cfg.model.pretrained = None
             torch.manual_seed(0)
-            model = MODELS.build(cfg.model)
+            model = revert_sync_batchnorm(MODELS.build(cfg.model))
             # DINO allocates some parameters uninitialised (level_embed, ...): init_weights fills
             # them, otherwise they hold whatever the previous variant left in memory. (Quietly:
             # MMEngine logs every parameter.)
@@ -307,24 +338,45 @@ def detector_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
                 model.init_weights()
             finally:
                 logger.setLevel(level)
+            model._benchmark_batch = make_batch(model)
             return model
         return build
 
     def forward_loss(model):
-        raw = data if data is not None else detector_batch(batch, size,
-                                                           model.bbox_head.num_classes)
-        losses = model(**model.data_preprocessor(raw, True), mode='loss')
-        total = 0
-        for key, value in losses.items():
-            if 'loss' in key:
-                total = total + (sum(value) if isinstance(value, (list, tuple)) else value)
-        return total
+        raw = model._benchmark_batch
+        return _total_loss(model(**model.data_preprocessor(raw, True), mode='loss'))
 
     return [Variant(name, builder(config), forward_loss) for name, config in configs.items()]
 
 
+def detector_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
+                      data: Optional[dict] = None) -> List[Variant]:
+    """Whole detectors (see :func:`mm_model_variants`) trained on ``data`` (an mmdet batch) or on a
+    synthetic batch of ``batch`` images of ``size``² with 3 boxes each."""
+    return mm_model_variants(
+        configs, lambda model: data if data is not None else detector_batch(
+            batch, size, model.bbox_head.num_classes), 'mmdet')
+
+
+def segmentor_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
+                       data: Optional[dict] = None) -> List[Variant]:
+    """Whole segmentors (see :func:`mm_model_variants`) trained on ``data`` (an mmseg batch) or on a
+    synthetic batch of ``batch`` images of ``size``² with label maps; then the data preprocessor's
+    padding size is set to ``size``² too (mmseg's configs pad every input to their crop size)."""
+    from mmengine.config import Config
+    if data is None:
+        configs = {name: Config.fromfile(c) if isinstance(c, str) else copy.deepcopy(c)
+                   for name, c in configs.items()}
+        for cfg in configs.values():
+            if cfg.model.get('data_preprocessor', {}).get('size') is not None:
+                cfg.model.data_preprocessor.size = (size, size)
+    return mm_model_variants(
+        configs, lambda model: data if data is not None else segmentor_batch(
+            batch, size, model.decode_head.num_classes), 'mmseg')
+
+
 def swap_backbone(cfg, backbone_type: str, **overrides):
-    """A copy of a detector/segmentor config with its Swin backbone switched between mmdet's
+    """A copy of a detector/segmentor config with its Swin backbone switched between the mm
     ``SwinTransformer`` and ``Dr2NetSwin`` (the Dr²Net-only arguments dropped or added)."""
     cfg = copy.deepcopy(cfg)
     backbone = cfg.model.backbone

@@ -6,10 +6,18 @@ triangles on textured backgrounds, with tight boxes::
     out_dir/annotations/instances_train.json   out_dir/train/000000.png ...
     out_dir/annotations/instances_val.json     out_dir/val/000000.png ...
 
-Same arguments → byte-identical files. ``python -m dr2net_mm.demo_data --out data/demo_coco``.
+``make_demo_ade20k(out_dir)`` writes a small semantic-segmentation set in the ADE20K layout that
+mmseg's ``ADE20KDataset`` reads: outdoor scenes (sky, grass, buildings, trees, cars) as JPEG images
+and label PNGs holding ADE20K class ids (1..150, 0 = "other", which ``reduce_zero_label`` ignores)::
 
-``write_swin_official_checkpoint(path)`` writes a random Swin-T in the official release layout, the
-demo's stand-in for ImageNet weights (no download possible).
+    out_dir/images/training/000000.jpg      out_dir/annotations/training/000000.png ...
+    out_dir/images/validation/000000.jpg    out_dir/annotations/validation/000000.png ...
+
+Same arguments → byte-identical files. ``python -m dr2net_mm.demo_data --kind coco|ade20k --out DIR``.
+
+``write_swin_official_checkpoint(path)`` and ``write_vit_timm_checkpoint(path)`` write a random
+Swin-T in the official release layout and a random ViT in timm's layout: the demos' stand-ins for
+pretrained weights (no download possible).
 """
 import argparse
 import json
@@ -21,7 +29,11 @@ import cv2
 import numpy as np
 
 DEMO_CLASSES = ('square', 'disk', 'triangle')
+# The ADE20K classes the segmentation demo draws, in the order of the demo configs' metainfo. Their
+# ADE20K ids (1-based, as in the label PNGs) come from mmseg's ADE20KDataset.METAINFO.
+DEMO_SEG_CLASSES = ('sky', 'grass', 'building', 'tree', 'car')
 _STAMP = 'demo_coco.json'
+_SEG_STAMP = 'demo_ade20k.json'
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -116,6 +128,97 @@ def make_demo_coco(out_dir: str, num_train: int = 64, num_val: int = 16,
     return out_dir
 
 
+def ade20k_ids(names=DEMO_SEG_CLASSES) -> Dict[str, int]:
+    """ADE20K label-PNG ids (1-based) of class ``names``, from mmseg's class list."""
+    from mmseg.datasets import ADE20KDataset
+    classes = [c.strip() for c in ADE20KDataset.METAINFO['classes']]
+    return {name: classes.index(name) + 1 for name in names}
+
+
+def _fill(image: np.ndarray, label: np.ndarray, mask: np.ndarray, colour: np.ndarray,
+          class_id: int, rng: np.random.Generator, noise: float = 8.0) -> None:
+    """Paint ``mask`` with ``colour`` plus noise in ``image`` and ``class_id`` in ``label``."""
+    count = int(mask.sum())
+    image[mask] = np.clip(colour + rng.normal(0, noise, (count, 3)), 0, 255).astype(np.uint8)
+    label[mask] = class_id
+
+
+def _draw_scene(rng: np.random.Generator, height: int, width: int,
+                ids: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """One outdoor scene: sky above a horizon, grass below, buildings standing on the horizon,
+    trees (disks on the horizon) and cars (rectangles on the grass). BGR image (uint8, H×W×3) and
+    ADE20K label ids (uint8, H×W) with a 2-pixel "other" (0) frame."""
+    image = np.zeros((height, width, 3), np.uint8)
+    label = np.zeros((height, width), np.uint8)
+    horizon = int(height * rng.uniform(0.4, 0.6))
+    rows = np.arange(height)[:, None].repeat(width, 1)
+    sky_colour = np.array([200, 150, 90]) + rng.integers(-20, 20, 3)  # BGR: light blue
+    _fill(image, label, rows < horizon, sky_colour, ids['sky'], rng)
+    grass_colour = np.array([40, 140, 60]) + rng.integers(-20, 20, 3)
+    _fill(image, label, rows >= horizon, grass_colour, ids['grass'], rng)
+    for _ in range(int(rng.integers(1, 3))):  # buildings: grey-brown boxes on the horizon
+        w, h = int(rng.integers(width // 8, width // 3)), int(rng.integers(height // 6, horizon))
+        x = int(rng.integers(0, width - w))
+        mask = np.zeros((height, width), np.uint8)
+        cv2.rectangle(mask, (x, horizon - h), (x + w - 1, horizon - 1), 1, thickness=-1)
+        _fill(image, label, mask.astype(bool), np.array([110, 110, 130]) + rng.integers(-25, 25, 3),
+              ids['building'], rng)
+    for _ in range(int(rng.integers(1, 3))):  # trees: dark green disks around the horizon
+        r = int(rng.integers(height // 12, height // 6))
+        mask = np.zeros((height, width), np.uint8)
+        cv2.circle(mask, (int(rng.integers(r, width - r)), horizon - r // 2), r, 1, thickness=-1)
+        _fill(image, label, mask.astype(bool), np.array([30, 80, 20]) + rng.integers(-10, 10, 3),
+              ids['tree'], rng)
+    for _ in range(int(rng.integers(0, 3))):  # cars: saturated rectangles on the grass
+        w, h = int(rng.integers(width // 8, width // 4)), int(rng.integers(height // 14, height // 8))
+        x, y = int(rng.integers(0, width - w)), int(rng.integers(horizon + 2, height - h))
+        mask = np.zeros((height, width), np.uint8)
+        cv2.rectangle(mask, (x, y), (x + w - 1, y + h - 1), 1, thickness=-1)
+        colour = np.array([0, 0, 0])
+        colour[int(rng.integers(0, 3))] = 230
+        _fill(image, label, mask.astype(bool), colour, ids['car'], rng, noise=4.0)
+    label[:2], label[-2:], label[:, :2], label[:, -2:] = 0, 0, 0, 0
+    return image, label
+
+
+def make_demo_ade20k(out_dir: str, num_train: int = 48, num_val: int = 12,
+                     image_size: Tuple[int, int] = (128, 128), seed: int = 0) -> str:
+    """Write the demo segmentation set in the ADE20K layout to ``out_dir`` (skipped when already
+    there with the same arguments) and return ``out_dir``."""
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f'num_train={num_train} and num_val={num_val} must both be >= 1')
+    if min(image_size) < 32:
+        raise ValueError(f'image_size={image_size} is too small for the demo scenes (min 32)')
+    ids = ade20k_ids()
+    params = dict(num_train=num_train, num_val=num_val, image_size=list(image_size), seed=seed,
+                  classes=ids)
+    stamp = osp.join(out_dir, _SEG_STAMP)
+    if osp.isfile(stamp):
+        with open(stamp) as f:
+            if json.load(f) == params:
+                return out_dir
+    for split, count, split_seed in (('training', num_train, seed), ('validation', num_val, seed + 1)):
+        rng = np.random.default_rng(split_seed)
+        for sub in ('images', 'annotations'):
+            os.makedirs(osp.join(out_dir, sub, split), exist_ok=True)
+        for index in range(count):
+            image, label = _draw_scene(rng, *image_size, ids)
+            cv2.imwrite(osp.join(out_dir, 'images', split, f'{index:06d}.jpg'), image)
+            cv2.imwrite(osp.join(out_dir, 'annotations', split, f'{index:06d}.png'), label)
+    with open(stamp, 'w') as f:  # written last: a half-written set is regenerated next time
+        json.dump(params, f)
+    return out_dir
+
+
+def _save_atomically(obj, path: str) -> str:
+    import torch
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp'
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # never a half-written checkpoint
+    return path
+
+
 def write_swin_official_checkpoint(path: str, arch: str = 'swin_tiny_patch4_window7_224',
                                    seed: int = 0) -> str:
     """Save a randomly initialised timm Swin in the official release layout (``{'model': ...}``) to
@@ -129,23 +232,37 @@ def write_swin_official_checkpoint(path: str, arch: str = 'swin_tiny_patch4_wind
     from .models.swin import timm_to_official
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False)
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    torch.save({'model': timm_to_official(model.state_dict())}, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint
-    return path
+    return _save_atomically({'model': timm_to_official(model.state_dict())}, path)
+
+
+def write_vit_timm_checkpoint(path: str, arch: str = 'vit_small_patch16_224', seed: int = 0) -> str:
+    """Save a randomly initialised timm ViT as ``{'model': state_dict}`` (the layout of the MAE and
+    DeiT releases) to ``path``: the stand-in for MAE weights. Skipped when ``path`` exists."""
+    if os.path.isfile(path):
+        return path
+    import timm
+    import torch
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    return _save_atomically({'model': model.state_dict()}, path)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Generate the demo COCO-format detection set')
-    parser.add_argument('--out', default='data/demo_coco')
-    parser.add_argument('--num-train', type=int, default=64)
-    parser.add_argument('--num-val', type=int, default=16)
-    parser.add_argument('--size', type=int, default=160)
+    parser = argparse.ArgumentParser(description='Generate a demo dataset: COCO-format detection '
+                                     'or ADE20K-layout segmentation')
+    parser.add_argument('--kind', choices=('coco', 'ade20k'), default='coco')
+    parser.add_argument('--out', default=None, help='default: data/demo_coco or data/demo_ade20k')
+    parser.add_argument('--num-train', type=int, default=None, help='default: 64 (coco), 48 (ade20k)')
+    parser.add_argument('--num-val', type=int, default=None, help='default: 16 (coco), 12 (ade20k)')
+    parser.add_argument('--size', type=int, default=None, help='default: 160 (coco), 128 (ade20k)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    out = make_demo_coco(args.out, args.num_train, args.num_val, (args.size, args.size), args.seed)
-    print(f'demo COCO set in {out}')
+    make, defaults = {'coco': (make_demo_coco, ('data/demo_coco', 64, 16, 160)),
+                      'ade20k': (make_demo_ade20k, ('data/demo_ade20k', 48, 12, 128))}[args.kind]
+    out, num_train, num_val, size = (default if value is None else value for value, default in zip(
+        (args.out, args.num_train, args.num_val, args.size), defaults))
+    out = make(out, num_train, num_val, (size, size), args.seed)
+    print(f'demo {args.kind} set in {out}')
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
     python tools/benchmark.py swin --size 1024 --depths 2-2-6-2 2-2-18-2 2-2-30-2 --out results/swin
     python tools/benchmark.py vit --arch vit_small_patch16_224 --size 512 --out results/vit_s
     python tools/benchmark.py dino --size 512 --batch 2 --out results/dino
+    python tools/benchmark.py seg --size 512 --batch 2 --out results/upernet
 
 Each run measures its variants one after another in one process and writes ``OUT.json`` (every
 number), ``OUT.md`` (a table per setting) and ``OUT.png`` (peak memory and step time per variant).
@@ -22,12 +23,24 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from dr2net_mm.benchmark import (compare, detector_variants, markdown_table,  # noqa: E402
-                                 swin_variants, vit_variants)
+                                 segmentor_variants, swin_variants, vit_variants)
 
 DINO_CONFIGS = {
     'conventional': 'configs/dino_swin_t_coco.py',
     'checkpointing': 'configs/dino_swin_t_cp_coco.py',
     'dr2net': 'configs/dino_dr2net_swin_t_coco.py',
+}
+SEG_CONFIGS = {
+    'UPerNet Swin-T': {
+        'conventional': 'configs/upernet_swin_t_ade20k.py',
+        'checkpointing': 'configs/upernet_swin_t_cp_ade20k.py',
+        'dr2net': 'configs/upernet_dr2net_swin_t_ade20k.py',
+    },
+    'UPerNet ViT-S': {
+        'conventional': 'configs/upernet_vit_s_ade20k.py',
+        'checkpointing': 'configs/upernet_vit_s_cp_ade20k.py',
+        'dr2net': 'configs/upernet_dr2net_vit_s_ade20k.py',
+    },
 }
 
 
@@ -43,7 +56,7 @@ def parse_depths(text: str) -> List[int]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('model', choices=['swin', 'vit', 'dino'])
+    parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg'])
     parser.add_argument('--size', type=int, default=512, help='square input size')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--iters', type=int, default=3, help='timed steps per variant')
@@ -53,6 +66,8 @@ def parse_args(argv=None):
                         help='Swin depth settings to sweep, e.g. 2-2-6-2 2-2-18-2')
     parser.add_argument('--embed-dims', type=int, default=96, help='Swin width (T/S: 96, B: 128)')
     parser.add_argument('--arch', default='vit_small_patch16_224', help='timm ViT architecture')
+    parser.add_argument('--segmentors', nargs='+', choices=sorted(SEG_CONFIGS),
+                        default=sorted(SEG_CONFIGS), help='seg: which segmentors to measure')
     parser.add_argument('--out-indices', type=int, nargs='+', default=None,
                         help='backbone outputs (Swin default 0 1 2 3; ViT default -1)')
     parser.add_argument('--extra', nargs='*', default=None,
@@ -62,6 +77,9 @@ def parse_args(argv=None):
     if args.size < 32 or args.batch < 1 or args.iters < 1:
         parser.error(f'--size {args.size}, --batch {args.batch}, --iters {args.iters}: '
                      'need size >= 32, batch >= 1, iters >= 1')
+    if args.model == 'seg' and args.batch < 2:
+        parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
+                     'BatchNorm over 1x1 maps, which cannot train on one image)')
     return args
 
 
@@ -86,9 +104,17 @@ def settings(args) -> Dict[str, list]:
             vit_variants(args.size, args.batch, args.arch, out_indices, device,
                          tuple(args.extra or ()))
         }
+    if args.model == 'seg':
+        return {
+            f'{segmentor} ADE20K (150 classes), {args.size}², batch {args.batch}':
+            segmentor_variants({name: os.path.join(ROOT, path)
+                                for name, path in SEG_CONFIGS[segmentor].items()},
+                               args.size, args.batch)
+            for segmentor in args.segmentors
+        }
     configs = {name: os.path.join(ROOT, path) for name, path in DINO_CONFIGS.items()}
     return {f'DINO-4scale Swin-T, {args.size}², batch {args.batch}':
-            detector_variants(configs, args.size, args.batch, device)}
+            detector_variants(configs, args.size, args.batch)}
 
 
 def plot(report: dict, path: str) -> None:

@@ -14,40 +14,17 @@
 import argparse
 import os
 import re
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from dr2net_mm.demo_runs import run_tool, step  # noqa: E402
 
 CONFIG = 'configs/demo/dino_dr2net_swin_t_demo.py'
 DATA = 'data/demo_coco'
 PRETRAINED = os.path.join(DATA, 'swin_tiny_official_random.pth')
-
-
-def step(title: str) -> float:
-    print(f'\n=== {title}', flush=True)
-    return time.time()
-
-
-NOISE = re.compile(r'^(USDT:|\[W\d|ERROR:.*DeviceProperties|.*Warning|\s*warnings.warn)')
-
-
-def run(cmd, log_path, show=r'Epoch\((train|val|test)\)|bbox_mAP|Error|error:|Saving checkpoint'):
-    """Run a tool, printing the lines matching ``show`` (None: all but profiler noise) as they come,
-    keeping its full output in ``log_path``."""
-    print('$ ' + ' '.join(cmd), flush=True)
-    env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONWARNINGS='ignore')
-    with open(log_path, 'w') as log, subprocess.Popen(cmd, cwd=ROOT, env=env,
-                                                      stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            if (show is None and not NOISE.match(line)) or (show and re.search(show, line)):
-                print('  ' + line.rstrip()[:160], flush=True)
-    if proc.returncode:
-        raise SystemExit(f'{cmd[1]} failed (exit {proc.returncode}); full log: {log_path}')
+SHOW = r'Epoch\((train|val|test)\)|bbox_mAP|Error|error:|Saving checkpoint'
 
 
 def compare_backbones(config_path: str):
@@ -102,7 +79,7 @@ def main(argv=None):
         if args.epochs:
             cmd += ['--cfg-options', f'train_cfg.max_epochs={args.epochs}',
                     f'train_cfg.val_interval={args.epochs}']
-        run(cmd, os.path.join(args.work_dir, 'train_output.log'))
+        run_tool(cmd, os.path.join(args.work_dir, 'train_output.log'), SHOW)
         print(f'trained in {time.time() - t:.0f} s')
 
     t = step('3/4 evaluate the last checkpoint (tools/test.py, COCO bbox metric)')
@@ -112,14 +89,14 @@ def main(argv=None):
     with open(last) as f:
         checkpoint = f.read().strip()
     log = os.path.join(args.work_dir, 'test_output.log')
-    run([python, 'tools/test.py', CONFIG, checkpoint, '--work-dir', args.work_dir], log)
+    run_tool([python, 'tools/test.py', CONFIG, checkpoint, '--work-dir', args.work_dir], log, SHOW)
     with open(log) as f:
         found = re.findall(r'coco/bbox_mAP: ([\d.]+)\s+coco/bbox_mAP_50: ([\d.]+)', f.read())
     map_text = f'bbox mAP {found[-1][0]}, mAP@50 {found[-1][1]}' if found else 'see ' + log
     print(f'{checkpoint}: {map_text} ({time.time() - t:.0f} s)')
 
     step('4/4 memory and time of one training step: Dr²Net vs the baseline backbones')
-    run([python, 'tools/demo.py', '--compare-only'], os.path.join(args.work_dir, 'compare.log'),
+    run_tool([python, 'tools/demo.py', '--compare-only'], os.path.join(args.work_dir, 'compare.log'),
         show=None)
     print(f'\ndemo finished in {(time.time() - start) / 60:.1f} min: {map_text} on the demo val set')
 

@@ -1,0 +1,30 @@
+# UPerNet with a reversible Dr²Net Swin-T backbone on ADE20K: mmseg's Swin-T UPerNet recipe (same
+# checkpoint, heads, data, schedule) with the backbone swapped to Dr2NetSwin, which keeps the
+# SwinTransformer state-dict layout and starts as the pretrained Swin-T (α=1, β=0.1).
+# AlphaBetaHook moves (α, β) to the precise reversible point (0.3, 0.7) over the first half of the
+# 160k iterations. Baseline: upernet_swin_t_ade20k.py.
+_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+
+custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        type='Dr2NetSwin',
+        alpha=1.0,
+        beta=0.1,
+        reversible=True,
+        stream_dtype='float64',
+        # segments of 4 branches (2 blocks): fp32-autograd precision already at (1, 0.1); see
+        # configs/dino_dr2net_swin_t_coco.py and README, Precision.
+        segment_size=4))
+
+custom_hooks = [
+    dict(
+        type='AlphaBetaHook',
+        start=(1.0, 0.1),
+        end=(0.3, 0.7),
+        end_iter=80000,  # τ: half of the 160k-iteration schedule
+        interval=2,  # η: update every 2 iterations (paper Table 11: smaller η is better)
+        policy='linear',
+        schedule='simultaneous')
+]

@@ -1,0 +1,36 @@
+"""What the demo scripts (tools/demo*.py) share: numbered step titles and running a tool in a
+subprocess with a filtered live view of its output and the full output in a log file."""
+import os
+import re
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# lines of third-party noise left out of the live view (they stay in the log)
+NOISE = re.compile(r'^(USDT:|\[W\d|ERROR:.*DeviceProperties|.*Warning|\s*warnings.warn)')
+
+
+def step(title: str) -> float:
+    """Print a step title; return the start time."""
+    print(f'\n=== {title}', flush=True)
+    return time.time()
+
+
+def run_tool(cmd, log_path: str, show=None) -> str:
+    """Run ``cmd`` in the repository root, print the output lines matching the regex ``show`` (None:
+    all but :data:`NOISE`) as they come, keep the whole output in ``log_path`` and return it. A
+    failing command ends the demo with its exit code and the log's path."""
+    print('$ ' + ' '.join(cmd), flush=True)
+    env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONWARNINGS='ignore')
+    lines = []
+    with open(log_path, 'w') as log, subprocess.Popen(cmd, cwd=ROOT, env=env,
+                                                      stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line)
+            if (show is None and not NOISE.match(line)) or (show and re.search(show, line)):
+                print('  ' + line.rstrip()[:160], flush=True)
+    if proc.returncode:
+        raise SystemExit(f'{cmd[1]} failed (exit {proc.returncode}); full log: {log_path}')
+    return ''.join(lines)
