@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all demo demo-seg clean
+.PHONY: install test test-all demo demo-seg demo-points clean
 
 install:
 	bash tools/install.sh
@@ -30,6 +30,10 @@ demo: install
 # UPerNet + Dr²Net Swin-T and ViT-S on generated ADE20K-layout scenes (mmseg), mIoU at the end
 demo-seg: install
 	$(PY) tools/demo_seg.py
+
+# Pix4Point-style point-cloud segmentation with Dr²Net ViT-S on generated S3DIS-layout rooms
+demo-points: install
+	$(PY) tools/demo_points.py
 
 clean:
 	find . -path ./.venv -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print -exec rm -rf {} +

@@ -10,5 +10,6 @@ The reversible engine itself (:mod:`dr2net_mm.core`) is pure PyTorch.
 from .version import __version__
 from . import models  # noqa: F401  (registers backbones)
 from . import engine  # noqa: F401  (registers hooks)
+from . import points  # noqa: F401  (registers the point-cloud dataset, transforms, models, metric)
 
 __all__ = ['__version__']

@@ -375,6 +375,25 @@ def segmentor_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
             batch, size, model.decode_head.num_classes), 'mmseg')
 
 
+def points_variants(configs: Dict[str, Any], num_points: int = 24000,
+                    batch: int = 2) -> List[Variant]:
+    """Pix4Point segmentors built from configs (``name -> path or Config``), pretrained loading
+    switched off, trained on ``batch`` synthetic crops of ``num_points`` points
+    (:func:`dr2net_mm.points.points_benchmark_inputs`)."""
+    from .points import points_benchmark_inputs, points_training_loss
+
+    def builder(config):
+        def build():
+            model, data = points_benchmark_inputs(config, num_points=num_points, batch=batch)
+            model._benchmark_batch = data
+            return model
+        return build
+
+    return [Variant(name, builder(config),
+                    lambda model: points_training_loss(model, model._benchmark_batch))
+            for name, config in configs.items()]
+
+
 def swap_backbone(cfg, backbone_type: str, **overrides):
     """A copy of a detector/segmentor config with its Swin backbone switched between the mm
     ``SwinTransformer`` and ``Dr2NetSwin`` (the Dr²Net-only arguments dropped or added)."""

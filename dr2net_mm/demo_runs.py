@@ -16,10 +16,10 @@ def step(title: str) -> float:
     return time.time()
 
 
-def run_tool(cmd, log_path: str, show=None) -> str:
-    """Run ``cmd`` in the repository root, print the output lines matching the regex ``show`` (None:
-    all but :data:`NOISE`) as they come, keep the whole output in ``log_path`` and return it. A
-    failing command ends the demo with its exit code and the log's path."""
+def run_tool(cmd, log_path: str, show=None, brief=lambda line: line.rstrip()[:160]) -> str:
+    """Run ``cmd`` in the repository root, print ``brief(line)`` for the output lines matching the
+    regex ``show`` (None: all but :data:`NOISE`) as they come, keep the whole output in ``log_path``
+    and return it. A failing command ends the demo with its exit code and the log's path."""
     print('$ ' + ' '.join(cmd), flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONWARNINGS='ignore')
     lines = []
@@ -30,7 +30,7 @@ def run_tool(cmd, log_path: str, show=None) -> str:
             log.write(line)
             lines.append(line)
             if (show is None and not NOISE.match(line)) or (show and re.search(show, line)):
-                print('  ' + line.rstrip()[:160], flush=True)
+                print('  ' + brief(line), flush=True)
     if proc.returncode:
         raise SystemExit(f'{cmd[1]} failed (exit {proc.returncode}); full log: {log_path}')
     return ''.join(lines)

@@ -151,4 +151,5 @@ def require_data(cfg: Config, loaders: Tuple[str, ...]) -> None:
             'instances_{train,val}2017.json, data/coco/train2017/, data/coco/val2017/; ADE20K: '
             'data/ade/ADEChallengeData2016/) or point the config at it with --cfg-options '
             'train_dataloader.dataset.data_root=PATH val_dataloader.dataset.data_root=PATH ...\n'
-            'No dataset at hand? `make demo` generates a small one and trains on it.')
+            'No dataset at hand? `make demo` (detection), `make demo-seg` (segmentation) and '
+            '`make demo-points` (point clouds) generate small ones and train on them.')

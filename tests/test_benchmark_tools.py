@@ -70,6 +70,17 @@ def test_segmentor_benchmark_reports_both_backbones_against_both_peers(tmp_path)
     assert os.path.getsize(str(tmp_path / 'seg.png')) > 0
 
 
+def test_points_benchmark_reports_dr2net_against_both_peers():
+    """tools/benchmark.py points: Pix4Point training steps from the S3DIS configs (ViT-S, 1536
+    tokens) with PlainViT, PlainViT with_cp and Dr2NetViT."""
+    report = tool('benchmark')['main'](['points', '--points', '2048', '--batch', '1', '--iters',
+                                        '1'])
+    results = {r['name']: r for r in next(iter(report['settings'].values()))}
+    assert set(results) == {'conventional', 'checkpointing', 'dr2net'}
+    assert results['dr2net']['saved_mb'] < 0.6 * results['conventional']['saved_mb']
+    assert results['checkpointing']['saved_mb'] < results['conventional']['saved_mb']
+
+
 def test_benchmark_rejects_bad_arguments(capsys):
     main = tool('benchmark')['main']
     with pytest.raises(SystemExit):
@@ -81,6 +92,9 @@ def test_benchmark_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(['seg', '--batch', '1'])
     assert 'seg needs batch >= 2' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['points', '--points', '100'])
+    assert 'need at least 2048 points' in capsys.readouterr().err
 
 
 def test_grad_error_map_writes_maps_and_reports_the_floor(tmp_path):

@@ -4,6 +4,7 @@
     python tools/benchmark.py vit --arch vit_small_patch16_224 --size 512 --out results/vit_s
     python tools/benchmark.py dino --size 512 --batch 2 --out results/dino
     python tools/benchmark.py seg --size 512 --batch 2 --out results/upernet
+    python tools/benchmark.py points --points 24000 --batch 2 --out results/pix4point
 
 Each run measures its variants one after another in one process and writes ``OUT.json`` (every
 number), ``OUT.md`` (a table per setting) and ``OUT.png`` (peak memory and step time per variant).
@@ -23,7 +24,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from dr2net_mm.benchmark import (compare, detector_variants, markdown_table,  # noqa: E402
-                                 segmentor_variants, swin_variants, vit_variants)
+                                 points_variants, segmentor_variants, swin_variants, vit_variants)
 
 DINO_CONFIGS = {
     'conventional': 'configs/dino_swin_t_coco.py',
@@ -42,6 +43,11 @@ SEG_CONFIGS = {
         'dr2net': 'configs/upernet_dr2net_vit_s_ade20k.py',
     },
 }
+POINTS_CONFIGS = {
+    'conventional': 'configs/pix4point_vit_s_s3dis.py',
+    'checkpointing': 'configs/pix4point_vit_s_cp_s3dis.py',
+    'dr2net': 'configs/pix4point_dr2net_vit_s_s3dis.py',
+}
 
 
 def parse_depths(text: str) -> List[int]:
@@ -56,7 +62,7 @@ def parse_depths(text: str) -> List[int]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg'])
+    parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg', 'points'])
     parser.add_argument('--size', type=int, default=512, help='square input size')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--iters', type=int, default=3, help='timed steps per variant')
@@ -66,6 +72,8 @@ def parse_args(argv=None):
                         help='Swin depth settings to sweep, e.g. 2-2-6-2 2-2-18-2')
     parser.add_argument('--embed-dims', type=int, default=96, help='Swin width (T/S: 96, B: 128)')
     parser.add_argument('--arch', default='vit_small_patch16_224', help='timm ViT architecture')
+    parser.add_argument('--points', type=int, default=24000,
+                        help='points: points per crop (the S3DIS config: 24000, 1536 tokens)')
     parser.add_argument('--segmentors', nargs='+', choices=sorted(SEG_CONFIGS),
                         default=sorted(SEG_CONFIGS), help='seg: which segmentors to measure')
     parser.add_argument('--out-indices', type=int, nargs='+', default=None,
@@ -77,6 +85,9 @@ def parse_args(argv=None):
     if args.size < 32 or args.batch < 1 or args.iters < 1:
         parser.error(f'--size {args.size}, --batch {args.batch}, --iters {args.iters}: '
                      'need size >= 32, batch >= 1, iters >= 1')
+    if args.model == 'points' and args.points < 2048:
+        parser.error(f'--points {args.points}: the S3DIS configs tokenize crops into 1536 centres '
+                     'and need at least 2048 points per crop')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
                      'BatchNorm over 1x1 maps, which cannot train on one image)')
@@ -112,6 +123,10 @@ def settings(args) -> Dict[str, list]:
                                args.size, args.batch)
             for segmentor in args.segmentors
         }
+    if args.model == 'points':
+        configs = {name: os.path.join(ROOT, path) for name, path in POINTS_CONFIGS.items()}
+        return {f'Pix4Point ViT-S S3DIS, {args.points} points / 1536 tokens, batch {args.batch}':
+                points_variants(configs, args.points, args.batch)}
     configs = {name: os.path.join(ROOT, path) for name, path in DINO_CONFIGS.items()}
     return {f'DINO-4scale Swin-T, {args.size}², batch {args.batch}':
             detector_variants(configs, args.size, args.batch)}
