@@ -27,8 +27,8 @@ model = dict(
         beta=0.1,
         reversible=True,
         stream_dtype='float64',
-        # segments of 4 branches (2 blocks) bound the inverse's rounding error at (1, 0.1); the
-        # outputs after blocks 3, 6, 9, 12 end segments too (README, Precision).
+        # segments of 4 branches (2 blocks) bound the inverse's rounding error at (1, 0.1): at the
+        # floor of fp32 autograd (README, Precision), at 6 stream pairs instead of 1
         segment_size=4,
         init_cfg=dict(type='Pretrained', checkpoint=mae_checkpoint)))
 

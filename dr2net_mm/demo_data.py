@@ -34,6 +34,7 @@ DEMO_CLASSES = ('square', 'disk', 'triangle')
 DEMO_SEG_CLASSES = ('sky', 'grass', 'building', 'tree', 'car')
 _STAMP = 'demo_coco.json'
 _SEG_STAMP = 'demo_ade20k.json'
+_SEG_GENERATOR_VERSION = 2  # bump when _draw_scene changes: sets on disk are then regenerated
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -169,8 +170,8 @@ def _draw_scene(rng: np.random.Generator, height: int, width: int,
         cv2.circle(mask, (int(rng.integers(r, width - r)), horizon - r // 2), r, 1, thickness=-1)
         _fill(image, label, mask.astype(bool), np.array([30, 80, 20]) + rng.integers(-10, 10, 3),
               ids['tree'], rng)
-    for _ in range(int(rng.integers(0, 3))):  # cars: saturated rectangles on the grass
-        w, h = int(rng.integers(width // 8, width // 4)), int(rng.integers(height // 14, height // 8))
+    for _ in range(int(rng.integers(1, 3))):  # cars: saturated rectangles on the grass
+        w, h = int(rng.integers(width // 6, width // 3)), int(rng.integers(height // 10, height // 6))
         x, y = int(rng.integers(0, width - w)), int(rng.integers(horizon + 2, height - h))
         mask = np.zeros((height, width), np.uint8)
         cv2.rectangle(mask, (x, y), (x + w - 1, y + h - 1), 1, thickness=-1)
@@ -191,7 +192,7 @@ def make_demo_ade20k(out_dir: str, num_train: int = 48, num_val: int = 12,
         raise ValueError(f'image_size={image_size} is too small for the demo scenes (min 32)')
     ids = ade20k_ids()
     params = dict(num_train=num_train, num_val=num_val, image_size=list(image_size), seed=seed,
-                  classes=ids)
+                  classes=ids, generator=_SEG_GENERATOR_VERSION)
     stamp = osp.join(out_dir, _SEG_STAMP)
     if osp.isfile(stamp):
         with open(stamp) as f:

@@ -149,7 +149,8 @@ def require_data(cfg: Config, loaders: Tuple[str, ...]) -> None:
             f'dataset not found:\n  {lines}\n'
             'Put the dataset where the config expects it (COCO 2017: data/coco/annotations/'
             'instances_{train,val}2017.json, data/coco/train2017/, data/coco/val2017/; ADE20K: '
-            'data/ade/ADEChallengeData2016/) or point the config at it with --cfg-options '
+            'data/ade/ADEChallengeData2016/; S3DIS: data/s3dis/s3disfull/raw/Area_k_*.npy, see '
+            'docs/s3dis.md) or point the config at it with --cfg-options '
             'train_dataloader.dataset.data_root=PATH val_dataloader.dataset.data_root=PATH ...\n'
             'No dataset at hand? `make demo` (detection), `make demo-seg` (segmentation) and '
             '`make demo-points` (point clouds) generate small ones and train on them.')

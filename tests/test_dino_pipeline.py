@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dr2net_mm.demo_data import make_demo_coco, write_swin_official_checkpoint
+from tool_runs import run_tool as run, scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -43,23 +44,6 @@ def demo(tmp_path_factory):
                       "checkpoint=dict(interval=1, max_keep_ckpts=3))\n"
                       "custom_hooks = [dict(type='AlphaBetaHook', end_iter=3, interval=1)]\n")
     return dict(root=root, data_root=data_root, config=str(config))
-
-
-def run(cmd, **kwargs):
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    env.update(kwargs.pop('env', {}))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-                          **kwargs)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
-
-
-def scalars(work_dir):
-    """Every line of the run's vis_data/scalars.json."""
-    (run_dir, ) = [d for d in os.listdir(work_dir) if re.fullmatch(r'\d{8}_\d{6}', d)]
-    with open(os.path.join(work_dir, run_dir, 'vis_data', 'scalars.json')) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_train_runs_and_validates_with_coco_metric_then_test_uses_stored_coefficients(demo):

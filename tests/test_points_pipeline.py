@@ -1,7 +1,6 @@
 """The point-cloud segmentor, its metric, and the whole pipeline through tools/train.py and
 tools/test.py on small generated rooms (dr2net_mm.points.model / metric)."""
 import copy
-import json
 import os
 import re
 import subprocess
@@ -20,6 +19,7 @@ from dr2net_mm.demo_data import write_vit_timm_checkpoint
 from dr2net_mm.points.demo_rooms import make_demo_rooms
 from dr2net_mm.points.metric import PointSegMetric
 from dr2net_mm.points.model import points_benchmark_inputs, points_training_loss
+from tool_runs import run_tool as run, scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -250,14 +250,6 @@ def test_full_size_configs_build_the_dr2net_and_the_baseline_segmentor():
 
 
 # 4. The pipeline through the tools ---------------------------------------------------------------
-def run(cmd):
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
-
-
 @pytest.fixture(scope='module')
 def tiny_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp('points')
@@ -279,12 +271,6 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4))
 custom_hooks = [dict(type='AlphaBetaHook', end_iter=3, interval=1)]
 """)
     return dict(root=root, config=str(config))
-
-
-def scalars(work_dir):
-    (run_dir, ) = [d for d in os.listdir(work_dir) if re.fullmatch(r'\d{8}_\d{6}', d)]
-    with open(os.path.join(work_dir, run_dir, 'vis_data', 'scalars.json')) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_train_then_test_on_generated_rooms_report_miou_and_per_class_iou(tiny_demo):

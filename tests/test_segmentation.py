@@ -4,7 +4,6 @@ checkpoints, and at (α, β) = (1, 0) with the reversible mode off each segmento
 logits as its stock-mmseg baseline config with the same weights."""
 import os
 import re
-import subprocess
 import sys
 
 import cv2
@@ -18,6 +17,7 @@ from mmengine.registry import DefaultScope
 from dr2net_mm.demo_data import (DEMO_SEG_CLASSES, ade20k_ids, make_demo_ade20k,
                                  write_swin_official_checkpoint, write_vit_timm_checkpoint)
 from dr2net_mm.models.vit import checkpoint_filter_fn
+from tool_runs import run_tool as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
@@ -50,14 +50,6 @@ def small_config(demo, name: str) -> str:
                     "checkpoint=dict(interval=3))\n"
                     "custom_hooks = [dict(type='AlphaBetaHook', end_iter=2, interval=1)]\n")
     return str(path)
-
-
-def run(cmd):
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
 
 
 # 1. Demo data ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dr2net_mm.demo_runs import run_tool, step  # noqa: E402
 DATA = 'data/demo_ade20k'
 CONFIGS = {'swin': 'configs/demo/upernet_dr2net_swin_t_demo.py',
            'vit': 'configs/demo/upernet_dr2net_vit_s_demo.py'}
-SHOW = r'Iter\(train\) \[\s*\d*0/|mIoU|^\||^\+|Error|error:'
+SHOW = r'Iter\(train\) \[\s*\d*0/|mIoU:|^\||^\+|Error|error:'
 
 
 def main(argv=None):
