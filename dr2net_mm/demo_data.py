@@ -37,6 +37,22 @@ _SEG_STAMP = 'demo_ade20k.json'
 _SEG_GENERATOR_VERSION = 2  # bump when _draw_scene changes: sets on disk are then regenerated
 
 
+def already_written(out_dir: str, stamp_name: str, params: dict) -> bool:
+    """Whether ``out_dir`` holds a generated set made with ``params`` (its stamp file says so)."""
+    stamp = osp.join(out_dir, stamp_name)
+    if not osp.isfile(stamp):
+        return False
+    with open(stamp) as f:
+        return json.load(f) == params
+
+
+def write_stamp(out_dir: str, stamp_name: str, params: dict) -> None:
+    """Mark ``out_dir`` as generated with ``params``. Written last, so that a half-written set is
+    regenerated next time."""
+    with open(osp.join(out_dir, stamp_name), 'w') as f:
+        json.dump(params, f)
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A smooth two-colour gradient with mild noise (uint8, H×W×3)."""
     c0, c1 = rng.integers(0, 120, 3), rng.integers(0, 120, 3)
@@ -117,15 +133,11 @@ def make_demo_coco(out_dir: str, num_train: int = 64, num_val: int = 16,
         raise ValueError(f'image_size={image_size} is too small for the demo shapes (min 32)')
     params = dict(num_train=num_train, num_val=num_val, image_size=list(image_size), seed=seed,
                   classes=list(DEMO_CLASSES))
-    stamp = osp.join(out_dir, _STAMP)
-    if osp.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return out_dir
+    if already_written(out_dir, _STAMP, params):
+        return out_dir
     _make_split(out_dir, 'train', num_train, image_size, seed)
     _make_split(out_dir, 'val', num_val, image_size, seed + 1)
-    with open(stamp, 'w') as f:  # written last: a half-written set is regenerated next time
-        json.dump(params, f)
+    write_stamp(out_dir, _STAMP, params)
     return out_dir
 
 
@@ -193,11 +205,8 @@ def make_demo_ade20k(out_dir: str, num_train: int = 48, num_val: int = 12,
     ids = ade20k_ids()
     params = dict(num_train=num_train, num_val=num_val, image_size=list(image_size), seed=seed,
                   classes=ids, generator=_SEG_GENERATOR_VERSION)
-    stamp = osp.join(out_dir, _SEG_STAMP)
-    if osp.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return out_dir
+    if already_written(out_dir, _SEG_STAMP, params):
+        return out_dir
     for split, count, split_seed in (('training', num_train, seed), ('validation', num_val, seed + 1)):
         rng = np.random.default_rng(split_seed)
         for sub in ('images', 'annotations'):
@@ -206,8 +215,7 @@ def make_demo_ade20k(out_dir: str, num_train: int = 48, num_val: int = 12,
             image, label = _draw_scene(rng, *image_size, ids)
             cv2.imwrite(osp.join(out_dir, 'images', split, f'{index:06d}.jpg'), image)
             cv2.imwrite(osp.join(out_dir, 'annotations', split, f'{index:06d}.png'), label)
-    with open(stamp, 'w') as f:  # written last: a half-written set is regenerated next time
-        json.dump(params, f)
+    write_stamp(out_dir, _SEG_STAMP, params)
     return out_dir
 
 

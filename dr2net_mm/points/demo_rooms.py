@@ -15,14 +15,13 @@ initialised timm ViT-S as ``{'model': state_dict}`` (the MAE release layout; ``d
 write_vit_timm_checkpoint``): the demo's stand-in for MAE weights.
 """
 import argparse
-import json
 import os
 import os.path as osp
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from ..demo_data import write_vit_timm_checkpoint
+from ..demo_data import already_written, write_stamp, write_vit_timm_checkpoint
 from .s3dis import CLASSES
 
 __all__ = ['make_room', 'make_demo_rooms', 'DEMO_CHECKPOINT']
@@ -164,11 +163,8 @@ def make_demo_rooms(out_dir: str, rooms_per_area: int = 2, val_rooms: int = 3,
         raise ValueError(f'rooms_per_area={rooms_per_area} and val_rooms={val_rooms} must be >= 1')
     params = dict(rooms_per_area=rooms_per_area, val_rooms=val_rooms, train_areas=list(train_areas),
                   density=density, seed=seed)
-    stamp = osp.join(out_dir, _STAMP)
-    if osp.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return out_dir
+    if already_written(out_dir, _STAMP, params):
+        return out_dir
     os.makedirs(out_dir, exist_ok=True)
     plan: List[Tuple[int, int]] = [(a, rooms_per_area) for a in train_areas] + [(5, val_rooms)]
     for area, count in plan:
@@ -176,8 +172,7 @@ def make_demo_rooms(out_dir: str, rooms_per_area: int = 2, val_rooms: int = 3,
         for index in range(count):
             name = f'Area_{area}_{_ROOM_TYPES[index % len(_ROOM_TYPES)]}_{index + 1}.npy'
             np.save(osp.join(out_dir, name), make_room(rng, density))
-    with open(stamp, 'w') as f:  # written last: a half-written set is regenerated next time
-        json.dump(params, f)
+    write_stamp(out_dir, _STAMP, params)
     return out_dir
 
 
