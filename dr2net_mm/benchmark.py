@@ -299,8 +299,41 @@ def segmentor_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> d
     return dict(inputs=inputs, data_samples=samples)
 
 
-def _total_loss(losses: Dict[str, Any]) -> Tensor:
-    """Sum of the ``loss*`` entries of an mm model's loss dict (lists summed), as its optimiser sees."""
+def build_model(config, default_scope: Optional[str] = None, seed: int = 0) -> nn.Module:
+    """An mm model from a config (a path or a ``Config``) with random weights: pretrained loading
+    switched off, built in the config's registry scope (``default_scope`` where the config names
+    none; None: the current scope), seeded with ``seed``, SyncBN reverted to BN (one process),
+    ``init_weights()`` run (quietly: MMEngine logs every parameter)."""
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
+    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    scope = cfg.get('default_scope', default_scope)
+    if scope is not None:
+        init_default_scope(scope)
+    cfg.model.backbone.init_cfg = None
+    if 'pretrained' in cfg.model:  # mmseg segmentors pass it to the backbone
+        cfg.model.pretrained = None
+    torch.manual_seed(seed)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    # DINO allocates some parameters uninitialised (level_embed, ...): init_weights fills them,
+    # otherwise they hold whatever the previous variant left in memory.
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return model
+
+
+def training_loss(model: nn.Module, data: dict) -> Tensor:
+    """The loss an mm model's optimiser sees on ``data`` (a batch as the dataloader gives it:
+    ``inputs`` + ``data_samples``): the data preprocessor, the ``'loss'`` mode, and the sum of the
+    ``loss*`` entries (lists summed)."""
+    losses = model(**model.data_preprocessor(data, True), mode='loss')
     total = 0
     for key, value in losses.items():
         if 'loss' in key:
@@ -309,44 +342,22 @@ def _total_loss(losses: Dict[str, Any]) -> Tensor:
 
 
 def mm_model_variants(configs: Dict[str, Any], make_batch: Callable[[nn.Module], dict],
-                      default_scope: str) -> List[Variant]:
-    """Whole mmdet / mmseg models built from configs (``name -> path or Config``) in their registry
-    scope, pretrained loading switched off, ``init_weights()`` run, SyncBN reverted to BN (one
-    process), trained on ``make_batch(model)`` (an mm batch: ``inputs`` + ``data_samples``, made
-    once per variant). Memory and time cover the whole training step, data preprocessing included."""
-    from mmengine.config import Config
-    from mmengine.logging import MMLogger
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS, init_default_scope
+                      default_scope: Optional[str]) -> List[Variant]:
+    """Whole mm models built from configs (``name -> path or Config``) by :func:`build_model`,
+    trained on ``make_batch(model)`` (a batch as the dataloader gives it, made once per variant) with
+    :func:`training_loss`. Memory and time cover the whole training step, data preprocessing
+    included."""
 
     def builder(config):
         def build():
-            cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
-            init_default_scope(cfg.get('default_scope', default_scope))
-            cfg.model.backbone.init_cfg = None
-            if 'pretrained' in cfg.model:  # mmseg segmentors pass it to the backbone
-                cfg.model.pretrained = None
-            torch.manual_seed(0)
-            model = revert_sync_batchnorm(MODELS.build(cfg.model))
-            # DINO allocates some parameters uninitialised (level_embed, ...): init_weights fills
-            # them, otherwise they hold whatever the previous variant left in memory. (Quietly:
-            # MMEngine logs every parameter.)
-            logger = MMLogger.get_current_instance()
-            level = logger.level
-            logger.setLevel(logging.WARNING)
-            try:
-                model.init_weights()
-            finally:
-                logger.setLevel(level)
+            model = build_model(config, default_scope)
             model._benchmark_batch = make_batch(model)
             return model
         return build
 
-    def forward_loss(model):
-        raw = model._benchmark_batch
-        return _total_loss(model(**model.data_preprocessor(raw, True), mode='loss'))
-
-    return [Variant(name, builder(config), forward_loss) for name, config in configs.items()]
+    return [Variant(name, builder(config),
+                    lambda model: training_loss(model, model._benchmark_batch))
+            for name, config in configs.items()]
 
 
 def detector_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
@@ -377,21 +388,11 @@ def segmentor_variants(configs: Dict[str, Any], size: int = 512, batch: int = 2,
 
 def points_variants(configs: Dict[str, Any], num_points: int = 24000,
                     batch: int = 2) -> List[Variant]:
-    """Pix4Point segmentors built from configs (``name -> path or Config``), pretrained loading
-    switched off, trained on ``batch`` synthetic crops of ``num_points`` points
-    (:func:`dr2net_mm.points.points_benchmark_inputs`)."""
-    from .points import points_benchmark_inputs, points_training_loss
-
-    def builder(config):
-        def build():
-            model, data = points_benchmark_inputs(config, num_points=num_points, batch=batch)
-            model._benchmark_batch = data
-            return model
-        return build
-
-    return [Variant(name, builder(config),
-                    lambda model: points_training_loss(model, model._benchmark_batch))
-            for name, config in configs.items()]
+    """Pix4Point segmentors built from configs (see :func:`mm_model_variants`), trained on ``batch``
+    synthetic crops of ``num_points`` points (:func:`dr2net_mm.points.synthetic_point_batch`)."""
+    from .points import synthetic_point_batch
+    return mm_model_variants(
+        configs, lambda model: synthetic_point_batch(model, num_points, batch), None)
 
 
 def swap_backbone(cfg, backbone_type: str, **overrides):

@@ -96,8 +96,8 @@ def main(argv=None):
     print(f'{checkpoint}: {map_text} ({time.time() - t:.0f} s)')
 
     step('4/4 memory and time of one training step: Dr²Net vs the baseline backbones')
-    run_tool([python, 'tools/demo.py', '--compare-only'], os.path.join(args.work_dir, 'compare.log'),
-        show=None)
+    run_tool([python, 'tools/demo.py', '--compare-only'],
+             os.path.join(args.work_dir, 'compare.log'), show=None)
     print(f'\ndemo finished in {(time.time() - start) / 60:.1f} min: {map_text} on the demo val set')
 
 

@@ -7,7 +7,7 @@ point transforms (TRANSFORMS), ``Pix4PointSegmentor`` and ``PlainViT`` (MODELS) 
 from . import ops
 from .metric import PointSegMetric
 from .model import (Pix4PointSegmentor, PlainViT, PointTokenizer, points_benchmark_inputs,
-                    points_training_loss)
+                    points_training_loss, synthetic_point_batch)
 from .s3dis import CLASSES, S3DISDataset, convert_raw_release, load_room
 from .transforms import (PackPointInputs, PointColorDrop, PointGridSample, PointJitter,
                          PointNormalize, PointRandomCrop, PointRandomRotateZ, PointRandomScale,
@@ -17,5 +17,6 @@ __all__ = [
     'ops', 'CLASSES', 'S3DISDataset', 'load_room', 'convert_raw_release', 'PointGridSample',
     'PointVoteSubsets', 'PointNormalize', 'PointRandomRotateZ', 'PointRandomScale', 'PointJitter',
     'PointColorDrop', 'PointRandomCrop', 'PackPointInputs', 'PointTokenizer', 'Pix4PointSegmentor',
-    'PlainViT', 'points_benchmark_inputs', 'points_training_loss', 'PointSegMetric'
+    'PlainViT', 'synthetic_point_batch', 'points_benchmark_inputs', 'points_training_loss',
+    'PointSegMetric'
 ]

@@ -27,9 +27,7 @@ subset point are averaged over the crops holding it, every original point takes 
 representative, and the votes are summed. The predicted label is the argmax, for every point of the
 room.
 """
-import copy
 import functools
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -43,8 +41,8 @@ from torch.utils.checkpoint import checkpoint
 from ..models.vit import Dr2NetViT
 from .ops import farthest_point_sample, gather_points, inverse_distance_interpolate, knn
 
-__all__ = ['PointTokenizer', 'Pix4PointSegmentor', 'PlainViT', 'points_benchmark_inputs',
-           'points_training_loss']
+__all__ = ['PointTokenizer', 'Pix4PointSegmentor', 'PlainViT', 'synthetic_point_batch',
+           'points_benchmark_inputs', 'points_training_loss']
 
 
 def _mlp(*dims: int) -> nn.Sequential:
@@ -345,28 +343,10 @@ class Pix4PointSegmentor(BaseModel):
 # ------------------------------------------------------------------------------------------------
 # Benchmark support: one training step of a point segmentor from its config
 # ------------------------------------------------------------------------------------------------
-def points_benchmark_inputs(config, num_points: int = 24000, batch: int = 8, seed: int = 0,
-                            device: Union[str, torch.device] = 'cpu') -> Tuple[nn.Module, dict]:
-    """``(model, data)`` for measuring one training step of the segmentor of ``config`` (a path or a
-    ``Config``): the model built with its pretrained loading switched off (random weights, train
-    mode, on ``device``) and a synthetic batch of ``batch`` crops of ``num_points`` points (uniform in
-    a 6 m x 6 m x 3 m room, random colours, random labels) in the dataloader's format. Run a step with
-    :func:`points_training_loss` (then ``.backward()``)."""
-    from mmengine.config import Config
-    from mmengine.logging import MMLogger
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
-    cfg.model.backbone.init_cfg = None
-    torch.manual_seed(seed)
-    model = MODELS.build(cfg.model)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-    model = model.to(device)
-    model.train()
+def synthetic_point_batch(model: nn.Module, num_points: int, batch: int, seed: int = 0) -> dict:
+    """A training batch for ``model`` in the dataloader's format: ``batch`` crops of ``num_points``
+    points uniform in a 6 m x 6 m x 3 m room, random features (``model.in_channels``) and random
+    labels (``model.num_classes``)."""
     gen = torch.Generator().manual_seed(seed)
     inputs, samples = [], []
     for _ in range(batch):
@@ -376,10 +356,24 @@ def points_benchmark_inputs(config, num_points: int = 24000, batch: int = 8, see
         sample = BaseDataElement()
         sample.gt_label = torch.randint(0, model.num_classes, (num_points, ), generator=gen)
         samples.append(sample)
-    return model, dict(inputs=inputs, data_samples=samples)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def points_benchmark_inputs(config, num_points: int = 24000, batch: int = 8, seed: int = 0,
+                            device: Union[str, torch.device] = 'cpu') -> Tuple[nn.Module, dict]:
+    """``(model, data)`` for measuring one training step of the segmentor of ``config`` (a path or a
+    ``Config``): the model built with its pretrained loading switched off
+    (:func:`dr2net_mm.benchmark.build_model`; random weights, train mode, on ``device``) and
+    :func:`synthetic_point_batch`. Run a step with :func:`points_training_loss` (then
+    ``.backward()``)."""
+    from ..benchmark import build_model
+    model = build_model(config, seed=seed).to(device)
+    model.train()
+    return model, synthetic_point_batch(model, num_points, batch, seed)
 
 
 def points_training_loss(model: nn.Module, data: dict) -> Tensor:
-    """The summed training losses of ``model`` on ``data`` (from :func:`points_benchmark_inputs`)."""
-    losses = model(**model.data_preprocessor(data, True), mode='loss')
-    return sum(v for k, v in losses.items() if 'loss' in k)
+    """The summed training losses of ``model`` on ``data`` (from :func:`points_benchmark_inputs`):
+    :func:`dr2net_mm.benchmark.training_loss`."""
+    from ..benchmark import training_loss
+    return training_loss(model, data)
