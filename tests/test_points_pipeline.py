@@ -303,3 +303,12 @@ def test_missing_rooms_give_a_clear_error(tmp_path):
     assert proc.returncode != 0
     assert 'dataset not found' in proc.stderr and 'data/s3dis/s3disfull/raw/' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_demo_refuses_fewer_iterations_than_the_warmup(capsys):
+    import runpy
+    main = runpy.run_path(os.path.join(ROOT, 'tools', 'demo_points.py'),
+                          run_name='demo_points')['main']
+    with pytest.raises(SystemExit):
+        main(['--iters', '15'])
+    assert '--iters 15: need more than the 15 warm-up iterations' in capsys.readouterr().err

@@ -52,8 +52,11 @@ def main(argv=None):
                         "config's)")
     parser.add_argument('--work-dir', default='work_dirs/demo_points')
     args = parser.parse_args(argv)
-    if args.iters is not None and args.iters < 2:
-        parser.error(f'--iters {args.iters}: need at least 2 iterations')
+    from mmengine.config import Config
+    warmup = Config.fromfile(os.path.join(ROOT, CONFIG)).param_scheduler[0]['end']  # then cosine
+    if args.iters is not None and args.iters <= warmup:
+        parser.error(f'--iters {args.iters}: need more than the {warmup} warm-up iterations of the '
+                     f'demo config (e.g. --iters {4 * warmup})')
     start = time.time()
     os.chdir(ROOT)
 
@@ -73,7 +76,7 @@ def main(argv=None):
         cmd += ['--cfg-options', f'train_cfg.max_iters={args.iters}',
                 f'train_cfg.val_interval={args.iters}', f'custom_hooks.0.end_iter={args.iters // 2}',
                 f'param_scheduler.1.end={args.iters}',
-                f'param_scheduler.1.T_max={max(1, args.iters - 15)}',
+                f'param_scheduler.1.T_max={args.iters - warmup}',
                 f'default_hooks.checkpoint.interval={args.iters}']
     t = time.time()
     run_tool(cmd, os.path.join(args.work_dir, 'train_output.log'), SHOW, brief)

@@ -33,8 +33,11 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=None, help='override max_iters (default 240)')
     parser.add_argument('--work-dir', default='work_dirs/demo_seg')
     args = parser.parse_args(argv)
-    if args.iters is not None and args.iters < 2:
-        parser.error(f'--iters {args.iters}: need at least 2 iterations')
+    from mmengine.config import Config
+    warmup = Config.fromfile(os.path.join(ROOT, CONFIGS['swin'])).param_scheduler[0]['end']
+    if args.iters is not None and args.iters <= warmup:  # the ViT demo inherits the schedule
+        parser.error(f'--iters {args.iters}: need more than the {warmup} warm-up iterations of the '
+                     f'demo configs (e.g. --iters {4 * warmup})')
     start = time.time()
     os.chdir(ROOT)
 
@@ -55,8 +58,8 @@ def main(argv=None):
         cmd = [sys.executable, 'tools/train.py', CONFIGS[name], '--work-dir', work_dir]
         if args.iters:
             cmd += ['--cfg-options', f'train_cfg.max_iters={args.iters}',
-                    f'train_cfg.val_interval={args.iters}',
-                    f'custom_hooks.0.end_iter={max(1, args.iters // 2)}']
+                    f'train_cfg.val_interval={args.iters}', f'param_scheduler.1.end={args.iters}',
+                    f'custom_hooks.0.end_iter={args.iters // 2}']
         output = run_tool(cmd, os.path.join(work_dir, 'train_output.log'), SHOW)
         found = re.findall(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)', output)
         results[name] = (f'mIoU {found[-1][1]}, aAcc {found[-1][0]}' if found else
