@@ -74,9 +74,11 @@ def test_points_benchmark_reports_dr2net_against_both_peers():
     """tools/benchmark.py points: Pix4Point training steps from the S3DIS configs (ViT-S, 1536
     tokens) with PlainViT, PlainViT with_cp and Dr2NetViT."""
     report = tool('benchmark')['main'](['points', '--points', '2048', '--batch', '1', '--iters',
-                                        '1'])
+                                        '1', '--extra', 'dr2net_one_segment'])
     results = {r['name']: r for r in next(iter(report['settings'].values()))}
-    assert set(results) == {'conventional', 'checkpointing', 'dr2net'}
+    assert set(results) == {'conventional', 'checkpointing', 'dr2net', 'dr2net_one_segment'}
+    # one segment keeps one stream pair instead of one per 4 branches
+    assert results['dr2net_one_segment']['saved_mb'] < results['dr2net']['saved_mb']
     assert results['dr2net']['saved_mb'] < 0.6 * results['conventional']['saved_mb']
     assert results['checkpointing']['saved_mb'] < results['conventional']['saved_mb']
 
@@ -95,6 +97,9 @@ def test_benchmark_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(['points', '--points', '100'])
     assert 'need at least 2048 points' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['points', '--extra', 'dr2net_fp32'])
+    assert '--extra dr2net_fp32: points has one extra variant' in capsys.readouterr().err
 
 
 def test_grad_error_map_writes_maps_and_reports_the_floor(tmp_path):

@@ -20,6 +20,7 @@ import time
 from typing import Dict, List
 
 import torch
+from mmengine.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -79,7 +80,8 @@ def parse_args(argv=None):
     parser.add_argument('--out-indices', type=int, nargs='+', default=None,
                         help='backbone outputs (Swin default 0 1 2 3; ViT default -1)')
     parser.add_argument('--extra', nargs='*', default=None,
-                        help='extra Dr²Net variants: dr2net_fp32 dr2net_seg4')
+                        help='extra Dr²Net variants: dr2net_fp32 dr2net_seg4 (swin, vit), '
+                        'dr2net_one_segment (points)')
     parser.add_argument('--out', default=None, help='output path without extension')
     args = parser.parse_args(argv)
     if args.size < 32 or args.batch < 1 or args.iters < 1:
@@ -88,6 +90,10 @@ def parse_args(argv=None):
     if args.model == 'points' and args.points < 2048:
         parser.error(f'--points {args.points}: the S3DIS configs tokenize crops into 1536 centres '
                      'and need at least 2048 points per crop')
+    unknown = sorted(set(args.extra or ()) - {'dr2net_one_segment'})
+    if args.model == 'points' and unknown:
+        parser.error(f'--extra {" ".join(unknown)}: points has one extra variant, '
+                     'dr2net_one_segment')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
                      'BatchNorm over 1x1 maps, which cannot train on one image)')
@@ -125,6 +131,10 @@ def settings(args) -> Dict[str, list]:
         }
     if args.model == 'points':
         configs = {name: os.path.join(ROOT, path) for name, path in POINTS_CONFIGS.items()}
+        for name in args.extra or ():  # dr2net_one_segment (checked in parse_args)
+            one_segment = Config.fromfile(configs['dr2net'])
+            one_segment.model.backbone.segment_size = None
+            configs[name] = one_segment
         return {f'Pix4Point ViT-S S3DIS, {args.points} points / 1536 tokens, batch {args.batch}':
                 points_variants(configs, args.points, args.batch)}
     configs = {name: os.path.join(ROOT, path) for name, path in DINO_CONFIGS.items()}
