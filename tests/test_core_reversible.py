@@ -480,3 +480,120 @@ def test_float64_truth_draws_the_same_masks_as_the_model():
     report = gradient_error(stage, make_input(batch=8))
     assert report.reference_vs_truth.worst < 1e-5  # other masks would give errors of order 1
     assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst
+
+
+# 9. Lean backward: model-dtype gradients, parameter gradients into .grad, branches by parts ------
+class PlannedMLPBranch(MLPBranch):
+    """The toy MLP branch with a plan: body = fc2(gelu(fc1(norm(rows)))) on rows of tokens, merge =
+    drop path per sample (see dr2net_mm.core.chunks)."""
+
+    def plan(self, x, scale=0.0):
+        from dr2net_mm.core.chunks import BranchPlan, row_parts
+        if scale or (self.training and self.dropout.p > 0):
+            return None
+        B, N, C = x.shape
+        return BranchPlan(x.reshape(B * N, C), row_parts(B * N, 2 * C, part_elements=128 * 2 * C),
+                          lambda h, part: self.fc2(self.dropout(torch.nn.functional.gelu(
+                              self.fc1(self.norm(h))))),
+                          lambda out: self.drop_path(out.view(B, N, C)))
+
+
+def planned_stage(n=6, channels=32, drop_path=0.0, **kwargs):
+    torch.manual_seed(0)
+    return ReversibleSequence([PlannedMLPBranch(channels, 0.0, drop_path) for _ in range(n)],
+                              **kwargs).train()
+
+
+def step_nodes(output):
+    """Every _StepFunction node reachable from ``output``'s graph."""
+    seen, stack, nodes = set(), [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == '_StepFunctionBackward':
+            nodes.append(node)
+        stack.extend(n for n, _ in node.next_functions)
+    return nodes
+
+
+@pytest.mark.parametrize('stream_dtype', [torch.float32, torch.float64])
+def test_every_gradient_leaving_a_node_has_the_model_dtype(stream_dtype):
+    stage = make_stage(n=8, alpha=0.5, beta=0.5, stream_dtype=stream_dtype, segment_size=3)
+    x = make_input().requires_grad_(True)
+    early, out = stage(x, out_positions=(4, 8))
+    seen = []
+    for node in step_nodes(out):
+        node.register_hook(lambda grad_inputs, grad_outputs: seen.extend(
+            g.dtype for g in grad_inputs if g is not None))
+    (early.sum() + out.pow(2).sum()).backward()
+    assert len(seen) >= 8
+    assert set(seen) == {torch.float32}
+    assert x.grad.dtype == torch.float32
+
+
+def test_parameter_gradients_accumulate_into_existing_grad_buffers():
+    stage = make_stage(n=4, alpha=0.5, beta=0.5)
+    x = make_input()
+    gx, once, _ = grads_of(stage, x, reversible=True)
+    buffers = {n: p.grad for n, p in stage.named_parameters()}
+    out = stage(x.clone().requires_grad_(True))
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    for name, param in stage.named_parameters():
+        assert param.grad is buffers[name]  # added in place, as autograd accumulates
+        assert rel(param.grad, 2 * once[name]) <= 1e-6
+
+
+def test_autograd_grad_returns_gradients_and_leaves_grad_untouched():
+    stage = make_stage(n=4, alpha=0.5, beta=0.5)
+    x = make_input()
+    gx_ref, g_ref, _ = grads_of(stage, x, reversible=True)  # loss.backward(): into .grad
+    stage.zero_grad(set_to_none=True)
+    xg = x.clone().requires_grad_(True)
+    out = stage(xg)
+    names, params = zip(*stage.named_parameters())
+    grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                [xg, *params])
+    assert all(p.grad is None for p in params)
+    assert torch.equal(grads[0], gx_ref)
+    assert all(torch.equal(g, g_ref[n]) for n, g in zip(names, grads[1:]))
+    only_x, = torch.autograd.grad(stage(xg).sum(), [xg])  # no parameter gradient computed at all
+    assert only_x.shape == xg.shape and all(p.grad is None for p in params)
+
+
+@pytest.mark.parametrize('alpha,beta', [(1.0, 0.1), (0.3, 0.7)])
+def test_branches_with_a_plan_give_reference_gradients_and_the_same_masks(alpha, beta):
+    stage = planned_stage(n=6, drop_path=0.3, alpha=alpha, beta=beta)
+    x = make_input(batch=6)
+    gx_rev, g_rev, out_rev = grads_of(stage, x, seed=5, reversible=True)
+    gx_ref, g_ref, out_ref = grads_of(stage, x, seed=5, reversible=False)
+    assert rel(out_rev, out_ref) <= 1e-6  # parts vs the whole branch: GEMM rounding only
+    assert rel(gx_rev, gx_ref) <= 1e-5
+    assert max(rel(g_rev[n], g_ref[n]) for n in g_ref) <= 1e-5
+
+
+def test_a_plan_splits_the_rows_into_parts_that_cover_them_once():
+    from dr2net_mm.core.chunks import row_parts
+    for rows, width, budget, align in [(200, 64, 1000, 1), (7, 10, 1, 1), (5, 3, 10**6, 1),
+                                       (96, 8, 100, 12)]:
+        parts = row_parts(rows, width, budget, align)
+        assert parts[0].start == 0 and parts[-1].stop == rows
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert all(p.start % align == 0 for p in parts)
+        assert len(parts) <= max(1, rows // align)
+
+
+def test_a_plan_lowers_the_backward_peak():
+    """Recomputing a branch part by part holds one part's activations (plus the streams) instead of
+    the whole branch's: the training step's peak falls well below the unplanned engine's."""
+    from dr2net_mm.benchmark import _cpu_peak_bytes
+    x = make_input(batch=2, tokens=2048, channels=64)
+    peaks = {}
+    for planned in (False, True):
+        torch.manual_seed(0)
+        cls = PlannedMLPBranch if planned else MLPBranch
+        stage = ReversibleSequence([cls(64) for _ in range(4)], alpha=0.5, beta=0.5).train()
+        stage(x).pow(2).mean().backward()  # allocates the .grad buffers
+        peaks[planned] = _cpu_peak_bytes(lambda: stage(x).pow(2).mean().backward())
+    assert peaks[True] < 0.75 * peaks[False], peaks

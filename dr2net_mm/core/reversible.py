@@ -18,17 +18,20 @@ Why ``y_0 = β·x_0``: the paper writes ``y_0 = x_0``, which at α=1, β=0 would
 first module's output, so the stage would not equal the pretrained network. ``y_0 = β·x_0`` is what
 ``y_i = β·x_{i-1}`` gives for a virtual module before the first; at β=1 both choices agree.
 
-Precision. The inverse amplifies rounding error by about (‖J‖ + α)/β per module: ~11x at (1, 0.1),
-~1.4x at (0.3, 0.7). Hence three controls here: ``stream_dtype`` (float64 by default: the streams
-and the Eq. 1/2 arithmetic run in float64 while each F_i runs in the model dtype, its input rounded
-by :func:`branch_input`), ``segment_size`` (a long stage is cut into reversible segments of k modules
+Precision. The inverse amplifies rounding error by about (‖J‖ + α)/β per module (~11x at (1, 0.1),
+~1.4x at (0.3, 0.7)). Hence three controls: ``stream_dtype`` (float64 by default: the streams and the
+Eq. 1/2 arithmetic run in float64 while each F_i runs in the model dtype, its input rounded by
+:func:`branch_input`), ``segment_size`` (a long stage is cut into reversible segments of k modules
 whose input streams are kept, so amplification is bounded by k modules, at the cost of one kept
-stream pair per segment) and a free reconstruction-error monitor (see ``ReversibleSequence``).
-Measured on a Swin-T-shaped Dr2NetSwin at 224² (``tools/grad_error_map.py``, worst relative gradient
-error against a float64 model; fp32 autograd's own error is ~1e-6): float64 streams in one segment
-per stage are at that floor for β >= 0.5 (for α <= 0.6 from β = 0.3) and give 0.13 at (1, 0.1),
-float32 streams 1.5 there; with ``segment_size=4`` float64 streams are at the floor at (1, 0.1) too
-(README, Results).
+stream pair per segment) and a free reconstruction-error monitor (see ``ReversibleSequence``). The
+README's Results give the measured errors.
+
+Memory of the backward. A step's backward holds, besides what the forward kept: one stream pair,
+rebuilt in place (Eq. 2 overwrites ``y_i`` with ``x_{i-1}`` and ``x_i`` with ``y_{i-1}``); the
+gradients ``dL/dx_i, dL/dy_i`` in the model dtype (the gradient recursion runs in place in the model
+dtype, as ordinary autograd's does); and one branch's recomputation, part by part when the branch
+has a plan (``chunks``), with its parameter gradients added straight into ``.grad``
+(``param_grads``).
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -38,6 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .autocast import autocast_state
+from .chunks import BranchPlan
+from .param_grads import gradients_into
 from .rng import capture_rng_state, replay_rng_state
 from .streams import pack_stream, unpack_stream
 
@@ -99,34 +105,44 @@ def branch_input(stream: Tensor, dtype: torch.dtype) -> Tensor:
 def dual_residual_step(f: Tensor, x: Tensor, y: Optional[Tensor], alpha: float) -> Tensor:
     """Eq. 1's new x stream: ``x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1}`` (``y=None`` means 0).
 
-    ``f`` and ``x`` are in the stream dtype. One definition for every mode, so the reversible and the
-    reference forward do bitwise the same arithmetic."""
+    ``x`` and ``y`` are in the stream dtype; ``f`` may be in the model dtype (promoted exactly on the
+    fly). One definition for every mode, so the reversible and the reference forward do bitwise the
+    same arithmetic."""
     out = f + x if alpha == 1.0 else f + alpha * x
-    return out if y is None else out + y
-
-
-def inverse_y(x: Tensor, f: Tensor, x_prev: Tensor, alpha: float) -> Tensor:
-    """Eq. 2's ``y_{i-1} = x_i − F_i(x_{i-1}) − α·x_{i-1}`` in the stream dtype of ``x``; ``f`` (model
-    dtype) is promoted on the fly, so no stream-dtype copy of it or of ``α·x_{i-1}`` is made (these
-    transients set the peak memory of the backward at high resolution)."""
-    return torch.sub(x, f).sub_(x_prev, alpha=alpha)
+    return out if y is None else out.add_(y)
 
 
 def _relative_norm(error: Tensor, reference: Tensor) -> Tensor:
     """‖error‖ / ‖reference‖ as a 0-dim float64 tensor (no host sync)."""
-    ref = torch.linalg.vector_norm(reference.to(torch.float64))
-    return torch.linalg.vector_norm(error.to(torch.float64)) / ref.clamp_min(torch.finfo(
-        torch.float64).tiny)
+    ref = torch.linalg.vector_norm(reference, dtype=torch.float64)
+    return torch.linalg.vector_norm(error, dtype=torch.float64) / ref.clamp_min(
+        torch.finfo(torch.float64).tiny)
+
+
+def _accumulates(node: Any) -> Optional[bool]:
+    """For a parameter's gradient-accumulator node seen from a running backward: True when that
+    backward adds into ``.grad`` (``loss.backward()``), None when ``torch.autograd.grad`` captures the
+    gradient, False when nobody needs it."""
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (RuntimeError, AttributeError):  # autograd.grad() (or a torch without the query)
+        return None
 
 
 class _Run:
     """State of one reversible forward call, shared by its per-function autograd nodes.
 
-    Besides constants, it carries the hand-over of rebuilt streams between nodes: the backward of
-    node i+1 rebuilds ``(x_i, y_i)`` (Eq. 2) and leaves them here for node i. At most one such pair
-    is held at a time. Kept segment-end streams are saved by their nodes (``save_for_backward``); the
-    run holds weak references to those nodes only for the rare backward that starts below a node
-    that got no gradient (see :meth:`streams_after`)."""
+    The autograd graph links the nodes by empty tensors; everything that is large travels here, on
+    the side, and is handed from node i+1 to node i during backward:
+
+    * the streams ``(x_i, y_i)`` in the stream dtype, rebuilt in place by Eq. 2 (one pair alive);
+    * the gradients ``(dL/dx_i, dL/dy_i)`` in the model dtype (``dL/dy_i = dL/dx_{i+1}``).
+
+    Kept segment-end streams are saved by their nodes (``save_for_backward``); the run holds weak
+    references to those nodes only for the rare backward that starts below a node that got no
+    gradient (see :meth:`streams_after`)."""
 
     def __init__(self, stage: 'ReversibleSequence', args: Tuple[Any, ...], model_dtype: torch.dtype,
                  device: torch.device, out_positions: Tuple[int, ...],
@@ -143,11 +159,9 @@ class _Run:
         self.replay_rng = stage.preserve_rng_state and stage.training
         self.rng_states: Dict[int, Any] = {}
         self.device = device
-        self.autocast = dict(device_type=device.type,
-                             enabled=torch.is_autocast_enabled(device.type),
-                             dtype=torch.get_autocast_dtype(device.type),
-                             cache_enabled=torch.is_autocast_cache_enabled())
-        self.handover: Optional[Tuple[int, Tensor, Tensor]] = None  # (i, x_i, y_i)
+        self.autocast = autocast_state(device)
+        self.streams: Optional[Tuple[int, Tensor, Tensor]] = None  # forward: current; backward: handover
+        self.grads: Optional[Tuple[int, Optional[Tensor], Optional[Tensor]]] = None  # (i, gx_i, gy_i)
         self.kept_nodes: Dict[int, Any] = {}  # position -> weakref to the node keeping its streams
         self.layout: Dict[int, Tuple[int, bool]] = {}  # position -> (tensors packing x, has hi)
         self.errors: Dict[int, Tensor] = {}  # segment start position -> reconstruction error
@@ -156,35 +170,44 @@ class _Run:
         self.errors[segment_start] = error.detach()
         self.stage._record_errors(torch.stack([self.errors[k] for k in sorted(self.errors)]))
 
-    def recompute(self, i: int, x_prev: Tensor, grad: bool) -> Tuple[Tensor, Tensor]:
-        """F_i(x_{i-1}) as in the forward: same RNG draws, same autocast, input in the model dtype
-        (a fresh leaf that requires grad when ``grad``)."""
-        rng = self.rng_states.get(i) if self.replay_rng else None
-        with torch.set_grad_enabled(grad), replay_rng_state(rng), torch.autocast(**self.autocast):
-            inp = branch_input(x_prev, self.model_dtype).detach().requires_grad_(grad)
-            return inp, self.functions[i - 1](inp, *self.args)
+    def branch(self, i: int, inp: Tensor) -> Tensor:
+        """F_i(inp) without gradients, part by part when the branch has a plan (see ``chunks``)."""
+        function = self.functions[i - 1]
+        plan = function.plan(inp, *self.args) if hasattr(function, 'plan') else None
+        if plan is None:
+            return function(inp, *self.args)
+        out = None
+        for part in plan.parts:
+            piece = plan.body(plan.inputs[part], part)
+            if out is None:
+                out = piece.new_empty((plan.inputs.shape[0], ) + piece.shape[1:])
+            out[part] = piece
+        return plan.merge(out)
 
-    def invert(self, i: int, x: Tensor, y: Tensor,
-               grad: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Eq. 2, (x_i, y_i) -> (x_{i-1}, y_{i-1}); also returns F_i's recomputed input and output
-        (with a graph when ``grad``) for the backward through F_i."""
-        x_prev = y / self.beta
-        inp, f = self.recompute(i, x_prev, grad)
-        return x_prev, inverse_y(x, f.detach(), x_prev, self.alpha), inp, f
+    def rebuild(self, i: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        """Eq. 2 in place, without gradients: (x_i, y_i) -> (x_{i-1}, y_{i-1}) in the same buffers."""
+        x_prev = y.div_(self.beta)
+        rng = self.rng_states.get(i) if self.replay_rng else None
+        with torch.no_grad(), replay_rng_state(rng), torch.autocast(**self.autocast):
+            f = self.branch(i, branch_input(x_prev, self.model_dtype))
+        return x_prev, x.sub_(f).sub_(x_prev, alpha=self.alpha)
 
     def kept_streams(self, position: int, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
-        """Unpack the kept (x, y) at ``position`` from a node's saved tensors [x packed..., y, hi?]."""
+        """The kept (x, y) at ``position`` from a node's saved tensors [x packed..., y, hi?], as new
+        tensors (the backward rebuilds them in place)."""
         n_packed, has_hi = self.layout[position]
         hi = saved[n_packed + 1] if has_hi else None
         x = unpack_stream(saved[:n_packed], hi, self.stream_dtype)
-        return x, saved[n_packed]
+        if any(x.data_ptr() == t.data_ptr() for t in saved):
+            x = x.clone()
+        return x, saved[n_packed].clone()
 
     def streams_after(self, i: int) -> Tuple[Tensor, Tensor]:
         """(x_i, y_i) for node i whose output streams are not kept: handed over by node i+1, or, if
         node i+1 got no gradient, rebuilt from the nearest kept streams above."""
-        if self.handover is not None and self.handover[0] == i:
-            _, x, y = self.handover
-            self.handover = None
+        if self.streams is not None and self.streams[0] == i:
+            _, x, y = self.streams
+            self.streams = None
             return x, y
         above = min(p for p in self.boundaries if p > i)
         node = self.kept_nodes[above]()
@@ -195,92 +218,178 @@ class _Run:
                 'outputs alive until backward')
         x, y = self.kept_streams(above, tuple(t.detach() for t in node.saved_tensors))
         for j in range(above, i, -1):
-            x, y = self.invert(j, x, y)[:2]
+            x, y = self.rebuild(j, x, y)
         return x, y
+
+    def grads_after(self, i: int, g_out: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """(dL/dx_i, dL/dy_i) in the model dtype: handed over by node i+1, plus the gradient of the
+        stage output at position i. A tensor received from outside is never modified in place."""
+        gx = gy = None
+        if self.grads is not None and self.grads[0] == i:
+            _, gx, gy = self.grads
+        self.grads = None
+        if g_out is not None:
+            g_out = g_out.to(self.model_dtype)
+            gx = g_out if gx is None else gx.add_(g_out)
+        return gx, gy
+
+    def backward_through(self, i: int, x_prev: Tensor, gx: Optional[Tensor], need_x: bool,
+                         targets: Dict[int, Optional[Tensor]]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Recompute F_i(x_{i-1}) as in the forward (same RNG draws, same autocast, same parts) and
+        back-propagate ``gx`` through it: parameter gradients go to ``targets`` (see ``param_grads``).
+        Returns F_i's value (model dtype) and ``J_i^T gx`` (None when ``need_x`` is False)."""
+        function = self.functions[i - 1]
+        rng = self.rng_states.get(i) if self.replay_rng else None
+        autocast = torch.autocast(**self.autocast)
+        with torch.set_grad_enabled(gx is not None), replay_rng_state(rng), autocast, \
+                gradients_into(function, targets, route_linear=not self.autocast['enabled']):
+            inp = branch_input(x_prev, self.model_dtype).detach().requires_grad_(need_x)
+            plan = function.plan(inp, *self.args) if hasattr(function, 'plan') else None
+            if plan is None:
+                f = function(inp, *self.args)
+                if gx is not None and f.requires_grad:
+                    torch.autograd.backward(f, gx.to(f.dtype))
+                f = f.detach()
+            else:
+                f = self._backward_by_parts(plan, gx, rng)
+        return f, inp.grad if need_x else None
+
+    @staticmethod
+    def _backward_by_parts(plan: BranchPlan, gx: Optional[Tensor], rng: Any) -> Tensor:
+        """F's value and backward for a branch with a plan, one part of its body at a time."""
+        h = plan.inputs
+        h_grad = torch.zeros_like(h) if gx is not None and h.requires_grad else None
+        out = g_out = None
+        for part in plan.parts:
+            piece_in = h[part].detach().requires_grad_(h_grad is not None)
+            piece = plan.body(piece_in, part)
+            if out is None:
+                out = piece.new_empty((h.shape[0], ) + piece.shape[1:])
+                if gx is not None:  # merge is linear: its vector-Jacobian product needs no values
+                    with replay_rng_state(rng):
+                        probe = torch.zeros_like(out, requires_grad=True)
+                        merged = plan.merge(probe)
+                    g_out, = torch.autograd.grad(merged, probe, gx.to(merged.dtype))
+                    del probe, merged
+            out[part] = piece.detach()
+            if g_out is not None and piece.requires_grad:
+                torch.autograd.backward(piece, g_out[part].to(piece.dtype))
+                if h_grad is not None:
+                    h_grad[part] = piece_in.grad
+            del piece, piece_in
+        del g_out
+        if h_grad is not None:
+            torch.autograd.backward(h, h_grad)
+        with torch.no_grad(), replay_rng_state(rng):
+            return plan.merge(out)
 
 
 class _StepFunction(torch.autograd.Function):
     """One function of the stage as one autograd node: (x_{i-1}, y_{i-1}) -> (x_i, y_i) by Eq. 1.
 
-    Inputs are ``(run, i, x_{i-1}, y_{i-1}, *parameters of F_i)``: the parameters are inputs of this
-    node, so their gradients leave it through the autograd graph right after F_i's backward (each
-    parameter reached once, as ``DistributedDataParallel`` needs, and no gradient is held longer
-    than one function's backward). A node keeps nothing for backward unless its position ends a
-    segment; its output streams are rebuilt by the next node's backward (Eq. 2) and handed over.
-    A segment-end node that is also an output position returns the stream in the model dtype as a
-    third output and keeps it as the high part of the float64 stream (stored once)."""
+    Inputs are ``(run, i, link, *parameters of F_i)``: ``link`` is the stage input x_0 for i = 1 and
+    the previous node's empty link tensor otherwise, so the graph orders the nodes while the streams
+    and their gradients travel through the run (see :class:`_Run`). The parameters are inputs so that
+    autograd (and ``DistributedDataParallel``'s search for unused parameters) sees them reached; their
+    gradients are added into ``.grad`` during F_i's backward (one tensor at a time) and the node
+    returns none, or returns them when ``torch.autograd.grad`` asked for them. Outputs: the link, and
+    ``x_i`` in the model dtype when i is an output position. A node keeps nothing for backward unless
+    its position ends a segment."""
 
     @staticmethod
-    def forward(ctx, run: _Run, i: int, x: Tensor, y: Tensor, *params: Tensor):
+    def forward(ctx, run: _Run, i: int, link: Tensor, *params: Tensor):
         alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
+        if i == 1:
+            x = link.to(sd)
+            y = beta * x
+        else:
+            _, x, y = run.streams
         if run.replay_rng:
             run.rng_states[i] = capture_rng_state(run.device)
         inp = branch_input(x, run.model_dtype)
-        f = run.functions[i - 1](inp, *run.args)
+        f = run.branch(i, inp)
         _check_shape(i, run.functions[i - 1], inp, f)
-        x_new, y_new = dual_residual_step(f.to(sd), x, y, alpha), beta * x
+        del inp
+        x_new, y_new = dual_residual_step(f, x, y, alpha), beta * x
+        del f, x, y
+        run.streams = (i, x_new, y_new)
         ctx.run, ctx.i = run, i
         ctx.set_materialize_grads(False)
-        outputs = (x_new, y_new)
+        outputs = [torch.empty(0, dtype=run.model_dtype, device=run.device)]
+        hi = x_new.to(run.model_dtype) if i in run.out_positions else None
+        if hi is not None:
+            outputs.append(hi)
         to_save: List[Tensor] = []
         if i in run.boundaries:
-            hi = x_new.to(run.model_dtype) if i in run.out_positions else None
             packed = pack_stream(x_new, hi)
             run.layout[i] = (len(packed), hi is not None)
             to_save = [*packed, y_new] + ([hi] if hi is not None else [])
             run.kept_nodes[i] = weakref.ref(ctx)
-            if hi is not None:
-                outputs = (x_new, y_new, hi)
         if i == 1:  # ‖x_0‖ normalises the first segment's monitor even if the rebuilt x_0' is garbage
-            to_save.append(torch.linalg.vector_norm(x))
+            to_save.append(torch.linalg.vector_norm(link))
         ctx.save_for_backward(*to_save)
-        return outputs
+        return tuple(outputs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gx: Optional[Tensor], gy: Optional[Tensor], g_hi: Optional[Tensor] = None):
+    def backward(ctx, _link_grad: Optional[Tensor], g_out: Optional[Tensor] = None):
         run: _Run = ctx.run
         i = ctx.i
-        alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
+        alpha, beta = run.alpha, run.beta
         saved = ctx.saved_tensors
         if i in run.boundaries:
             x, y = run.kept_streams(i, saved)
-            if run.handover is not None and run.handover[0] == i:  # rebuilt by the next segment
-                _, x_rebuilt, y_rebuilt = run.handover
-                run.handover = None
-                run.record_error(i, torch.maximum(_relative_norm(x_rebuilt - x, x),
-                                                  _relative_norm(y_rebuilt - y, y)))
+            if run.streams is not None and run.streams[0] == i:  # rebuilt by the next segment
+                _, x_rebuilt, y_rebuilt = run.streams
+                run.streams = None
+                run.record_error(i, torch.maximum(_relative_norm(x_rebuilt.sub_(x), x),
+                                                  _relative_norm(y_rebuilt.sub_(y), y)))
+                del x_rebuilt, y_rebuilt
         else:
             x, y = run.streams_after(i)
-        if g_hi is not None:
-            gx = g_hi.to(sd) if gx is None else gx + g_hi.to(sd)
-        params = run.params_per_function[i - 1]
-        need_x = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        x_prev, y_prev, inp, f = run.invert(i, x, y, grad=gx is not None)  # Eq. 2
-        if i == 1:  # the rebuilt pair must satisfy y_0 = β·x_0
-            x0_norm = saved[-1].to(torch.float64)
-            run.record_error(0, torch.linalg.vector_norm((y_prev - beta * x_prev).to(torch.float64))
-                             / (beta * x0_norm).clamp_min(torch.finfo(torch.float64).tiny))
-        else:
-            run.handover = (i - 1, x_prev, y_prev)
-        del x, y  # (x_i, y_i) are rebuilt into (x_{i-1}, y_{i-1}): free them before F's backward
+        gx, gy = run.grads_after(i, g_out)
+        need_x = ctx.needs_input_grad[2]
+        # Parameter gradients: straight into .grad where the running backward accumulates there.
+        targets: Dict[int, Optional[Tensor]] = {}
+        returned: List[Optional[Tensor]] = []
+        for k, param in enumerate(run.params_per_function[i - 1]):
+            mode = _accumulates(ctx.next_functions[1 + k][0]) if gx is not None else False
+            target = None
+            if mode:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                target = param.grad
+            elif mode is None:
+                target = torch.zeros_like(param)
+            targets[id(param)] = target
+            returned.append(target if mode is None else None)
+        x_prev = y.div_(beta)  # Eq. 2, in place: y's buffer now holds x_{i-1}
+        del y
+        f, jtg = run.backward_through(i, x_prev, gx, need_x and gx is not None, targets)
+        y_prev = x.sub_(f).sub_(x_prev, alpha=alpha)  # x's buffer now holds y_{i-1}
+        del x, f
         # x_i = F_i(x_{i-1}) + α x_{i-1} + y_{i-1},  y_i = β x_{i-1}:
         # dL/dx_{i-1} = J_i^T dL/dx_i + α dL/dx_i + β dL/dy_i,   dL/dy_{i-1} = dL/dx_i
-        gx_prev = gy_prev = None
-        param_grads: List[Optional[Tensor]] = [None] * len(params)
-        if gx is not None:
-            wrt = ([inp] if need_x else []) + params
-            grads = list(torch.autograd.grad(f, wrt, gx.to(f.dtype), allow_unused=True)) \
-                if wrt else []
-            if need_x:
-                jtg = grads.pop(0)
-                # jtg (model dtype) is promoted on the fly: no stream-dtype copy of it
-                gx_prev = alpha * gx if jtg is None else torch.add(jtg, gx, alpha=alpha)
-                gy_prev = gx
-            param_grads = grads
-        if need_x and gy is not None:
-            gx_prev = beta * gy if gx_prev is None else gx_prev.add_(gy, alpha=beta)
-        return (None, None, gx_prev, gy_prev, *param_grads)
+        gx_prev = None
+        if need_x:
+            if gx is not None:
+                gx_prev = jtg.add_(gx, alpha=alpha) if jtg is not None else alpha * gx
+            if gy is not None:
+                gx_prev = beta * gy if gx_prev is None else gx_prev.add_(gy, alpha=beta)
+        del gy, jtg
+        if i == 1:  # the rebuilt pair must satisfy y_0 = β·x_0; y_0 = β·x_0 also passes dL/dy_0
+            x0_norm = saved[-1].to(torch.float64)
+            run.record_error(0, torch.linalg.vector_norm(y_prev.sub_(x_prev, alpha=beta),
+                                                         dtype=torch.float64)
+                             / (beta * x0_norm).clamp_min(torch.finfo(torch.float64).tiny))
+            if need_x and gx is not None:
+                gx_prev = beta * gx if gx_prev is None else gx_prev.add_(gx, alpha=beta)
+            link_grad = gx_prev
+        else:
+            run.streams = (i - 1, x_prev, y_prev)
+            run.grads = (i - 1, gx_prev, gx)
+            link_grad = torch.zeros(0, dtype=run.model_dtype, device=run.device) if need_x else None
+        return (None, None, link_grad, *returned)
 
 
 class ReversibleSequence(nn.Module):
@@ -424,16 +533,13 @@ class ReversibleSequence(nn.Module):
                             params: List[List[Tensor]]) -> List[Tensor]:
         """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
         run = _Run(self, args, x0.dtype, x0.device, positions, params)
-        x = x0.to(self.stream_dtype)
-        y = self.beta * x  # (x_0, y_0) = (x_0, β·x_0); a scalar product keeps nothing for backward
-        outputs = {}
+        link, outputs = x0, {}
         for i in range(1, len(self.functions) + 1):
-            result = _StepFunction.apply(run, i, x, y, *params[i - 1])
-            x, y = result[0], result[1]
-            if len(result) == 3:  # the kept stream's high part, returned as the output at i
-                outputs[i] = result[2]
-            elif i in positions:
-                outputs[i] = x.to(x0.dtype)  # the cast keeps nothing for backward
+            result = _StepFunction.apply(run, i, link, *params[i - 1])
+            link = result[0]
+            if len(result) == 2:
+                outputs[i] = result[1]
+        run.streams = None  # the forward's last stream pair: kept only as the nodes saved it
         return [outputs[p] for p in positions]
 
     def _plain_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],

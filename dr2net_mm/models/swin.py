@@ -56,6 +56,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from ..core import ReversibleSequence, check_coefficients
+from ..core.chunks import BranchPlan, draws_random, row_parts
 from .common import (Dr2NetBackboneMixin, LoadReport, check_bool, check_segment_size,
                      parse_stream_dtype, pretrained_init_cfg, unwrap_state_dict)
 
@@ -97,6 +98,58 @@ class SwinAttentionBranch(nn.Module):
             return cp.checkpoint(self.branch, x, hw_shape, use_reentrant=False)
         return self.branch(x, hw_shape)
 
+    def plan(self, x: Tensor, hw_shape: Tuple[int, int], use_checkpoint: bool = False
+             ) -> Optional[BranchPlan]:
+        """The branch window by window (see ``dr2net_mm.core.chunks``): ``inputs`` are the shifted
+        windows of ``norm1(x)`` ``(B·nW, ws², C)``, ``body`` is the window attention of a run of windows
+        of one image, ``merge`` reverses windows and shift and applies drop path, as ``ShiftWindowMSA``."""
+        attn = self.attn
+        if draws_random(attn.w_msa):
+            return None
+        B, L, C = x.shape
+        H, W = hw_shape
+        ws, shift = attn.window_size, attn.shift_size
+        query = self.norm1(x).view(B, H, W, C)
+        query = F.pad(query, (0, 0, 0, (ws - W % ws) % ws, 0, (ws - H % ws) % ws))
+        H_pad, W_pad = query.shape[1], query.shape[2]
+        mask = None
+        if shift > 0:
+            query = torch.roll(query, shifts=(-shift, -shift), dims=(1, 2))
+            mask = shifted_window_mask(attn, H_pad, W_pad, x.device)
+        windows = attn.window_partition(query).view(-1, ws * ws, C)
+        n_windows = (H_pad // ws) * (W_pad // ws)
+        heads = attn.w_msa.num_heads
+        row_elements = max(3 * ws * ws * C, heads * ws**4)  # qkv, or the attention matrix
+        parts = [slice(b * n_windows + p.start, b * n_windows + p.stop)
+                 for b in range(B) for p in row_parts(n_windows, row_elements)]
+
+        def body(h: Tensor, part: slice) -> Tensor:
+            start = part.start % n_windows
+            return attn.w_msa(h, mask=None if mask is None else mask[start:start + h.shape[0]])
+
+        def merge(out: Tensor) -> Tensor:
+            y = attn.window_reverse(out.view(-1, ws, ws, C), H_pad, W_pad)
+            if shift > 0:
+                y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+            if H_pad > H or W_pad > W:
+                y = y[:, :H, :W, :].contiguous()
+            return attn.drop(y.view(B, H * W, C))
+
+        return BranchPlan(windows, parts, body, merge)
+
+
+def shifted_window_mask(attn: nn.Module, H_pad: int, W_pad: int, device: torch.device) -> Tensor:
+    """The ``(nW, ws², ws²)`` attention mask (0 or -100) that mmdet's ``ShiftWindowMSA`` builds for
+    shifted windows: tokens from different regions of the rolled image do not attend to each other."""
+    ws, shift = attn.window_size, attn.shift_size
+    region = torch.zeros((1, H_pad, W_pad, 1), device=device)
+    bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    for k, (h, w) in enumerate((h, w) for h in bands for w in bands):
+        region[:, h, w, :] = k
+    ids = attn.window_partition(region).view(-1, ws * ws)
+    diff = ids.unsqueeze(1) - ids.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
 
 class SwinFFNBranch(nn.Module):
     """``F(x) = ffn.dropout_layer(ffn.gamma2(ffn.layers(norm2(x))))``: the FFN branch of a ``SwinBlock``
@@ -118,6 +171,24 @@ class SwinFFNBranch(nn.Module):
         if use_checkpoint and x.requires_grad:
             return cp.checkpoint(self.branch, x, use_reentrant=False)
         return self.branch(x)
+
+    def plan(self, x: Tensor, hw_shape: Tuple[int, int], use_checkpoint: bool = False
+             ) -> Optional[BranchPlan]:
+        """The branch token by token (see ``dr2net_mm.core.chunks``): ``body`` is norm and FFN layers
+        on rows of tokens, ``merge`` applies drop path per sample."""
+        ffn = self.ffn
+        if draws_random(ffn.layers):
+            return None
+        B, L, C = x.shape
+
+        def body(h: Tensor, part: slice) -> Tensor:
+            return ffn.gamma2(ffn.layers(self.norm2(h)))
+
+        def merge(out: Tensor) -> Tensor:
+            return ffn.dropout_layer(out.view(B, L, C))
+
+        return BranchPlan(x.reshape(B * L, C), row_parts(B * L, ffn.feedforward_channels), body,
+                          merge)
 
 
 class Dr2NetSwinStage(BaseModule):

@@ -70,6 +70,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from ..core import ReversibleSequence, check_coefficients
+from ..core.chunks import BranchPlan, draws_random, row_parts
 from .common import (Dr2NetBackboneMixin, LoadReport, check_bool, check_segment_size,
                      parse_stream_dtype, pretrained_init_cfg, unwrap_state_dict)
 
@@ -164,6 +165,22 @@ class ViTMLPBranch(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         return self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def plan(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Optional[BranchPlan]:
+        """The branch token by token (see ``dr2net_mm.core.chunks``): ``body`` is norm, MLP and layer
+        scale on rows of tokens, ``merge`` applies drop path per sample."""
+        if draws_random(self.mlp):
+            return None
+        B, N, C = x.shape
+        hidden = max(m.out_features for m in self.mlp.modules() if isinstance(m, nn.Linear))
+
+        def body(h: Tensor, part: slice) -> Tensor:
+            return self.ls2(self.mlp(self.norm2(h)))
+
+        def merge(out: Tensor) -> Tensor:
+            return self.drop_path2(out.view(B, N, C))
+
+        return BranchPlan(x.reshape(B * N, C), row_parts(B * N, hidden), body, merge)
 
 
 # ------------------------------------------------------------------------------------------------

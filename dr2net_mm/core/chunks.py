@@ -1,0 +1,52 @@
+"""How a residual branch splits into pieces that the reversible backward recomputes one at a time.
+
+A reversible backward recomputes one branch ``F_i`` and back-propagates through it; the activations of
+that recomputation are the largest transient of the backward. A branch that is independent along some
+rows of an intermediate tensor may say so by a ``plan(x, *args)`` method returning a :class:`BranchPlan`::
+
+    h = plan.inputs                            # prologue(x): any differentiable function of x
+    out[p] = plan.body(h[p], p)  for p in plan.parts     (row ranges of h, independent of each other)
+    F(x) = plan.merge(out)                     # linear in out (a reshape, a permutation, drop path)
+
+The engine then holds one part's activations at a time instead of the whole branch's. Contract:
+
+* ``parts`` is a deterministic function of the shapes (the forward and the recomputation must run the
+  same parts, so that they compute F bitwise identically);
+* ``inputs`` and ``body`` draw no random numbers (a branch with dropout inside them returns no plan);
+  ``merge`` may draw (drop path), and is called with the same RNG state in forward and backward;
+* ``merge`` is linear in ``out``: its vector-Jacobian product does not depend on ``out``.
+
+A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole.
+"""
+import math
+from typing import Callable, List, NamedTuple, Sequence
+
+from torch import Tensor
+
+# Rows per part are chosen so that one part of h holds about this many elements (4 MiB in float32):
+# small enough that a part's activations are a fraction of one stream, large enough for fast GEMMs.
+PART_ELEMENTS = 2**20
+
+
+class BranchPlan(NamedTuple):
+    inputs: Tensor
+    parts: Sequence[slice]
+    body: Callable[[Tensor, slice], Tensor]
+    merge: Callable[[Tensor], Tensor]
+
+
+def row_parts(rows: int, row_elements: int, part_elements: int = PART_ELEMENTS,
+              align: int = 1) -> List[slice]:
+    """Split ``rows`` rows of ``row_elements`` elements into near-equal parts of about
+    ``part_elements`` elements; part boundaries fall on multiples of ``align`` (e.g. whole images)."""
+    units = max(1, rows // align)
+    count = min(units, max(1, math.ceil(rows * row_elements / part_elements)))
+    bounds = [round(k * units / count) * align for k in range(count)] + [rows]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def draws_random(module) -> bool:
+    """Whether ``module`` draws random numbers as it runs (a dropout with p > 0 in training mode);
+    such a module cannot sit in a plan's ``inputs`` or ``body``."""
+    from torch.nn.modules.dropout import _DropoutNd
+    return any(isinstance(m, _DropoutNd) and m.p > 0 and m.training for m in module.modules())
