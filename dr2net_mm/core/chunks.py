@@ -19,9 +19,12 @@ The engine then holds one part's activations at a time instead of the whole bran
 A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole.
 """
 import math
-from typing import Callable, List, NamedTuple, Sequence
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+
+from .rng import replay_rng_state
 
 # Rows per part are chosen so that one part of h holds about this many elements (4 MiB in float32):
 # small enough that a part's activations are a fraction of one stream, large enough for fast GEMMs.
@@ -50,3 +53,48 @@ def draws_random(module) -> bool:
     such a module cannot sit in a plan's ``inputs`` or ``body``."""
     from torch.nn.modules.dropout import _DropoutNd
     return any(isinstance(m, _DropoutNd) and m.p > 0 and m.training for m in module.modules())
+
+
+def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tensor:
+    """``function(inp, *args)``, part by part when the function has a plan (no gradients)."""
+    plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
+    if plan is None:
+        return function(inp, *args)
+    out = None
+    for part in plan.parts:
+        piece = plan.body(plan.inputs[part], part)
+        if out is None:
+            out = piece.new_empty((plan.inputs.shape[0], ) + piece.shape[1:])
+        out[part] = piece
+    return plan.merge(out)
+
+
+def backward_by_parts(plan: BranchPlan, grad: Optional[Tensor], rng: Any) -> Tensor:
+    """Back-propagate ``grad`` (dL/dF, or None) through a planned branch whose ``inputs`` carry a
+    graph, one part of the body at a time, and return F's value. ``rng``: the RNG state the branch
+    started from (``rng`` module), replayed for every ``merge``."""
+    h = plan.inputs
+    h_grad = torch.zeros_like(h) if grad is not None and h.requires_grad else None
+    out = g_out = None
+    for part in plan.parts:
+        piece_in = h[part].detach().requires_grad_(h_grad is not None)
+        piece = plan.body(piece_in, part)
+        if out is None:
+            out = piece.new_empty((h.shape[0], ) + piece.shape[1:])
+            if grad is not None:  # merge is linear: its vector-Jacobian product needs no values
+                with replay_rng_state(rng):
+                    probe = torch.zeros_like(out, requires_grad=True)
+                    merged = plan.merge(probe)
+                g_out, = torch.autograd.grad(merged, probe, grad.to(merged.dtype))
+                del probe, merged
+        out[part] = piece.detach()
+        if g_out is not None and piece.requires_grad:
+            torch.autograd.backward(piece, g_out[part].to(piece.dtype))
+            if h_grad is not None:
+                h_grad[part] = piece_in.grad
+        del piece, piece_in
+    del g_out
+    if h_grad is not None:
+        torch.autograd.backward(h, h_grad)
+    with torch.no_grad(), replay_rng_state(rng):
+        return plan.merge(out)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .autocast import autocast_state
-from .chunks import BranchPlan
+from .chunks import backward_by_parts, run_branch
 from .param_grads import gradients_into
 from .rng import capture_rng_state, replay_rng_state
 from .streams import pack_stream, unpack_stream
@@ -170,26 +170,12 @@ class _Run:
         self.errors[segment_start] = error.detach()
         self.stage._record_errors(torch.stack([self.errors[k] for k in sorted(self.errors)]))
 
-    def branch(self, i: int, inp: Tensor) -> Tensor:
-        """F_i(inp) without gradients, part by part when the branch has a plan (see ``chunks``)."""
-        function = self.functions[i - 1]
-        plan = function.plan(inp, *self.args) if hasattr(function, 'plan') else None
-        if plan is None:
-            return function(inp, *self.args)
-        out = None
-        for part in plan.parts:
-            piece = plan.body(plan.inputs[part], part)
-            if out is None:
-                out = piece.new_empty((plan.inputs.shape[0], ) + piece.shape[1:])
-            out[part] = piece
-        return plan.merge(out)
-
     def rebuild(self, i: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
         """Eq. 2 in place, without gradients: (x_i, y_i) -> (x_{i-1}, y_{i-1}) in the same buffers."""
         x_prev = y.div_(self.beta)
         rng = self.rng_states.get(i) if self.replay_rng else None
         with torch.no_grad(), replay_rng_state(rng), torch.autocast(**self.autocast):
-            f = self.branch(i, branch_input(x_prev, self.model_dtype))
+            f = run_branch(self.functions[i - 1], branch_input(x_prev, self.model_dtype), self.args)
         return x_prev, x.sub_(f).sub_(x_prev, alpha=self.alpha)
 
     def kept_streams(self, position: int, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
@@ -251,38 +237,8 @@ class _Run:
                     torch.autograd.backward(f, gx.to(f.dtype))
                 f = f.detach()
             else:
-                f = self._backward_by_parts(plan, gx, rng)
+                f = backward_by_parts(plan, gx, rng)
         return f, inp.grad if need_x else None
-
-    @staticmethod
-    def _backward_by_parts(plan: BranchPlan, gx: Optional[Tensor], rng: Any) -> Tensor:
-        """F's value and backward for a branch with a plan, one part of its body at a time."""
-        h = plan.inputs
-        h_grad = torch.zeros_like(h) if gx is not None and h.requires_grad else None
-        out = g_out = None
-        for part in plan.parts:
-            piece_in = h[part].detach().requires_grad_(h_grad is not None)
-            piece = plan.body(piece_in, part)
-            if out is None:
-                out = piece.new_empty((h.shape[0], ) + piece.shape[1:])
-                if gx is not None:  # merge is linear: its vector-Jacobian product needs no values
-                    with replay_rng_state(rng):
-                        probe = torch.zeros_like(out, requires_grad=True)
-                        merged = plan.merge(probe)
-                    g_out, = torch.autograd.grad(merged, probe, gx.to(merged.dtype))
-                    del probe, merged
-            out[part] = piece.detach()
-            if g_out is not None and piece.requires_grad:
-                torch.autograd.backward(piece, g_out[part].to(piece.dtype))
-                if h_grad is not None:
-                    h_grad[part] = piece_in.grad
-            del piece, piece_in
-        del g_out
-        if h_grad is not None:
-            torch.autograd.backward(h, h_grad)
-        with torch.no_grad(), replay_rng_state(rng):
-            return plan.merge(out)
-
 
 class _StepFunction(torch.autograd.Function):
     """One function of the stage as one autograd node: (x_{i-1}, y_{i-1}) -> (x_i, y_i) by Eq. 1.
@@ -307,7 +263,7 @@ class _StepFunction(torch.autograd.Function):
         if run.replay_rng:
             run.rng_states[i] = capture_rng_state(run.device)
         inp = branch_input(x, run.model_dtype)
-        f = run.branch(i, inp)
+        f = run_branch(run.functions[i - 1], inp, run.args)
         _check_shape(i, run.functions[i - 1], inp, f)
         del inp
         x_new, y_new = dual_residual_step(f, x, y, alpha), beta * x
