@@ -74,7 +74,8 @@ def backward_by_parts(plan: BranchPlan, grad: Optional[Tensor], rng: Any) -> Ten
     graph, one part of the body at a time, and return F's value. ``rng``: the RNG state the branch
     started from (``rng`` module), replayed for every ``merge``."""
     h = plan.inputs
-    h_grad = torch.zeros_like(h) if grad is not None and h.requires_grad else None
+    # every row of h belongs to exactly one part, so the buffers need no zero fill
+    h_grad = torch.empty_like(h) if grad is not None and h.requires_grad else None
     out = g_out = None
     for part in plan.parts:
         piece_in = h[part].detach().requires_grad_(h_grad is not None)
@@ -83,7 +84,7 @@ def backward_by_parts(plan: BranchPlan, grad: Optional[Tensor], rng: Any) -> Ten
             out = piece.new_empty((h.shape[0], ) + piece.shape[1:])
             if grad is not None:  # merge is linear: its vector-Jacobian product needs no values
                 with replay_rng_state(rng):
-                    probe = torch.zeros_like(out, requires_grad=True)
+                    probe = torch.empty_like(out).requires_grad_()  # values unused (linear)
                     merged = plan.merge(probe)
                 g_out, = torch.autograd.grad(merged, probe, grad.to(merged.dtype))
                 del probe, merged
