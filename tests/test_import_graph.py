@@ -171,3 +171,26 @@ def test_every_module_imports_on_its_own_in_a_fresh_process():
     assert result.returncode == 0, result.stderr[-3000:]
     failures = json.loads(result.stdout.strip().splitlines()[-1])
     assert failures == {}, '\n'.join(f'{k}:\n{v}' for k, v in failures.items())
+
+
+def test_moved_names_still_import_from_their_old_places():
+    from dr2net_mm import benchmark, demo_data
+    from dr2net_mm.demo import data, rooms
+    from dr2net_mm.models import PlainViT, swin, swin_checkpoint, vit, vit_checkpoint
+    from dr2net_mm.points import demo_rooms, model
+    assert vit.checkpoint_filter_fn is vit_checkpoint.checkpoint_filter_fn
+    assert swin.resize_rel_pos_bias_table is swin_checkpoint.resize_rel_pos_bias_table
+    assert demo_data.make_demo_coco is data.make_demo_coco
+    assert demo_rooms.make_demo_rooms is rooms.make_demo_rooms
+    assert model.PlainViT is PlainViT and model.points_training_loss is benchmark.training_loss
+    import dr2net_mm.points as points
+    with pytest.warns(DeprecationWarning, match='moved to dr2net_mm.benchmark'):
+        assert points.points_benchmark_inputs is benchmark.points_benchmark_inputs
+    assert points.PlainViT is PlainViT
+
+
+def test_engines_is_a_deprecated_alias_of_sequences():
+    from dr2net_mm.models import Dr2NetSwin
+    model = Dr2NetSwin(embed_dims=16, depths=(2, 2), num_heads=(1, 2), out_indices=(0, 1))
+    with pytest.warns(DeprecationWarning, match='use sequences'):
+        assert model.engines == model.sequences == [stage.sequence for stage in model.stages]

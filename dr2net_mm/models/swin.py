@@ -182,7 +182,7 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
         segment_size: keep the streams every ``segment_size`` branches of a stage (bounds the error
             amplification of long stages at one stream pair each); None: once per stage. Near the
             start point (1, 0.1) Swin-T's 12-branch third stage needs ``segment_size=4`` for precise
-            gradients even with float64 streams (module docstring); settable later, e.g. back to
+            gradients even with float64 streams (README, Results); settable later, e.g. back to
             None once the coefficients are near (0.3, 0.7).
         with_cp: accepted for config compatibility. A reversible stage keeps no per-block activations,
             so in reversible mode it has no effect (logged once at construction). In reference mode
