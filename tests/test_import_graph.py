@@ -108,6 +108,13 @@ def test_the_import_graph_has_no_cycle():
     assert find_cycle(graph) is None, ' -> '.join(find_cycle(graph))
 
 
+def test_every_import_of_the_package_names_a_module_of_it():
+    """Also the imports inside functions, which only a call would otherwise catch."""
+    unknown = [(name, target) for name, path in MODULES.items() for target in imports_of(name, path)
+               if target.split('.')[0] == 'dr2net_mm' and target not in MODULES]
+    assert unknown == []
+
+
 def test_the_cycle_check_finds_a_cycle():
     assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
     assert find_cycle({'a': {'b'}, 'b': set()}) is None

@@ -238,7 +238,7 @@ def write_swin_official_checkpoint(path: str, arch: str = 'swin_tiny_patch4_wind
     import timm
     import torch
 
-    from .models.swin import timm_to_official
+    from ..models.swin_checkpoint import timm_to_official
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False)
     return _save_atomically({'model': timm_to_official(model.state_dict())}, path)
