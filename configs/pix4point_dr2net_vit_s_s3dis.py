@@ -11,7 +11,7 @@
 # 30 crops per room and epoch, 100 epochs, AdamW, cosine schedule, label smoothing 0.2, gradient
 # clipping 10; ViT-S with drop path 0.1; 1/16 of the points as tokens with 32 neighbours each as
 # Pix4Point's sample_ratio 0.0625 / group_size 32). Our tokenizer and decoder are simpler than
-# Pix4Point's (see dr2net_mm/points/model.py), so expect numbers near, not equal to, the paper's.
+# Pix4Point's (see dr2net_mm/points/segmentor.py), so expect numbers near, not equal to, the paper's.
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
 
 data_root = 'data/s3dis/s3disfull/'

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dr2net_mm.demo_data import make_demo_coco, write_swin_official_checkpoint
+from dr2net_mm.demo.data import make_demo_coco, write_swin_official_checkpoint
 from tool_runs import run_tool as run, scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

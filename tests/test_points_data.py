@@ -10,7 +10,7 @@ from mmengine.registry import DATASETS, TRANSFORMS
 
 import dr2net_mm  # noqa: F401  (registers the point-cloud modules)
 from dr2net_mm.points import s3dis
-from dr2net_mm.points.demo_rooms import make_demo_rooms, make_room
+from dr2net_mm.demo.rooms import make_demo_rooms, make_room
 from dr2net_mm.points.s3dis import CLASSES, S3DISDataset, convert_raw_release, load_room
 from dr2net_mm.points.transforms import voxel_inverse
 

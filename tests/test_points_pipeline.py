@@ -15,10 +15,10 @@ from mmengine.structures import BaseDataElement
 
 import dr2net_mm  # noqa: F401  (registers the point-cloud modules)
 from dr2net_mm.core import count_saved_bytes
-from dr2net_mm.demo_data import write_vit_timm_checkpoint
-from dr2net_mm.points.demo_rooms import make_demo_rooms
+from dr2net_mm.demo.data import write_vit_timm_checkpoint
+from dr2net_mm.demo.rooms import make_demo_rooms
 from dr2net_mm.points.metric import PointSegMetric
-from dr2net_mm.points.model import points_benchmark_inputs, points_training_loss
+from dr2net_mm.benchmark import points_benchmark_inputs, points_training_loss
 from tool_runs import run_tool as run, scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

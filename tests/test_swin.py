@@ -142,9 +142,9 @@ def test_same_arguments_defaults_and_state_dict_as_mmdet():
     assert [k for k in sd if k not in ('alpha', 'beta')] == list(ref_sd)
     assert sd['alpha'].item() == 1.0 and sd['beta'].item() == 0.1
     assert all(sd[k].shape == v.shape for k, v in ref_sd.items())
-    # The engines own nothing, but they are submodules (train/eval, model.modules()).
-    assert len(model.engines) == 4 and all(e in set(model.modules()) for e in model.engines)
-    assert [len(e.functions) for e in model.engines] == [4, 4, 4, 4]
+    # The sequences own nothing, but they are submodules (train/eval, model.modules()).
+    assert len(model.sequences) == 4 and all(e in set(model.modules()) for e in model.sequences)
+    assert [len(e.functions) for e in model.sequences] == [4, 4, 4, 4]
 
 
 def test_mmseg_swin_has_the_same_layout_and_outputs():
@@ -327,7 +327,7 @@ def test_alpha_beta_round_trip_through_a_checkpoint(tmp_path):
     def assert_coefficients(model, alpha, beta):
         assert model.coefficients == (alpha, beta)
         assert (model.alpha.item(), model.beta.item()) == (alpha, beta)
-        assert all((e.alpha, e.beta) == (alpha, beta) for e in model.engines)
+        assert all((e.alpha, e.beta) == (alpha, beta) for e in model.sequences)
 
     fresh = Dr2NetSwin(**SMALL, init_cfg=dict(type='Pretrained', checkpoint=path))
     assert_coefficients(fresh, 1.0, 0.1)
@@ -352,7 +352,7 @@ def test_engines_follow_buffer_writes_such_as_an_ema_copy():
     with torch.no_grad():
         ema(torch.randn(1, 3, 32, 32))
     assert ema.module.coefficients == (0.5, 0.6)
-    assert all((e.alpha, e.beta) == (0.5, 0.6) for e in ema.module.engines)
+    assert all((e.alpha, e.beta) == (0.5, 0.6) for e in ema.module.sequences)
     model.beta.fill_(0.0)  # invalid for a reversible model: refused at the next forward
     with pytest.raises(ValueError, match=r'beta=0\.0 must be > 0'):
         model(torch.randn(1, 3, 32, 32))
@@ -364,7 +364,7 @@ def test_mmdet_checkpoint_without_alpha_beta_keeps_the_constructor_values():
     result = model.load_state_dict(source.state_dict(), strict=True)  # no missing alpha/beta
     assert not result.missing_keys and not result.unexpected_keys
     assert model.coefficients == (0.3, 0.7)
-    assert all((e.alpha, e.beta) == (0.3, 0.7) for e in model.engines)
+    assert all((e.alpha, e.beta) == (0.3, 0.7) for e in model.sequences)
 
 
 def test_loading_coefficients_invalid_for_the_model_fails_clearly():
@@ -372,7 +372,7 @@ def test_loading_coefficients_invalid_for_the_model_fails_clearly():
     model = Dr2NetSwin(**SMALL)  # reversible: needs beta > 0
     with pytest.raises(RuntimeError, match=r'beta=0\.0 must be > 0'):
         model.load_state_dict(reference_mode.state_dict())
-    assert model.coefficients == (1.0, 0.1) and model.engines[0].beta == 0.1
+    assert model.coefficients == (1.0, 0.1) and model.sequences[0].beta == 0.1
 
 
 def test_conversion_functions_are_pure_and_detect_the_layout(timm_swin):
@@ -487,7 +487,7 @@ def test_frozen_stages_have_no_grads_stay_in_eval_and_skip_the_bookkeeping():
     frozen = [model.patch_embed, model.stages[0], model.norm0]
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert all(not m.training for f in frozen for m in f.modules())
-    assert not model.engines[0].training and all(e.training for e in model.engines[1:])
+    assert not model.sequences[0].training and all(e.training for e in model.sequences[1:])
     assert [(n, p.requires_grad) for n, p in model.named_parameters()] == \
         [(n, p.requires_grad) for n, p in reference.named_parameters()]
     weighted_loss(model(torch.randn(1, 3, 64, 64))).backward()
@@ -539,7 +539,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
 
 def test_coefficients_and_modes_are_validated_when_changed():
     model = Dr2NetSwin(**SMALL, stream_dtype='float32', segment_size=2)
-    assert model.stream_dtype == torch.float32 and model.engines[0].segment_size == 2
+    assert model.stream_dtype == torch.float32 and model.sequences[0].segment_size == 2
     with pytest.raises(ValueError, match=r'beta=0\.0 must be > 0'):
         model.set_coefficients(1.0, 0.0)
     with pytest.raises(ValueError, match=r'alpha=2\.0 is outside'):
@@ -547,13 +547,13 @@ def test_coefficients_and_modes_are_validated_when_changed():
     assert model.coefficients == (1.0, 0.1) and model.beta.item() == 0.1
     model.reversible = False
     model.set_coefficients(1.0, 0.0)  # fine for the reference
-    assert all(e.beta == 0.0 and not e.reversible for e in model.engines)
+    assert all(e.beta == 0.0 and not e.reversible for e in model.sequences)
     with pytest.raises(ValueError, match=r'beta=0\.0 must be > 0'):
         model.reversible = True
     model.stream_dtype = 'float64'
-    assert all(e.stream_dtype == torch.float64 for e in model.engines)
+    assert all(e.stream_dtype == torch.float64 for e in model.sequences)
     model.segment_size = None
-    assert model.segment_size is None and all(e.segment_size is None for e in model.engines)
+    assert model.segment_size is None and all(e.segment_size is None for e in model.sequences)
     with pytest.raises(ValueError, match='segment_size=0 must be >= 1'):
         model.segment_size = 0
     assert model.reconstruction_errors() == [None] * 4  # no reversible backward yet

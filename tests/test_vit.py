@@ -358,11 +358,11 @@ def test_alpha_beta_round_trip_through_a_checkpoint():
     torch.manual_seed(0)
     source = Dr2NetViT(**TINY)
     source.set_coefficients(0.6, 0.4)
-    assert source.engine.alpha == 0.6 and source.engine.beta == 0.4
+    assert source.sequence.alpha == 0.6 and source.sequence.beta == 0.4
     target = Dr2NetViT(**TINY)  # constructed at (1, 0.1)
     target.load_state_dict(source.state_dict())
     assert target.coefficients == (0.6, 0.4)
-    assert (target.engine.alpha, target.engine.beta) == (0.6, 0.4)
+    assert (target.sequence.alpha, target.sequence.beta) == (0.6, 0.4)
     assert target.alpha.item() == 0.6 and target.beta.item() == 0.4
     # a checkpoint without α/β (timm's, mmseg's) keeps the current values
     target.load_state_dict({k: v for k, v in source.state_dict().items()
@@ -507,5 +507,5 @@ def test_builds_from_a_config_dict_in_the_root_registry():
                               patch_size=16, img_size=64, out_indices=[0, 1], stream_dtype='float32',
                               segment_size=2, alpha=0.8, beta=0.2))
     assert isinstance(model, Dr2NetViT)
-    assert model.stream_dtype == torch.float32 and model.engine.segment_size == 2
+    assert model.stream_dtype == torch.float32 and model.sequence.segment_size == 2
     assert model.coefficients == (0.8, 0.2) and model.out_indices == (0, 1)

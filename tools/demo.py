@@ -19,7 +19,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dr2net_mm.demo_runs import run_tool, step  # noqa: E402
+from dr2net_mm.demo.runs import run_logged, step  # noqa: E402
 
 CONFIG = 'configs/demo/dino_dr2net_swin_t_demo.py'
 DATA = 'data/demo_coco'
@@ -67,7 +67,7 @@ def main(argv=None):
     os.makedirs(args.work_dir, exist_ok=True)
 
     t = step('1/4 demo data and stand-in pretrained Swin-T')
-    from dr2net_mm.demo_data import make_demo_coco, write_swin_official_checkpoint
+    from dr2net_mm.demo.data import make_demo_coco, write_swin_official_checkpoint
     make_demo_coco(DATA)
     write_swin_official_checkpoint(PRETRAINED)
     print(f'{DATA}: train/val images and COCO json; {PRETRAINED} ({time.time() - t:.0f} s)')
@@ -79,7 +79,7 @@ def main(argv=None):
         if args.epochs:
             cmd += ['--cfg-options', f'train_cfg.max_epochs={args.epochs}',
                     f'train_cfg.val_interval={args.epochs}']
-        run_tool(cmd, os.path.join(args.work_dir, 'train_output.log'), SHOW)
+        run_logged(cmd, os.path.join(args.work_dir, 'train_output.log'), SHOW)
         print(f'trained in {time.time() - t:.0f} s')
 
     t = step('3/4 evaluate the last checkpoint (tools/test.py, COCO bbox metric)')
@@ -89,14 +89,14 @@ def main(argv=None):
     with open(last) as f:
         checkpoint = f.read().strip()
     log = os.path.join(args.work_dir, 'test_output.log')
-    run_tool([python, 'tools/test.py', CONFIG, checkpoint, '--work-dir', args.work_dir], log, SHOW)
+    run_logged([python, 'tools/test.py', CONFIG, checkpoint, '--work-dir', args.work_dir], log, SHOW)
     with open(log) as f:
         found = re.findall(r'coco/bbox_mAP: ([\d.]+)\s+coco/bbox_mAP_50: ([\d.]+)', f.read())
     map_text = f'bbox mAP {found[-1][0]}, mAP@50 {found[-1][1]}' if found else 'see ' + log
     print(f'{checkpoint}: {map_text} ({time.time() - t:.0f} s)')
 
     step('4/4 memory and time of one training step: Dr²Net vs the baseline backbones')
-    run_tool([python, 'tools/demo.py', '--compare-only'],
+    run_logged([python, 'tools/demo.py', '--compare-only'],
              os.path.join(args.work_dir, 'compare.log'), show=None)
     print(f'\ndemo finished in {(time.time() - start) / 60:.1f} min: {map_text} on the demo val set')
 

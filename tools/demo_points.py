@@ -2,7 +2,7 @@
 
 1. generates synthetic S3DIS-layout rooms (data/demo_s3dis: Areas 1-4 and 6 for training, Area 5 for
    validation) and a randomly initialised ViT-S in the MAE release layout, the stand-in for the
-   pretrained weights (python -m dr2net_mm.points.demo_rooms);
+   pretrained weights (python -m dr2net_mm.demo.rooms);
 2. trains configs/demo/pix4point_dr2net_vit_s_demo.py with tools/train.py (AlphaBetaHook moves
    (α, β) from (1, 0.1) to (0.3, 0.7)); it validates on the whole Area-5 rooms at the end (voting
    over crops, every point labelled);
@@ -20,7 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dr2net_mm.demo_runs import run_tool  # noqa: E402
+from dr2net_mm.demo.runs import run_logged  # noqa: E402
 
 CONFIG = 'configs/demo/pix4point_dr2net_vit_s_demo.py'
 DATA = 'data/demo_s3dis'
@@ -61,8 +61,8 @@ def main(argv=None):
     os.chdir(ROOT)
 
     print('=== 1/3 demo rooms and the stand-in pretrained ViT-S', flush=True)
-    from dr2net_mm.demo_data import write_vit_timm_checkpoint
-    from dr2net_mm.points.demo_rooms import DEMO_CHECKPOINT, make_demo_rooms
+    from dr2net_mm.demo.data import write_vit_timm_checkpoint
+    from dr2net_mm.demo.rooms import DEMO_CHECKPOINT, make_demo_rooms
     make_demo_rooms(DATA)
     write_vit_timm_checkpoint(os.path.join(DATA, DEMO_CHECKPOINT))
     rooms = sorted(n for n in os.listdir(DATA) if n.endswith('.npy'))
@@ -79,7 +79,7 @@ def main(argv=None):
                 f'param_scheduler.1.T_max={args.iters - warmup}',
                 f'default_hooks.checkpoint.interval={args.iters}']
     t = time.time()
-    run_tool(cmd, os.path.join(args.work_dir, 'train_output.log'), SHOW, brief)
+    run_logged(cmd, os.path.join(args.work_dir, 'train_output.log'), SHOW, brief)
     train_time = time.time() - t
 
     print('\n=== 3/3 whole-room validation on Area 5 (every point labelled)', flush=True)

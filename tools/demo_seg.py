@@ -19,7 +19,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dr2net_mm.demo_runs import run_tool, step  # noqa: E402
+from dr2net_mm.demo.runs import run_logged, step  # noqa: E402
 
 DATA = 'data/demo_ade20k'
 CONFIGS = {'swin': 'configs/demo/upernet_dr2net_swin_t_demo.py',
@@ -42,7 +42,7 @@ def main(argv=None):
     os.chdir(ROOT)
 
     t = step('1/4 demo data and stand-in pretrained backbones')
-    from dr2net_mm.demo_data import (make_demo_ade20k, write_swin_official_checkpoint,
+    from dr2net_mm.demo.data import (make_demo_ade20k, write_swin_official_checkpoint,
                                      write_vit_timm_checkpoint)
     make_demo_ade20k(DATA)
     write_swin_official_checkpoint(os.path.join(DATA, 'swin_tiny_official_random.pth'))
@@ -60,7 +60,7 @@ def main(argv=None):
             cmd += ['--cfg-options', f'train_cfg.max_iters={args.iters}',
                     f'train_cfg.val_interval={args.iters}', f'param_scheduler.1.end={args.iters}',
                     f'custom_hooks.0.end_iter={args.iters // 2}']
-        output = run_tool(cmd, os.path.join(work_dir, 'train_output.log'), SHOW)
+        output = run_logged(cmd, os.path.join(work_dir, 'train_output.log'), SHOW)
         found = re.findall(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)', output)
         results[name] = (f'mIoU {found[-1][1]}, aAcc {found[-1][0]}' if found else
                          f'no mIoU found, see {work_dir}/train_output.log')

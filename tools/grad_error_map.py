@@ -52,7 +52,7 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(args):
+def build_swin(args):
     from dr2net_mm.models import Dr2NetSwin
     torch.manual_seed(args.seed)
     model = Dr2NetSwin(embed_dims=args.embed_dims, depths=tuple(args.depths),
@@ -67,7 +67,7 @@ def worst(grads: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]) ->
 
 
 def error_map(args, log=print) -> dict:
-    model = build_model(args)
+    model = build_swin(args)
     truth_model = copy.deepcopy(model).double()
     set_reversible(truth_model, False)
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))

@@ -1,5 +1,5 @@
 # The embedded demo: DINO + Dr²Net Swin-T on the generated shapes set (data/demo_coco, made by
-# `python -m dr2net_mm.demo_data`), 160x160 images, a schedule that runs on 2 CPU cores.
+# `python -m dr2net_mm.demo.data`), 160x160 images, a schedule that runs on 2 CPU cores.
 # Same detector as ../dino_dr2net_swin_t_coco.py, with fewer queries for CPU speed.
 _base_ = '../dino_dr2net_swin_t_coco.py'
 

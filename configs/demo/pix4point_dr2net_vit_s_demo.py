@@ -1,5 +1,5 @@
 # The point-cloud demo: Pix4Point-style segmentation with a Dr²Net ViT-S on generated S3DIS-layout
-# rooms (data/demo_s3dis, written by `python -m dr2net_mm.points.demo_rooms`: 2 rooms in each of
+# rooms (data/demo_s3dis, written by `python -m dr2net_mm.demo.rooms`: 2 rooms in each of
 # Areas 1-4 and 6 for training, 3 rooms of Area 5 for validation) with a randomly initialised ViT-S in
 # the MAE release layout standing in for the pretrained weights. Same model and pipeline as
 # ../pix4point_dr2net_vit_s_s3dis.py with small crops, few tokens and a short schedule for a CPU.

@@ -1,5 +1,5 @@
 # The segmentation demo: UPerNet + Dr²Net Swin-T on the generated ADE20K-layout scenes
-# (data/demo_ade20k, made by `python -m dr2net_mm.demo_data --kind ade20k`), 128x128 crops, a short
+# (data/demo_ade20k, made by `python -m dr2net_mm.demo.data --kind ade20k`), 128x128 crops, a short
 # schedule that runs on 2 CPU cores. Same segmentor as ../upernet_dr2net_swin_t_ade20k.py, with
 # narrower heads for CPU speed and the 5 classes the scenes contain.
 _base_ = '../upernet_dr2net_swin_t_ade20k.py'

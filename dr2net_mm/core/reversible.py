@@ -41,39 +41,12 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .autocast import autocast_state
 from .chunks import backward_by_parts, run_branch
 from .param_grads import gradients_into
 from .rng import capture_rng_state, replay_rng_state
 from .streams import pack_stream, unpack_stream
-
-STREAM_DTYPES = (torch.float32, torch.float64)
-
-
-def check_coefficients(alpha: float, beta: float, reversible: bool) -> Tuple[float, float]:
-    """Validate (α, β) and return them as Python floats."""
-    values = []
-    for name, value in (('alpha', alpha), ('beta', beta)):
-        if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError(f'{name} must be a single number, got a tensor of shape '
-                                 f'{tuple(value.shape)}')
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f'{name} must be a number in [0, 1], got {value!r} '
-                            f'({type(value).__name__})')
-        value = float(value)
-        if not (0.0 <= value <= 1.0):  # also rejects NaN
-            raise ValueError(f'{name}={value} is outside [0, 1]; Dr²Net coefficients are '
-                             f'residual weights in [0, 1] (start (1, 0.1), e.g. end (0.3, 0.7))')
-        values.append(value)
-    if reversible and values[1] <= 0.0:
-        raise ValueError(
-            f'beta={values[1]} must be > 0 when reversible=True: the backward rebuilds '
-            f'x_(i-1) = y_i / beta. Use beta > 0 (the paper starts at 0.1), or reversible=False '
-            f'for the exact pretrained network at beta=0.')
-    return values[0], values[1]
-
 
 def _check_shape(index: int, function: nn.Module, inp: Tensor, out: Tensor) -> None:
     if not isinstance(out, Tensor) or out.shape != inp.shape:
@@ -368,9 +341,8 @@ class ReversibleSequence(nn.Module):
         segment_size: keep the streams every ``segment_size`` functions (None: only at the end). Error
             amplification is bounded by one segment; memory grows by one stream pair per segment.
         max_error: reconstruction error above which :meth:`reconstruction_ok` is False; None (the
-            default) flags only non-finite streams. Float64 streams at the start point (1, 0.1)
-            rebuild a 12-function Swin-T stage with errors of order 1 (measured: 0.6 to 7.6 in the
-            demo's first DINO iterations), and the paper trains through that regime, so a default
+            default) flags only non-finite streams: near the start point (1, 0.1) one-segment stages
+            rebuild with errors of order 1 and the paper trains through that regime, so a default
             threshold would stall the start of every finetuning; set one to skip imprecise steps.
         preserve_rng_state: replay dropout/drop-path masks in the recomputation (as in
             ``torch.utils.checkpoint``); costs one RNG-state copy per function and step in training.
@@ -400,12 +372,8 @@ class ReversibleSequence(nn.Module):
                             f'got {[type(f).__name__ for f in functions]}')
         # A tuple is a plain attribute for nn.Module: nothing registered twice.
         self.functions = nn.ModuleList(functions) if register_functions else tuple(functions)
-        if stream_dtype not in STREAM_DTYPES:
-            raise TypeError(f'stream_dtype={stream_dtype!r} is not supported; use torch.float64 '
-                            '(precise, the default) or torch.float32')
-        if segment_size is not None and (isinstance(segment_size, bool)
-                                         or not isinstance(segment_size, int) or segment_size < 1):
-            raise ValueError(f'segment_size={segment_size!r} must be None (one segment) or an int >= 1')
+        stream_dtype = parse_stream_dtype(stream_dtype)
+        segment_size = check_segment_size(segment_size)
         if max_error is not None and not (max_error > 0):
             raise ValueError(f'max_error={max_error!r} must be None or a positive number')
         self.alpha, self.beta = check_coefficients(alpha, beta, reversible)
@@ -534,8 +502,6 @@ def set_reversible(model: nn.Module, reversible: bool) -> None:
 
 def set_stream_dtype(model: nn.Module, stream_dtype: torch.dtype) -> None:
     """Set the stream dtype of every stage of ``model``."""
-    if stream_dtype not in STREAM_DTYPES:
-        raise TypeError(f'stream_dtype={stream_dtype!r} is not supported; use torch.float64 or '
-                        'torch.float32')
+    stream_dtype = parse_stream_dtype(stream_dtype)
     for stage in reversible_stages(model):
         stage.stream_dtype = stream_dtype

@@ -10,7 +10,8 @@ the coefficients stay fixed. This hook drives that schedule from the training lo
 
 Besides the paper's fixed schedule it has an error-aware mode (``target_error``) that picks the end
 point from the measured reconstruction error, and a guard that drops the optimizer step of an
-iteration whose reversible backward was imprecise. See :class:`AlphaBetaHook`.
+iteration whose reversible backward was imprecise. See :class:`AlphaBetaHook`; the path itself
+(policies, schedules, quantised progress) is :mod:`dr2net_mm.engine.alpha_beta_path`.
 """
 import logging
 import math
@@ -25,12 +26,12 @@ from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch import Tensor, nn
 
-from ..core import ReversibleSequence, check_coefficients, reversible_stages
+from ..checks import check_bool, check_int, check_positive
+from ..core import ReversibleSequence, reversible_stages
+from .alpha_beta_path import POLICIES, SCHEDULES, AlphaBetaPath, progress  # noqa: F401
 
 __all__ = ['AlphaBetaHook', 'coefficient_setters', 'unwrap_model']
 
-POLICIES = ('linear', 'exp', 'log')
-SCHEDULES = ('simultaneous', 'alpha_first', 'beta_first')
 CHECKPOINT_KEY = 'alpha_beta_hook'  # the hook's state lives in checkpoint['meta'][CHECKPOINT_KEY]
 STATE_VERSION = 1
 
@@ -59,69 +60,19 @@ def coefficient_setters(model: nn.Module) -> List[nn.Module]:
     return found
 
 
-def _check_pair(name: str, value: Any) -> Tuple[float, float]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise TypeError(f'{name} must be an (alpha, beta) pair, got {value!r}')
-    try:
-        # β > 0 is checked against the model in before_train (a reference-mode model may use β = 0).
-        return check_coefficients(value[0], value[1], reversible=False)
-    except (TypeError, ValueError) as error:
-        raise type(error)(f'{name}={tuple(value)!r}: {error}') from None
-
-
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}')
-    return value
-
-
-def _check_positive(name: str, value: Any, allow_none: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0) \
-            or math.isinf(value):
-        raise ValueError(f'{name} must be a positive finite number, got {value!r}')
-    return float(value)
-
-
 @HOOKS.register_module()
 class AlphaBetaHook(Hook):
     r"""Set the Dr²Net coefficients (α, β) of the model before every training iteration.
 
-    **Path.** The coefficients move from ``start`` to ``end`` (α non-increasing, β non-decreasing) as a
-    function of a progress ``p ∈ [0, 1]``, and stay at ``end`` afterwards. The defaults are the paper's:
-    every finetuning starts at (α, β) = (1, 0.1) (§3.3.1: α = 1 keeps the pretrained residuals, β = 0.1
-    is the smallest β that trains well), and (0.3, 0.7) is the example update end point of §3.3.2 /
-    Fig. 3, a point in the middle area of the error map whose gradient error (~1e-7 in FP32) is
-    acceptable. Choose the end point per task (Tables 8-10 pick the point at 1e-7 gradient error).
-
-    **Quantised progress.** Values change only every ``interval`` (η) iterations. At iteration ``t``
-    (0-based, ``runner.iter``; with gradient accumulation each micro-batch is an iteration) the hook
-    uses the last update step ``q = floor(t / η)·η`` and ``p = min(1, q / τ)``, τ = ``end_iter`` (or
-    ``end_epoch × len(train_dataloader)``). So ``p = 0`` (exactly ``start``) for ``t < η`` and ``p = 1``
-    (exactly ``end``) from the first update step ``≥ τ``, i.e. from ``ceil(τ/η)·η`` (= τ when η
-    divides τ). The values are a pure function of ``t`` (:meth:`coefficients_at`), so a run resumed
-    from a checkpoint continues with exactly the values of an uninterrupted run.
-
-    **Policy** (Table 12) maps ``p`` to a fraction ``f(p)`` of the way, with ``f(0) = 0``, ``f(1) = 1``,
-    strictly increasing; ``k`` = ``curvature``:
-
-    - ``'linear'`` (the paper's choice): ``f(p) = p``;
-    - ``'exp'``: ``f(p) = (e^{k·p} − 1) / (e^k − 1)``, convex: slow first, fast near τ;
-    - ``'log'``: ``f(p) = ln(1 + (e^k − 1)·p) / k``, concave: fast first, slow near τ (the inverse
-      function of ``'exp'``).
-
-    **Schedule** (Tables 8-10), with ``clip(x) = min(1, max(0, x))``:
-
-    - ``'simultaneous'`` (the paper's choice, the diagonal of Fig. 3): α and β both move with ``f(p)``;
-    - ``'alpha_first'``: α moves over the first half of the progress (``f(clip(2p))``) while β stays at
-      its start, then β moves over the second half (``f(clip(2p − 1))``) while α stays at its end;
-    - ``'beta_first'``: the same with the roles exchanged.
-
-    So ``α(p) = α_s + (α_e − α_s)·f_α(p)`` and ``β(p) = β_s + (β_e − β_s)·f_β(p)``, exactly ``α_e`` /
-    ``β_e`` once ``f = 1``. All schedules update with the same frequency η and end at the same τ.
+    **Path.** The coefficients move from ``start`` to ``end`` along an
+    :class:`~dr2net_mm.engine.alpha_beta_path.AlphaBetaPath` (``policy``, ``schedule``; see that
+    module for the equations), updated every ``interval`` (η) iterations and reaching ``end`` at τ =
+    ``end_iter`` (or ``end_epoch × len(train_dataloader)``). The defaults are the paper's: start
+    (1, 0.1), end (0.3, 0.7) (§3.3.2 / Fig. 3); choose the end point per task (Tables 8-10 pick the
+    point at 1e-7 gradient error). At iteration ``t`` (0-based, ``runner.iter``; with gradient
+    accumulation each micro-batch is an iteration) the values are a pure function of ``t``
+    (:meth:`coefficients_at`), so a run resumed from a checkpoint continues with exactly the values of
+    an uninterrupted run.
 
     **Which modules.** Before training the hook lists, in the unwrapped model (DDP/FSDP/MMEngine
     wrappers removed), the outermost modules with a ``set_coefficients(alpha, beta)`` method
@@ -204,24 +155,13 @@ class AlphaBetaHook(Hook):
                  path_steps: int = 20,
                  guard: bool = True,
                  max_error: Optional[float] = None):
-        self.start = _check_pair('start', start)
-        self.end = _check_pair('end', end)
-        if self.end[0] > self.start[0] or self.end[1] < self.start[1]:
-            raise ValueError(
-                f'end={self.end} is before start={self.start}: Dr²Net finetuning moves alpha down and '
-                f'beta up (alpha_end <= alpha_start and beta_end >= beta_start), e.g. start=(1.0, 0.1), '
-                f'end=(0.3, 0.7)')
-        if policy not in POLICIES:
-            raise ValueError(f'unknown policy {policy!r}; choose one of {POLICIES}')
-        if schedule not in SCHEDULES:
-            raise ValueError(f'unknown schedule {schedule!r}; choose one of {SCHEDULES}')
-        self.policy = policy
-        self.schedule = schedule
-        self.curvature = _check_positive('curvature', curvature)
-        self.interval = _check_int('interval', interval, 1)
-        self.end_iter = _check_int('end_iter', end_iter, 1, allow_none=True)
-        self.end_epoch = _check_positive('end_epoch', end_epoch, allow_none=True)
-        self.target_error = _check_positive('target_error', target_error, allow_none=True)
+        self.path = AlphaBetaPath(start, end, policy, schedule, curvature)
+        self.start, self.end = self.path.start, self.path.end
+        self.policy, self.schedule, self.curvature = policy, schedule, self.path.curvature
+        self.interval = check_int('interval', interval, 1)
+        self.end_iter = check_int('end_iter', end_iter, 1, allow_none=True)
+        self.end_epoch = check_positive('end_epoch', end_epoch, allow_none=True)
+        self.target_error = check_positive('target_error', target_error, allow_none=True)
         self.error_aware = self.target_error is not None
         if self.end_iter is not None and self.end_epoch is not None:
             raise ValueError('give the end point as end_iter or as end_epoch, not both '
@@ -229,12 +169,10 @@ class AlphaBetaHook(Hook):
         if self.end_iter is None and self.end_epoch is None and not self.error_aware:
             raise ValueError('the schedule needs its end tau: give end_iter (iterations) or end_epoch '
                              '(epochs), or target_error for the error-aware mode')
-        self.patience = _check_int('patience', patience, 1)
-        self.path_steps = _check_int('path_steps', path_steps, 1)
-        if not isinstance(guard, bool):
-            raise TypeError(f'guard must be a bool, got {guard!r}')
-        self.guard = guard
-        self.max_error = _check_positive('max_error', max_error, allow_none=True)
+        self.patience = check_int('patience', patience, 1)
+        self.path_steps = check_int('path_steps', path_steps, 1)
+        self.guard = check_bool('guard', guard)
+        self.max_error = check_positive('max_error', max_error, allow_none=True)
 
         self._tau: Optional[int] = self.end_iter  # resolved in before_train for end_epoch
         self._setters: List[nn.Module] = []
@@ -258,33 +196,12 @@ class AlphaBetaHook(Hook):
 
     # ------------------------------------------------------------------------------ the path
     def _curve(self, p: float) -> float:
-        """The policy's f: [0, 1] → [0, 1], f(0) = 0, f(1) = 1, increasing."""
-        if p <= 0.0:
-            return 0.0
-        if p >= 1.0:
-            return 1.0
-        if self.policy == 'linear':
-            return p
-        k = self.curvature
-        if self.policy == 'exp':
-            value = math.expm1(k * p) / math.expm1(k)
-        else:  # 'log'
-            value = math.log1p(math.expm1(k) * p) / k
-        return min(1.0, max(0.0, value))
+        """The policy's f: [0, 1] → [0, 1] (:func:`~.alpha_beta_path.policy_curve`)."""
+        return self.path.curve(p)
 
     def point(self, progress: float) -> Tuple[float, float]:
         """(α, β) at progress ``p ∈ [0, 1]`` of the path (clipped to [0, 1])."""
-        p = min(1.0, max(0.0, float(progress)))
-        if self.schedule == 'simultaneous':
-            fa = fb = self._curve(p)
-        elif self.schedule == 'alpha_first':
-            fa, fb = self._curve(min(1.0, 2.0 * p)), self._curve(max(0.0, 2.0 * p - 1.0))
-        else:  # 'beta_first'
-            fb, fa = self._curve(min(1.0, 2.0 * p)), self._curve(max(0.0, 2.0 * p - 1.0))
-        (a0, b0), (a1, b1) = self.start, self.end
-        alpha = a1 if fa >= 1.0 else min(a0, max(a1, a0 + (a1 - a0) * fa))
-        beta = b1 if fb >= 1.0 else max(b0, min(b1, b0 + (b1 - b0) * fb))
-        return alpha, beta
+        return self.path.point(progress)
 
     def resolve_tau(self, runner=None) -> int:
         """τ in iterations: ``end_iter``, or ``round(end_epoch × len(train_dataloader))`` (≥ 1), or in
@@ -302,12 +219,8 @@ class AlphaBetaHook(Hook):
         return max(1, int(round(self.end_epoch * length)))
 
     def progress_at(self, iteration: int, runner=None) -> float:
-        """``p = min(1, floor(t/η)·η / τ)``."""
-        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
-            raise ValueError(f'iteration must be an int >= 0, got {iteration!r}')
-        tau = self.resolve_tau(runner)
-        quantised = (iteration // self.interval) * self.interval
-        return min(1.0, quantised / tau)
+        """``p = min(1, floor(t/η)·η / τ)`` (:func:`~.alpha_beta_path.progress`)."""
+        return progress(iteration, self.interval, self.resolve_tau(runner))
 
     def coefficients_at(self, iteration: int, runner=None) -> Tuple[float, float]:
         """(α, β) of the fixed schedule at training iteration ``iteration`` (0-based): a pure function
@@ -319,19 +232,17 @@ class AlphaBetaHook(Hook):
     @property
     def num_steps(self) -> int:
         """Error-aware mode: the number of η-steps from start to end, ``ceil(τ/η)``."""
-        tau = self._tau if self._tau is not None else self.resolve_tau()
-        return max(1, -(-tau // self.interval))
+        return max(1, -(-self.resolve_tau() // self.interval))
 
     def point_at_step(self, step: int) -> Tuple[float, float]:
         """Error-aware mode: (α, β) at step ``k`` of the walk, ``coefficients_at(k·η)``."""
-        tau = self._tau if self._tau is not None else self.resolve_tau()
-        return self.point(min(1.0, step * self.interval / tau))
+        return self.coefficients_at(step * self.interval)
 
     def values_for(self, iteration: int) -> Tuple[float, float]:
         """The (α, β) the hook applies at ``iteration`` given its current state."""
         if self.error_aware:
             return self.point_at_step(self.step)
-        return self.point(min(1.0, (iteration // self.interval) * self.interval / self._tau))
+        return self.coefficients_at(iteration)
 
     @property
     def current(self) -> Optional[Tuple[float, float]]:

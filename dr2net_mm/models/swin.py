@@ -16,49 +16,32 @@ them (see :mod:`dr2net_mm.core.reversible`). Patch embedding, patch merging and 
 ordinary layers outside the reversible stages. The parameters, their names, the constructor arguments
 and the outputs are mmdet's, so mmdet/mmseg configs and checkpoints work unchanged.
 
-Memory: bytes saved for backward by the backbone's training forward (activations only; batch 1,
-512×512, Swin-T shape: embed 96, heads 3-6-12-24, window 7; float32 weights; (α, β) = (1, 0.1))::
-
-                                        depths 2-2-6-2     depths 2-2-18-2
-    mmdet SwinTransformer                  574.7 MiB           913.8 MiB
-    mmdet SwinTransformer, with_cp          70.1 MiB            88.1 MiB
-    Dr2NetSwin, float64 streams             54.3 MiB            54.3 MiB   (0.77 / 0.62 × with_cp)
-    Dr2NetSwin, float32 streams             31.8 MiB            31.8 MiB   (0.45 / 0.36 × with_cp)
-    Dr2NetSwin, float64, segment_size=4     66.3 MiB           102.3 MiB
-
-What a reversible stage keeps: its output (shared with the output norm and patch merging, which
-recomputes from it in backward) and, for float64 streams, a float32 remainder of ``x_n`` and the
-float64 ``y_n``: 4 float32-sized tensors per stage (2 with float32 streams), independent of depth. The
-rest (9 MiB) is the patch embedding's input image and norm input. Measured with
-``pytest tests/test_swin.py -k saved_bytes -s`` (CPU, torch 2.14, mmdet 3.3).
-
-Precision (``dr2net_mm.core.gradient_error``, Swin-T shape, drop path 0.2, train mode, random init,
-112×112 input; worst relative gradient error against a float64 model, float32 autograd's own is
-~8e-7 to 9e-7): at (0.3, 0.7) float64 streams give 9.1e-7 (= ordinary autograd). At the start point
-(1, 0.1) rebuilding 12 branches (Swin-T's third stage) amplifies rounding ~11x per branch: 7e-2 with
-float64 streams, garbage with float32; ``segment_size=4`` brings float64 to 8.2e-7 (the floor), which
-is why ``configs/dino_dr2net_swin_t_coco.py`` uses it. The α×β map: ``tools/grad_error_map.py``.
-Watch :meth:`Dr2NetSwin.reconstruction_errors`.
+What a reversible stage keeps for backward: its output (shared with the output norm and patch
+merging, which recomputes from it in backward) and, for float64 streams, a float32 remainder of ``x_n``
+and the float64 ``y_n``: 4 float32-sized tensors per stage (2 with float32 streams), independent of
+depth. Near the start point (1, 0.1) the inverse amplifies rounding by ~(‖J‖ + α)/β per branch, so a
+long stage needs float64 streams and ``segment_size`` (``configs/dino_dr2net_swin_t_coco.py`` uses 4);
+watch :meth:`Dr2NetSwin.reconstruction_errors`. Measured memory and gradient errors: README, Results.
 """
 import logging
-import math
-import re
-from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmdet.models.backbones.swin import SwinBlock, SwinTransformer, swin_converter
+from mmdet.models.backbones.swin import SwinBlock, SwinTransformer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..core import ReversibleSequence, check_coefficients
+from ..checks import check_bool, check_segment_size, parse_stream_dtype
+from ..core import ReversibleSequence
 from ..core.chunks import BranchPlan, draws_random, row_parts
-from .common import (Dr2NetBackboneMixin, LoadReport, check_bool, check_segment_size,
-                     parse_stream_dtype, pretrained_init_cfg, unwrap_state_dict)
+from .backbone import Dr2NetBackboneMixin, LoadReport, pretrained_init_cfg, unwrap_state_dict
+from .swin_checkpoint import (DERIVED_BUFFERS, checkpoint_filter_fn, detect_checkpoint_format,
+                              official_to_mmdet, resize_abs_pos_embed, resize_rel_pos_bias_table,
+                              timm_to_official)
 
 __all__ = [
     'Dr2NetSwin', 'Dr2NetSwinStage', 'SwinAttentionBranch', 'SwinFFNBranch', 'LoadReport',
@@ -66,14 +49,9 @@ __all__ = [
     'unwrap_state_dict', 'resize_rel_pos_bias_table', 'resize_abs_pos_embed'
 ]
 
-_DERIVED_BUFFERS = ('relative_position_index', 'attn_mask')
-
 
 # ------------------------------------------------------------------------------------------------
-# Argument checks
-# ------------------------------------------------------------------------------------------------
-# ------------------------------------------------------------------------------------------------
-# The residual branches of a SwinBlock, as engine functions
+# The residual branches of a SwinBlock, as functions of a reversible stage
 # ------------------------------------------------------------------------------------------------
 class SwinAttentionBranch(nn.Module):
     """``F(x, hw_shape) = attn(norm1(x), hw_shape)``: the shifted-window attention branch of a
@@ -192,10 +170,10 @@ class SwinFFNBranch(nn.Module):
 
 
 class Dr2NetSwinStage(BaseModule):
-    """One Swin stage: ``x = engine(x, hw_shape)`` over the blocks' branches, then patch merging.
+    """One Swin stage: ``x = sequence(x, hw_shape)`` over the blocks' branches, then patch merging.
 
     Drop-in for mmdet's ``SwinBlockSequence``: same submodule names (``blocks``, ``downsample``), same
-    state dict, same return value ``(x_down, down_hw_shape, x, hw_shape)``. ``engine`` is a
+    state dict, same return value ``(x_down, down_hw_shape, x, hw_shape)``. ``sequence`` is a
     :class:`~dr2net_mm.core.ReversibleSequence` over ``[attn_1, ffn_1, attn_2, ffn_2, ...]`` that owns
     no parameters (it adds no state-dict keys).
     """
@@ -209,20 +187,20 @@ class Dr2NetSwinStage(BaseModule):
         functions: List[nn.Module] = []
         for block in blocks:
             functions += [SwinAttentionBranch(block), SwinFFNBranch(block)]
-        self.engine = ReversibleSequence(functions, alpha=alpha, beta=beta, reversible=reversible,
-                                         stream_dtype=stream_dtype, segment_size=segment_size,
-                                         register_functions=False)
+        self.sequence = ReversibleSequence(functions, alpha=alpha, beta=beta, reversible=reversible,
+                                           stream_dtype=stream_dtype, segment_size=segment_size,
+                                           register_functions=False)
         self.with_cp = with_cp
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]):
-        engine = self.engine
+        sequence = self.sequence
         # Checkpointing only helps the ordinary autograd path (reference mode); the reversible path
         # keeps no per-branch activations and would recompute twice.
-        use_cp = self.with_cp and not (engine.reversible and engine.training)
-        x = engine(x, hw_shape, use_cp)
+        use_cp = self.with_cp and not (sequence.reversible and sequence.training)
+        x = sequence(x, hw_shape, use_cp)
         if self.downsample:
-            if engine.reversible and engine.training and x.requires_grad:
-                # The engine keeps x (its output) for its backward anyway: recompute patch merging
+            if sequence.reversible and sequence.training and x.requires_grad:
+                # The sequence keeps x (its output) for its backward anyway: recompute patch merging
                 # from it rather than keep merging's own two activations (deterministic, exact).
                 x_down, down_hw_shape = cp.checkpoint(self.downsample, x, hw_shape,
                                                         use_reentrant=False)
@@ -230,132 +208,6 @@ class Dr2NetSwinStage(BaseModule):
                 x_down, down_hw_shape = self.downsample(x, hw_shape)
             return x_down, down_hw_shape, x, hw_shape
         return x, hw_shape, x, hw_shape
-
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoint conversion: pure functions, state dict in -> state dict out
-# ------------------------------------------------------------------------------------------------
-def detect_checkpoint_format(state_dict: Mapping[str, Tensor]) -> str:
-    """Which Swin layout ``state_dict`` (prefixes already removed) is in:
-
-    * ``'mmdet'``: mmdet/mmseg ``SwinTransformer`` (``stages.N.blocks.M.attn.w_msa.*``,
-      ``patch_embed.projection.*``) -- also Dr2NetSwin's own;
-    * ``'official'``: the Microsoft release files (``layers.N.blocks.M.attn.*``, ``mlp.fc1``; patch
-      merging ``layers.N.downsample`` at the end of stage N, unfold order x0, x1, x2, x3), also
-      old timm;
-    * ``'timm'``: timm 0.9+ and 1.0 (same names, but patch merging at the *start* of stage N+1:
-      ``layers.{N+1}.downsample``; ``head.fc``).
-    """
-    keys = list(state_dict)
-    if any('logit_scale' in k or 'cpb_mlp' in k for k in keys):
-        raise ValueError('this is a Swin V2 checkpoint (logit_scale / cpb_mlp); Dr2NetSwin is Swin V1')
-    if any(k.startswith('stages.') or k.startswith('patch_embed.projection.') for k in keys):
-        return 'mmdet'
-    if any(k.startswith('layers.') for k in keys):
-        if any(k.startswith('layers.0.downsample.') for k in keys):
-            return 'official'
-        if any(re.match(r'layers\.\d+\.downsample\.', k) for k in keys):
-            return 'timm'
-        return 'official'  # a single stage: both layouts agree
-    raise ValueError('the checkpoint does not look like a Swin backbone (no stages.*/layers.* keys); '
-                     f'first keys: {keys[:8]}')
-
-
-def timm_to_official(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """timm (0.9+, 1.0) Swin layout -> official layout: ``layers.{N+1}.downsample`` ->
-    ``layers.N.downsample`` (same tensors: timm's ``PatchMerging`` concatenates the 2×2 neighbours
-    in the official order), the classifier (``head.*``) and the derived buffers dropped."""
-    out = OrderedDict()
-    for key, value in state_dict.items():
-        if key.startswith('head.') or key.endswith(_DERIVED_BUFFERS):
-            continue
-        match = re.match(r'layers\.(\d+)\.downsample\.(.*)$', key)
-        if match:
-            key = f'layers.{int(match.group(1)) - 1}.downsample.{match.group(2)}'
-        out[key] = value
-    return out
-
-
-def official_to_mmdet(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Official Swin layout -> mmdet layout with mmdet's own ``swin_converter`` (names, the unfold
-    channel order of patch merging), without the ``backbone.`` prefix it adds; derived buffers and the
-    classifier dropped."""
-    converted = swin_converter(OrderedDict(
-        (k, v) for k, v in state_dict.items() if not k.endswith(_DERIVED_BUFFERS)))
-    return OrderedDict((k[len('backbone.'):], v) for k, v in converted.items())
-
-
-def resize_rel_pos_bias_table(table: Tensor, length: int) -> Tensor:
-    """A ``((2W-1)², heads)`` relative position bias table resized to ``length`` rows (another window
-    size), bicubic on the ``(2W-1)×(2W-1)`` grid, as mmdet's ``init_weights`` does."""
-    old_len, heads = table.shape
-    s_old, s_new = int(round(math.sqrt(old_len))), int(round(math.sqrt(length)))
-    if s_old * s_old != old_len or s_new * s_new != length:
-        raise ValueError(f'cannot resize a relative position table of {old_len} rows to {length}')
-    grid = table.t().reshape(1, heads, s_old, s_old).float()
-    resized = F.interpolate(grid, size=(s_new, s_new), mode='bicubic')
-    return resized.view(heads, length).t().contiguous().to(table.dtype)
-
-
-def resize_abs_pos_embed(pos: Tensor, src_hw: Tuple[int, int], dst_hw: Tuple[int, int]) -> Tensor:
-    """Absolute position embedding ``(1, H·W, C)`` on an ``src_hw`` grid, resized bicubic to
-    ``dst_hw``."""
-    if tuple(src_hw) == tuple(dst_hw):
-        return pos
-    channels = pos.shape[-1]
-    grid = pos.reshape(1, src_hw[0], src_hw[1], channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(dst_hw), mode='bicubic', align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, dst_hw[0] * dst_hw[1], channels)
-
-
-def checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: Optional['Dr2NetSwin'] = None,
-                         prefix: Optional[str] = None,
-                         logger: Optional[logging.Logger] = None) -> Dict[str, Tensor]:
-    """Any supported Swin checkpoint -> a state dict in Dr2NetSwin's (= mmdet's) layout.
-
-    Accepts an official release file, timm's ``swin_*`` state dicts, mmdet/mmseg detector or segmentor
-    checkpoints (keys under ``backbone.``) and bare backbone state dicts (see
-    :func:`detect_checkpoint_format`). Derived buffers (``relative_position_index``, ``attn_mask``) are
-    dropped: the model computes its own. With ``model``: relative position bias tables are resized
-    (bicubic) to the model's window size and the absolute position embedding to its patch grid.
-    """
-    state_dict = unwrap_state_dict(checkpoint, prefix)
-    fmt = detect_checkpoint_format(state_dict)
-    if fmt == 'timm':
-        state_dict = timm_to_official(state_dict)
-    if fmt in ('timm', 'official'):
-        state_dict = official_to_mmdet(state_dict)
-    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if not k.endswith(_DERIVED_BUFFERS))
-    if model is not None:
-        state_dict = _adapt_to_model(state_dict, model, logger)
-    return state_dict
-
-
-def _adapt_to_model(state_dict: Dict[str, Tensor], model: nn.Module,
-                    logger: Optional[logging.Logger]) -> Dict[str, Tensor]:
-    own = model.state_dict()
-    out = OrderedDict()
-    for key, value in state_dict.items():
-        target = own.get(key)
-        if target is not None and value.shape != target.shape:
-            if key.endswith('relative_position_bias_table') and value.shape[1] == target.shape[1]:
-                print_log(f'resizing {key} from {tuple(value.shape)} to {tuple(target.shape)} '
-                          '(another window size, bicubic)', logger=logger, level=logging.INFO)
-                value = resize_rel_pos_bias_table(value, target.shape[0])
-            elif key == 'absolute_pos_embed' and value.dim() in (3, 4):
-                if value.dim() == 4:  # (1, C, H, W), an older layout
-                    src_hw = tuple(value.shape[2:])
-                    value = value.flatten(2).transpose(1, 2)
-                else:  # (1, H·W, C) on a square grid
-                    side = int(round(math.sqrt(value.shape[1])))
-                    src_hw = (side, side)
-                if src_hw[0] * src_hw[1] == value.shape[1] and value.shape[2] == target.shape[2]:
-                    print_log(f'resizing absolute_pos_embed from a {src_hw} to a '
-                              f'{model.pos_embed_grid} patch grid (bicubic)', logger=logger,
-                              level=logging.INFO)
-                    value = resize_abs_pos_embed(value, src_hw, model.pos_embed_grid)
-        out[key] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,7 +254,7 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
         segment_size: keep the streams every ``segment_size`` branches of a stage (bounds the error
             amplification of long stages at one stream pair each); None: once per stage. Near the
             start point (1, 0.1) Swin-T's 12-branch third stage needs ``segment_size=4`` for precise
-            gradients even with float64 streams (module docstring); settable later, e.g. back to
+            gradients even with float64 streams (README, Results); settable later, e.g. back to
             None once the coefficients are near (0.3, 0.7).
         with_cp: accepted for config compatibility. A reversible stage keeps no per-block activations,
             so in reversible mode it has no effect (logged once at construction). In reference mode
@@ -448,7 +300,6 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
                  stream_dtype=torch.float64,
                  segment_size=None):
         reversible = check_bool('reversible', reversible)
-        alpha, beta = check_coefficients(alpha, beta, reversible)
         stream_dtype = parse_stream_dtype(stream_dtype)
         segment_size = check_segment_size(segment_size)
         with_cp = check_bool('with_cp', with_cp)
@@ -469,22 +320,19 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
         size = tuple(size) * 2 if len(size) == 1 else tuple(size)
         self.pos_embed_grid = (size[0] // patch_size, size[1] // patch_size)
         self.with_cp = with_cp
-        self.register_buffer('alpha', torch.tensor(alpha, dtype=torch.float64))
-        self.register_buffer('beta', torch.tensor(beta, dtype=torch.float64))
-        self._coefficients = (alpha, beta)
-        self._synced_buffers = self._buffer_versions()
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages):  # each stage validates (alpha, beta)
             self.stages[i] = Dr2NetSwinStage(stage.blocks, stage.downsample, alpha, beta, reversible,
                                              stream_dtype, segment_size, with_cp)
+        self._register_coefficients()
         if with_cp and reversible:
             print_log('Dr2NetSwin: with_cp=True has no effect while reversible=True (a reversible '
                       'stage keeps no per-block activations); it applies in reference mode only',
                       logger='current', level=logging.INFO)
 
     @property
-    def engines(self) -> List[ReversibleSequence]:
-        """The reversible engine of every stage, in order."""
-        return [stage.engine for stage in self.stages]
+    def sequences(self) -> List[ReversibleSequence]:
+        """The reversible sequence of every stage, in order."""
+        return [stage.sequence for stage in self.stages]
 
     # --------------------------------------------------------------------------- state dict
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -493,12 +341,12 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
         # (timm and converted checkpoints: the model's own are right by construction).
         coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
         for name, buffer in self.named_buffers():
-            if name.endswith(_DERIVED_BUFFERS) and prefix + name not in state_dict:
+            if name.endswith(DERIVED_BUFFERS) and prefix + name not in state_dict:
                 state_dict[prefix + name] = buffer
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if coefficients is not None:
-            self._apply_coefficients(*coefficients)
+            self._set_coefficients(*coefficients)
 
     # --------------------------------------------------------------------------- weights
     def init_weights(self) -> None:

@@ -19,18 +19,13 @@ import torch
 from mmengine.registry import TRANSFORMS
 from mmengine.structures import BaseDataElement
 
+from ..checks import check_positive
+
 __all__ = ['POINT_KEYS', 'voxel_inverse', 'one_point_per_voxel', 'PointGridSample', 'PointVoteSubsets',
            'PointNormalize', 'PointRandomRotateZ', 'PointRandomScale', 'PointJitter', 'PointColorDrop',
            'PointRandomCrop', 'PackPointInputs']
 
 POINT_KEYS = ('coord', 'color', 'label', 'height')
-
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or \
-            not math.isfinite(value):
-        raise ValueError(f'{name} must be a positive number, got {value!r}')
-    return float(value)
 
 
 def _select(results: dict, idx: np.ndarray) -> dict:
@@ -64,7 +59,7 @@ class PointGridSample:
     ``voxelize``; 0.04 m for S3DIS). All per-point keys are subsampled alike."""
 
     def __init__(self, voxel_size: float = 0.04):
-        self.voxel_size = _positive('voxel_size', voxel_size)
+        self.voxel_size = check_positive('voxel_size', voxel_size)
 
     def __call__(self, results: dict) -> dict:
         inverse = voxel_inverse(results['coord'], self.voxel_size)
@@ -85,7 +80,7 @@ class PointVoteSubsets:
     from ``np.random.default_rng(seed)``, the same for every room and run."""
 
     def __init__(self, voxel_size: float = 0.04, num_votes: int = 1, seed: int = 0):
-        self.voxel_size = _positive('voxel_size', voxel_size)
+        self.voxel_size = check_positive('voxel_size', voxel_size)
         if isinstance(num_votes, bool) or not isinstance(num_votes, int) or num_votes < 1:
             raise ValueError(f'num_votes must be an int >= 1, got {num_votes!r}')
         self.num_votes, self.seed = num_votes, seed
@@ -125,7 +120,7 @@ class PointRandomRotateZ:
     uniform in ``[-max_angle, max_angle]`` (radians)."""
 
     def __init__(self, max_angle: float = math.pi):
-        self.max_angle = _positive('max_angle', max_angle)
+        self.max_angle = check_positive('max_angle', max_angle)
 
     def __call__(self, results: dict) -> dict:
         angle = np.random.uniform(-self.max_angle, self.max_angle)
@@ -165,7 +160,7 @@ class PointJitter:
     """``coord <- coord + clip(n, -clip, clip)``, ``n ~ N(0, sigma²)`` per point and axis."""
 
     def __init__(self, sigma: float = 0.005, clip: float = 0.02):
-        self.sigma, self.clip = _positive('sigma', sigma), _positive('clip', clip)
+        self.sigma, self.clip = check_positive('sigma', sigma), check_positive('clip', clip)
 
     def __call__(self, results: dict) -> dict:
         noise = np.clip(np.random.normal(0.0, self.sigma, results['coord'].shape), -self.clip,

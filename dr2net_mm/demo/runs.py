@@ -1,11 +1,11 @@
-"""What the demo scripts (tools/demo*.py) share: numbered step titles and running a tool in a
-subprocess with a filtered live view of its output and the full output in a log file."""
+"""What the demo scripts (tools/demo*.py) share: step titles and running a tool in a subprocess with
+a filtered live view of its output and the full output in a log file (:func:`run_logged`)."""
 import os
 import re
 import subprocess
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # lines of third-party noise left out of the live view (they stay in the log)
 NOISE = re.compile(r'^(USDT:|\[W\d|ERROR:.*DeviceProperties|.*Warning|\s*warnings.warn)')
 
@@ -16,7 +16,7 @@ def step(title: str) -> float:
     return time.time()
 
 
-def run_tool(cmd, log_path: str, show=None, brief=lambda line: line.rstrip()[:160]) -> str:
+def run_logged(cmd, log_path: str, show=None, brief=lambda line: line.rstrip()[:160]) -> str:
     """Run ``cmd`` in the repository root, print ``brief(line)`` for the output lines matching the
     regex ``show`` (None: all but :data:`NOISE`) as they come, keep the whole output in ``log_path``
     and return it. A failing command ends the demo with its exit code and the log's path."""

@@ -1,6 +1,8 @@
-"""What every Dr²Net backbone shares: argument parsing, checkpoint unwrapping and the (α, β) /
-mode / monitor interface (:class:`Dr2NetBackboneMixin`)."""
+"""What every Dr²Net backbone shares: the (α, β) / mode / monitor interface over its reversible
+stages (:class:`Dr2NetBackboneMixin`) and pretrained loading (checkpoint unwrapping, the deprecated
+``pretrained=`` argument, :class:`LoadReport`)."""
 import logging
+import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
@@ -9,48 +11,8 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 
+from ..checks import check_bool, check_segment_size, parse_stream_dtype
 from ..core import ReversibleSequence, check_coefficients
-
-_STREAM_DTYPE_NAMES = {
-    'float64': torch.float64, 'torch.float64': torch.float64, 'fp64': torch.float64,
-    'double': torch.float64, 'float32': torch.float32, 'torch.float32': torch.float32,
-    'fp32': torch.float32, 'float': torch.float32
-}
-
-
-def parse_stream_dtype(value: Union[torch.dtype, str]) -> torch.dtype:
-    """``torch.float64``/``torch.float32`` or their names (configs are text): 'float64', 'float32'."""
-    if isinstance(value, str):
-        if value.strip().lower() not in _STREAM_DTYPE_NAMES:
-            raise ValueError(f"stream_dtype={value!r} is not supported; use 'float64' (precise, the "
-                             "default) or 'float32' (or torch.float64 / torch.float32)")
-        return _STREAM_DTYPE_NAMES[value.strip().lower()]
-    if not isinstance(value, torch.dtype):
-        raise TypeError(f'stream_dtype must be torch.float64, torch.float32 or their names, got '
-                        f'{value!r} ({type(value).__name__})')
-    if value not in (torch.float64, torch.float32):
-        raise ValueError(f'stream_dtype={value} is not supported; use torch.float64 (precise, the '
-                         'default) or torch.float32')
-    return value
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f'{name} must be True or False, got {value!r} ({type(value).__name__})')
-    return value
-
-
-def check_segment_size(value: Any) -> Optional[int]:
-    """None (one segment per stage) or an int >= 1 (branches per segment)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'segment_size must be None or an int >= 1, got {value!r} '
-                        f'({type(value).__name__})')
-    if value < 1:
-        raise ValueError(f'segment_size={value} must be >= 1 (or None: one segment per stage)')
-    return value
-
 
 def pretrained_init_cfg(pretrained: Optional[str], init_cfg: Optional[dict]) -> Optional[dict]:
     """The ``init_cfg`` for the deprecated ``pretrained=PATH`` argument that mmdet/mmseg configs
@@ -109,18 +71,37 @@ class Dr2NetBackboneMixin:
     """(α, β) as persistent float64 buffers ``alpha``/``beta`` mirrored in every reversible stage,
     the stages' mode switches, their reconstruction-error monitor, and pretrained loading.
 
-    A backbone defines ``engines`` (its :class:`ReversibleSequence` stages) and the two checkpoint
-    functions ``detect_format(state_dict) -> str`` and ``filter_checkpoint(checkpoint, model,
-    prefix, logger) -> state_dict``, and calls :meth:`_apply_coefficients` once in ``__init__``.
+    A backbone defines ``sequences`` (the :class:`ReversibleSequence` of each of its stages, in
+    order) and the two checkpoint functions ``detect_format(state_dict) -> str`` and
+    ``filter_checkpoint(checkpoint, model, prefix, logger) -> state_dict``, and calls
+    :meth:`_register_coefficients` once in ``__init__``, after building its stages.
+
+    (α, β) are validated in one place, by each stage (:func:`~dr2net_mm.core.check_coefficients`:
+    [0, 1], β > 0 when reversible); this class only copies the validated values to its buffers.
     """
     detect_format: Callable[[Mapping[str, Tensor]], str]
     filter_checkpoint: Callable[..., Dict[str, Tensor]]
 
     @property
-    def engines(self) -> List[ReversibleSequence]:
+    def sequences(self) -> List[ReversibleSequence]:
         raise NotImplementedError
 
+    @property
+    def engines(self) -> List[ReversibleSequence]:
+        """Deprecated name of :attr:`sequences`."""
+        warnings.warn('engines is deprecated; use sequences (or dr2net_mm.core.reversible_stages)',
+                      DeprecationWarning, stacklevel=2)
+        return self.sequences
+
     # --------------------------------------------------------------------------- coefficients
+    def _register_coefficients(self) -> None:
+        """The ``alpha``/``beta`` buffers, holding the (already validated) values of the stages."""
+        first = self.sequences[0]
+        self.register_buffer('alpha', torch.tensor(first.alpha, dtype=torch.float64))
+        self.register_buffer('beta', torch.tensor(first.beta, dtype=torch.float64))
+        self._coefficients = (first.alpha, first.beta)
+        self._synced_buffers = self._buffer_versions()
+
     @property
     def coefficients(self) -> Tuple[float, float]:
         """The current (α, β) as Python floats."""
@@ -128,15 +109,20 @@ class Dr2NetBackboneMixin:
         return self._coefficients
 
     def set_coefficients(self, alpha: float, beta: float) -> None:
-        """Set (α, β) in the buffers and in every stage (validated: [0, 1], β > 0 when reversible)."""
-        self._apply_coefficients(*check_coefficients(alpha, beta, self._any_reversible()))
+        """Set (α, β) in every stage (validated there: [0, 1], β > 0 when reversible) and in the
+        buffers."""
+        self._set_coefficients(alpha, beta)
 
-    def _apply_coefficients(self, alpha: float, beta: float) -> None:
+    def _set_coefficients(self, alpha: float, beta: float) -> None:
+        # A reversible stage goes first, so an invalid pair (e.g. β = 0) is refused before any
+        # stage changes. The stages convert the values (e.g. buffer tensors) to floats.
+        stages = sorted(self.sequences, key=lambda stage: not stage.reversible)
+        for stage in stages:
+            stage.set_coefficients(alpha, beta)
+        alpha, beta = stages[0].alpha, stages[0].beta
         with torch.no_grad():
             self.alpha.fill_(alpha)
             self.beta.fill_(beta)
-        for engine in self.engines:
-            engine.set_coefficients(alpha, beta)
         self._coefficients = (alpha, beta)
         self._synced_buffers = self._buffer_versions()
 
@@ -148,11 +134,10 @@ class Dr2NetBackboneMixin:
         (an EMA model copying buffers, DDP broadcasting them, ``.to(device)``): a version counter tells
         whether they were written; only then are they read (one device sync) and validated."""
         if self._buffer_versions() != self._synced_buffers:
-            self._apply_coefficients(*check_coefficients(self.alpha, self.beta,
-                                                         self._any_reversible()))
+            self._set_coefficients(self.alpha, self.beta)
 
     def _any_reversible(self) -> bool:
-        return any(engine.reversible for engine in self.engines)
+        return any(stage.reversible for stage in self.sequences)
 
     def _take_coefficients(self, state_dict: dict, prefix: str,
                            error_msgs: List[str]) -> Optional[Tuple[float, float]]:
@@ -180,47 +165,46 @@ class Dr2NetBackboneMixin:
     # --------------------------------------------------------------------------- modes, monitor
     @property
     def reversible(self) -> bool:
-        """True when every stage is reversible (settable, validated against β; the core's
-        ``set_reversible(model, flag)`` also works)."""
-        return all(engine.reversible for engine in self.engines)
+        """True when every stage is reversible (settable, validated against β by the stages; the
+        core's ``set_reversible(model, flag)`` also works)."""
+        return all(stage.reversible for stage in self.sequences)
 
     @reversible.setter
     def reversible(self, value: bool) -> None:
         value = check_bool('reversible', value)
-        check_coefficients(*self._coefficients, value)
-        for engine in self.engines:
-            engine.reversible = value
+        for stage in self.sequences:  # all stages hold the same β: the first refuses β = 0
+            stage.reversible = value
 
     @property
     def stream_dtype(self) -> torch.dtype:
-        return self.engines[0].stream_dtype
+        return self.sequences[0].stream_dtype
 
     @stream_dtype.setter
     def stream_dtype(self, value: Union[torch.dtype, str]) -> None:
         value = parse_stream_dtype(value)
-        for engine in self.engines:
-            engine.stream_dtype = value
+        for stage in self.sequences:
+            stage.stream_dtype = value
 
     @property
     def segment_size(self) -> Optional[int]:
-        return self.engines[0].segment_size
+        return self.sequences[0].segment_size
 
     @segment_size.setter
     def segment_size(self, value: Optional[int]) -> None:
         value = check_segment_size(value)
-        for engine in self.engines:
-            engine.segment_size = value
+        for stage in self.sequences:
+            stage.segment_size = value
 
     def reconstruction_errors(self) -> List[Optional[float]]:
         """Per stage, the worst relative reconstruction error of its latest reversible backward (None
         for a stage that has not run one, e.g. frozen or reference mode). Reading it syncs the
         device."""
-        return [engine.reconstruction_error() for engine in self.engines]
+        return [stage.reconstruction_error() for stage in self.sequences]
 
     def reconstruction_ok(self) -> bool:
         """False when a stage's latest reversible backward rebuilt non-finite or too imprecise
         streams (the caller may skip that optimizer step)."""
-        return all(engine.reconstruction_ok() for engine in self.engines)
+        return all(stage.reconstruction_ok() for stage in self.sequences)
 
     # --------------------------------------------------------------------------- weights
     def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], prefix: Optional[str] = None,
