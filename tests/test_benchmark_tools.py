@@ -122,3 +122,35 @@ def test_grad_error_map_writes_maps_and_reports_the_floor(tmp_path):
     assert report['grid']['rev_fp64_vs_truth'][1][0] <= 2 * floor
     # at (1, 0.1) float32 streams are much worse than float64 streams
     assert report['grid']['rev_fp32_vs_truth'][0][1] > 10 * report['grid']['rev_fp64_vs_truth'][0][1]
+
+
+def test_resident_peak_counts_what_a_step_touches():
+    """The second peak measurement (dr2net_mm.benchmark.rss): the resident high-water mark above
+    the resident size before the step."""
+    import torch
+
+    from dr2net_mm.benchmark import rss
+    if not rss.available():
+        pytest.skip('no /proc/self/clear_refs (not Linux)')
+    mib = 2**20
+    touched = rss.resident_peak_bytes(lambda: torch.ones(64 * mib // 4).sum())
+    assert 60 * mib <= touched < 68 * mib  # 64 MiB, give or take pages released meanwhile
+    assert rss.resident_peak_bytes(lambda: None) < 4 * mib
+    assert rss.child_env()['MALLOC_MMAP_THRESHOLD_'] == '65536'
+
+
+def test_benchmark_rss_runs_each_variant_in_a_fresh_process(tmp_path):
+    out = str(tmp_path / 'vit')
+    report = tool('benchmark')['main'](['vit', '--arch', 'vit_tiny_patch16_224', '--size', '64',
+                                        '--iters', '1', '--rss', '--out', out])
+    results = next(iter(report['settings'].values()))
+    assert all(r['rss_peak_mb'] > 0 for r in results)
+    with open(out + '.md') as f:
+        assert 'peak, resident (MB)' in f.read()
+
+
+def test_benchmark_dino_takes_height_by_width():
+    args = tool('benchmark')['parse_args'](['dino', '--size', '800x1333', '--batch', '1'])
+    assert args.size == (800, 1333)
+    with pytest.raises(SystemExit):
+        tool('benchmark')['parse_args'](['swin', '--size', '800x1333'])

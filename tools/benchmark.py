@@ -2,12 +2,14 @@
 
     python tools/benchmark.py swin --size 1024 --depths 2-2-6-2 2-2-18-2 2-2-30-2 --out results/swin
     python tools/benchmark.py vit --arch vit_small_patch16_224 --size 512 --out results/vit_s
-    python tools/benchmark.py dino --size 512 --batch 2 --out results/dino
+    python tools/benchmark.py dino --size 800x1333 --batch 1 --out results/dino
     python tools/benchmark.py seg --size 512 --batch 2 --out results/upernet
     python tools/benchmark.py points --points 24000 --batch 2 --out results/pix4point
 
 Each run measures its variants one after another in one process and writes ``OUT.json`` (every
 number), ``OUT.md`` (a table per setting) and ``OUT.png`` (peak memory and step time per variant).
+``--rss`` adds a second, independent peak per variant: the resident high-water mark of a fresh
+process that builds and trains only that variant (``dr2net_mm.benchmark.rss``).
 What is measured is documented in :mod:`dr2net_mm.benchmark`. ``--device cuda`` measures on a GPU.
 The functions here are importable (``main(argv)``); the measuring code is ``dr2net_mm.benchmark``.
 """
@@ -15,7 +17,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List
 
@@ -24,8 +28,10 @@ from mmengine.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dr2net_mm.benchmark import (compare, detector_variants, markdown_table,  # noqa: E402
+from dr2net_mm.benchmark import (MB, compare, detector_variants, markdown_table,  # noqa: E402
                                  points_variants, segmentor_variants, swin_variants, vit_variants)
+from dr2net_mm.benchmark.rss import available as rss_available  # noqa: E402
+from dr2net_mm.benchmark.rss import child_env, median_resident_peak_bytes  # noqa: E402
 
 DINO_CONFIGS = {
     'conventional': 'configs/dino_swin_t_coco.py',
@@ -61,10 +67,26 @@ def parse_depths(text: str) -> List[int]:
     return depths
 
 
+def parse_size(text: str):
+    """'512' -> 512 (square), '800x1333' -> (800, 1333) (height x width)."""
+    try:
+        parts = [int(v) for v in text.lower().split('x')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must look like 512 or 800x1333, got {text!r}') from None
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f'size must look like 512 or 800x1333, got {text!r}')
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def size_label(size) -> str:
+    return f'{size}²' if isinstance(size, int) else f'{size[0]}×{size[1]}'
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg', 'points'])
-    parser.add_argument('--size', type=int, default=512, help='square input size')
+    parser.add_argument('--size', type=parse_size, default=512,
+                        help='input size: 512 (square) or, for dino, HxW such as 800x1333')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--iters', type=int, default=3, help='timed steps per variant')
     parser.add_argument('--warmup', type=int, default=1)
@@ -83,10 +105,19 @@ def parse_args(argv=None):
                         help='extra Dr²Net variants: dr2net_fp32 dr2net_seg4 (swin, vit), '
                         'dr2net_one_segment (points)')
     parser.add_argument('--out', default=None, help='output path without extension')
+    parser.add_argument('--rss', action='store_true',
+                        help='also measure each variant\'s resident high-water mark in a fresh '
+                        'process (the second, independent peak; Linux)')
+    parser.add_argument('--rss-child', default=None, help=argparse.SUPPRESS)  # SETTING:VARIANT
+    parser.add_argument('--rss-out', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.size < 32 or args.batch < 1 or args.iters < 1:
+    sizes = [args.size] if isinstance(args.size, int) else list(args.size)
+    if min(sizes) < 32 or args.batch < 1 or args.iters < 1:
         parser.error(f'--size {args.size}, --batch {args.batch}, --iters {args.iters}: '
                      'need size >= 32, batch >= 1, iters >= 1')
+    if not isinstance(args.size, int) and args.model != 'dino':
+        parser.error(f'--size {size_label(args.size)}: only dino takes HxW; {args.model} takes one '
+                     'square size such as 512')
     if args.model == 'points' and args.points < 2048:
         parser.error(f'--points {args.points}: the S3DIS configs tokenize crops into 1536 centres '
                      'and need at least 2048 points per crop')
@@ -109,7 +140,7 @@ def settings(args) -> Dict[str, list]:
         extra = ('dr2net_fp32', ) if args.extra is None else tuple(args.extra)
         out_indices = tuple(args.out_indices) if args.out_indices else (0, 1, 2, 3)
         return {
-            f'Swin depths {"-".join(map(str, d))}, embed {args.embed_dims}, {args.size}², batch '
+            f'Swin depths {"-".join(map(str, d))}, embed {args.embed_dims}, {size_label(args.size)}, batch '
             f'{args.batch}': swin_variants(args.size, args.batch, d, args.embed_dims, heads,
                                            out_indices=out_indices, device=device, extra=extra)
             for d in args.depths
@@ -138,11 +169,13 @@ def settings(args) -> Dict[str, list]:
         return {f'Pix4Point ViT-S S3DIS, {args.points} points / 1536 tokens, batch {args.batch}':
                 points_variants(configs, args.points, args.batch)}
     configs = {name: os.path.join(ROOT, path) for name, path in DINO_CONFIGS.items()}
-    return {f'DINO-4scale Swin-T, {args.size}², batch {args.batch}':
+    return {f'DINO-4scale Swin-T, {size_label(args.size)}, batch {args.batch}':
             detector_variants(configs, args.size, args.batch)}
 
 
 def plot(report: dict, path: str) -> None:
+    """Peak memory and step time per variant and setting, each bar labelled with its value (the
+    figures of the same run's table); a resident-memory peak, when measured, is the black tick."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -150,17 +183,25 @@ def plot(report: dict, path: str) -> None:
     names = []
     for results in report['settings'].values():
         names += [r['name'] for r in results if r['name'] not in names]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.8 / len(names)
     for k, name in enumerate(names):
-        for ax, key in zip(axes, ('peak_mb', 'step_ms')):
-            values = [next((r[key] for r in report['settings'][s] if r['name'] == name), 0)
-                      for s in labels]
-            ax.bar([i + k * width for i in range(len(labels))], values, width, label=name)
+        rows = [next((r for r in report['settings'][s] if r['name'] == name), None) for s in labels]
+        xs = [i + k * width for i in range(len(labels))]
+        for ax, key, fmt in zip(axes, ('peak_mb', 'step_ms'), ('{:.0f}', '{:.0f}')):
+            values = [r[key] if r else 0 for r in rows]
+            bars = ax.bar(xs, values, width, label=name)
+            ax.bar_label(bars, [fmt.format(v) if v else '' for v in values], fontsize=7,
+                         rotation=90, padding=2)
+        rss = [(x, r['rss_peak_mb']) for x, r in zip(xs, rows) if r and r.get('rss_peak_mb')]
+        if rss:
+            axes[0].scatter(*zip(*rss), marker='_', s=200, color='black', zorder=3,
+                            label='resident peak' if k == 0 else None)
     for ax, title in zip(axes, ('peak memory of a training step (MB)', 'step time (ms)')):
         ax.set_title(title)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
-        ax.set_xticklabels([s.split(',')[0] for s in labels], fontsize=8)
+        ax.set_xticklabels([s.split(',')[0] if len(labels) > 1 else s for s in labels], fontsize=8)
+        ax.margins(y=0.2)
     axes[0].legend(fontsize=8)
     fig.suptitle(f'{report["model"]} on {report["device_name"]} ({report["date"]})', fontsize=9)
     fig.tight_layout()
@@ -168,8 +209,47 @@ def plot(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+def rss_child(args) -> None:
+    """Measure one variant's resident peak in this (fresh) process and write it as JSON."""
+    setting, name = args.rss_child.split(':', 1)
+    variants = list(settings(args).values())[int(setting)]
+    variant = next(v for v in variants if v.name == name)
+    model = variant.build()
+    model.train()
+
+    def step():
+        variant.forward_loss(model).backward()
+
+    for _ in range(max(args.warmup, 1)):  # allocates the .grad buffers, as measure() does
+        step()
+    peak = median_resident_peak_bytes(step, args.iters)
+    with open(args.rss_out, 'w') as f:
+        json.dump(dict(rss_peak_mb=peak / MB), f)
+
+
+def resident_peaks(argv: List[str], setting: int, names: List[str]) -> Dict[str, float]:
+    """The resident peak of each variant, each in a fresh process (see :func:`rss_child`)."""
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            out = os.path.join(tmp, 'rss.json')
+            cmd = [sys.executable, os.path.abspath(__file__), *argv, '--rss-child',
+                   f'{setting}:{name}', '--rss-out', out]
+            subprocess.run(cmd, check=True, env=child_env(), stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                peaks[name] = json.load(f)['rss_peak_mb']
+            print(f'    {name}: resident peak {peaks[name]:8.1f} MB', flush=True)
+    return peaks
+
+
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.rss_child:
+        return rss_child(args)
+    if args.rss and not rss_available():
+        raise SystemExit('--rss needs Linux /proc/self/clear_refs (resident high-water mark); '
+                         'run without --rss here')
     device = torch.device(args.device)
     report = dict(model=args.model, args=vars(args), date=time.strftime('%Y-%m-%d'),
                   device=args.device, torch=torch.__version__,
@@ -178,10 +258,15 @@ def main(argv=None) -> dict:
                                f'{torch.get_num_threads()} threads'),
                   settings={})
     tables = []
-    for label, variants in settings(args).items():
+    for index, (label, variants) in enumerate(settings(args).items()):
         print(f'== {label}', flush=True)
         results = compare(variants, device, iters=args.iters, warmup=args.warmup,
                           log=lambda line: print(line, flush=True))
+        if args.rss and device.type == 'cpu':
+            peaks = resident_peaks([a for a in argv if a != '--rss'], index,
+                                   [r.name for r in results])
+            for r in results:
+                r.rss_peak_mb = peaks[r.name]
         report['settings'][label] = [r.as_dict() for r in results]
         tables.append(markdown_table(results, label))
     text = '\n\n'.join(tables)
@@ -191,7 +276,7 @@ def main(argv=None) -> dict:
         with open(args.out + '.json', 'w') as f:
             json.dump(report, f, indent=1)
         with open(args.out + '.md', 'w') as f:
-            f.write(f'`python tools/benchmark.py {" ".join(argv or sys.argv[1:])}` — '
+            f.write(f'`python tools/benchmark.py {" ".join(argv)}` — '
                     f'{report["device_name"]}, torch {report["torch"]}, {report["date"]}\n\n'
                     f'{text}\n')
         plot(report, args.out + '.png')

@@ -1,5 +1,7 @@
 """Synthetic training batches for the benchmark variants, in the format each model's dataloader gives:
 image tensors, mmdet / mmseg batches and Pix4Point point crops (random, seeded)."""
+from typing import Tuple, Union
+
 import torch
 from torch import Tensor, nn
 
@@ -11,19 +13,23 @@ def image_batch(batch: int, size: int, device: torch.device, seed: int = 0) -> T
     return torch.randn(batch, 3, size, size, generator=gen).to(device)
 
 
-def detector_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict:
-    """A synthetic mmdet training batch: images and 3 random boxes per image."""
+def detector_batch(batch: int, size: Union[int, Tuple[int, int]], num_classes: int,
+                   seed: int = 0) -> dict:
+    """A synthetic mmdet training batch: images of ``size`` (an int for squares, or (h, w)) and 3
+    random boxes per image."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
     gen = torch.Generator().manual_seed(seed)
     inputs, samples = [], []
     for _ in range(batch):
-        inputs.append((torch.rand(3, size, size, generator=gen) * 255).to(torch.uint8))
-        xy = torch.rand(3, 2, generator=gen) * size * 0.6
-        wh = torch.rand(3, 2, generator=gen) * size * 0.3 + size * 0.05
-        sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
-                                             scale_factor=(1.0, 1.0), pad_shape=(size, size),
-                                             batch_input_shape=(size, size)))
+        inputs.append((torch.rand(3, h, w, generator=gen) * 255).to(torch.uint8))
+        extent = torch.tensor([w, h], dtype=torch.float32)
+        xy = torch.rand(3, 2, generator=gen) * extent * 0.6
+        wh = torch.rand(3, 2, generator=gen) * extent * 0.3 + extent * 0.05
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             scale_factor=(1.0, 1.0), pad_shape=(h, w),
+                                             batch_input_shape=(h, w)))
         sample.gt_instances = InstanceData(
             bboxes=torch.cat([xy, xy + wh], 1),
             labels=torch.randint(0, num_classes, (3, ), generator=gen))

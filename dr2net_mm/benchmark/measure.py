@@ -8,7 +8,9 @@ Per variant (a constructor for a model in train mode plus an input and a loss):
   recomputation of reversible stages) above what was allocated before it. Gradient buffers already
   exist (a warm-up step allocated them), so this is activations plus transients. CUDA:
   ``max_memory_allocated`` after ``reset_peak_memory_stats``; CPU: the peak of live bytes from
-  ``torch.profiler``'s allocation events (not RSS, which the allocator and imports blur);
+  ``torch.profiler``'s allocation events; the median over ``iters`` steps. A second, independent
+  figure, the process's resident high-water mark, comes from :mod:`.rss` (``rss_peak_mb``, filled in
+  by ``tools/benchmark.py``, one fresh process per variant);
 * ``step_ms``: median wall time of a training step over ``iters`` steps after ``warmup`` steps.
 
 ``compare`` runs variants one after another in one process (so ratios hold on a noisy machine) and
@@ -46,6 +48,7 @@ class Measurement:
     step_ms: float
     params_m: float
     ratios: Optional[Dict[str, float]] = None
+    rss_peak_mb: Optional[float] = None  # the second measurement (see .rss), when taken
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,9 +100,9 @@ def measure(variant: Variant, device: torch.device, iters: int = 5, warmup: int 
     del loss
     gc.collect()
     if device.type == 'cuda':
-        peak = _cuda_peak_bytes(step, device)
+        peak = statistics.median(_cuda_peak_bytes(step, device) for _ in range(iters))
     else:
-        peak = _cpu_peak_bytes(step)
+        peak = statistics.median(_cpu_peak_bytes(step) for _ in range(iters))
     times = []
     for _ in range(iters):
         sync()
@@ -139,18 +142,21 @@ def compare(variants: Sequence[Variant], device: torch.device, iters: int = 5, w
 
 
 def markdown_table(results: Sequence[Measurement], title: str = '') -> str:
-    """The results as a markdown table (ratios to conventional and checkpointing when known)."""
+    """The results as a markdown table (ratios to conventional and checkpointing when known; the
+    resident-memory peak and its ratio to the allocator peak when measured)."""
     lines = [f'#### {title}', ''] if title else []
-    lines += ['| variant | saved for backward (MB) | peak step memory (MB) | step time (ms) | '
-              'peak / conventional | peak / checkpointing | time / conventional |',
-              '|---|---:|---:|---:|---:|---:|---:|']
+    lines += ['| variant | saved for backward (MB) | peak step memory (MB) | peak, resident (MB) | '
+              'step time (ms) | peak / conventional | peak / checkpointing | time / conventional | '
+              'time / checkpointing |',
+              '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
 
     def ratio(r, key):
         value = (r.ratios or {}).get(key)
         return f'{value:.2f}' if value is not None else '—'
 
     for r in results:
-        lines.append(f'| {r.name} | {r.saved_mb:.1f} | {r.peak_mb:.1f} | {r.step_ms:.0f} | '
+        rss = '—' if r.rss_peak_mb is None else f'{r.rss_peak_mb:.1f} ({r.rss_peak_mb / r.peak_mb:.2f}×)'
+        lines.append(f'| {r.name} | {r.saved_mb:.1f} | {r.peak_mb:.1f} | {rss} | {r.step_ms:.0f} | '
                      f'{ratio(r, "peak_vs_conventional")} | {ratio(r, "peak_vs_checkpointing")} | '
-                     f'{ratio(r, "time_vs_conventional")} |')
+                     f'{ratio(r, "time_vs_conventional")} | {ratio(r, "time_vs_checkpointing")} |')
     return '\n'.join(lines)

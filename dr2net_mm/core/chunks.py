@@ -56,10 +56,14 @@ def draws_random(module) -> bool:
 
 
 def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tensor:
-    """``function(inp, *args)``, part by part when the function has a plan (no gradients)."""
+    """``function(inp, *args)``, part by part when the function has a plan. Without gradients the
+    parts are written into one buffer; with gradients (the reference mode in training) they are
+    concatenated, so that every training mode computes F with the same parts."""
     plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
     if plan is None:
         return function(inp, *args)
+    if torch.is_grad_enabled():
+        return plan.merge(torch.cat([plan.body(plan.inputs[p], p) for p in plan.parts]))
     out = None
     for part in plan.parts:
         piece = plan.body(plan.inputs[part], part)

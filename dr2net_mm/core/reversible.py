@@ -468,14 +468,16 @@ class ReversibleSequence(nn.Module):
 
     def _plain_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                        stream_dtype: torch.dtype) -> List[Tensor]:
-        """Eq. 1 with ordinary autograd (or none, under no_grad)."""
+        """Eq. 1 with ordinary autograd (or none, under no_grad). In training with gradients the
+        branches run by their plans, as in the reversible mode (the same F in both)."""
         alpha, beta = self.alpha, self.beta
+        by_parts = self.training and torch.is_grad_enabled()
         x = x0.to(stream_dtype)
         y = beta * x if beta != 0.0 else None
         outputs = []
         for i, function in enumerate(self.functions, 1):
             inp = branch_input(x, x0.dtype)
-            f = function(inp, *args)
+            f = run_branch(function, inp, args) if by_parts else function(inp, *args)
             _check_shape(i, function, inp, f)
             x, y = dual_residual_step(f.to(stream_dtype), x, y, alpha), \
                 (beta * x if beta != 0.0 else None)

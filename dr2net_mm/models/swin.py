@@ -82,7 +82,7 @@ class SwinAttentionBranch(nn.Module):
         windows of ``norm1(x)`` ``(B·nW, ws², C)``, ``body`` is the window attention of a run of windows
         of one image, ``merge`` reverses windows and shift and applies drop path, as ``ShiftWindowMSA``."""
         attn = self.attn
-        if draws_random(attn.w_msa):
+        if use_checkpoint or draws_random(attn.w_msa):
             return None
         B, L, C = x.shape
         H, W = hw_shape
@@ -98,12 +98,19 @@ class SwinAttentionBranch(nn.Module):
         n_windows = (H_pad // ws) * (W_pad // ws)
         heads = attn.w_msa.num_heads
         row_elements = max(3 * ws * ws * C, heads * ws**4)  # qkv, or the attention matrix
-        parts = [slice(b * n_windows + p.start, b * n_windows + p.stop)
-                 for b in range(B) for p in row_parts(n_windows, row_elements)]
+        if len(row_parts(n_windows, row_elements)) == 1:  # whole images per part
+            parts = row_parts(B * n_windows, row_elements, align=n_windows)
+        else:  # runs of windows inside each image
+            parts = [slice(b * n_windows + p.start, b * n_windows + p.stop)
+                     for b in range(B) for p in row_parts(n_windows, row_elements)]
+        if len(parts) == 1:
+            return None  # the whole branch is one part: run it as it is
 
         def body(h: Tensor, part: slice) -> Tensor:
+            if mask is None or (part.start % n_windows == 0 and h.shape[0] % n_windows == 0):
+                return attn.w_msa(h, mask=mask)
             start = part.start % n_windows
-            return attn.w_msa(h, mask=None if mask is None else mask[start:start + h.shape[0]])
+            return attn.w_msa(h, mask=mask[start:start + h.shape[0]])
 
         def merge(out: Tensor) -> Tensor:
             y = attn.window_reverse(out.view(-1, ws, ws, C), H_pad, W_pad)
@@ -155,7 +162,7 @@ class SwinFFNBranch(nn.Module):
         """The branch token by token (see ``dr2net_mm.core.chunks``): ``body`` is norm and FFN layers
         on rows of tokens, ``merge`` applies drop path per sample."""
         ffn = self.ffn
-        if draws_random(ffn.layers):
+        if use_checkpoint or draws_random(ffn.layers):
             return None
         B, L, C = x.shape
 
@@ -165,8 +172,10 @@ class SwinFFNBranch(nn.Module):
         def merge(out: Tensor) -> Tensor:
             return ffn.dropout_layer(out.view(B, L, C))
 
-        return BranchPlan(x.reshape(B * L, C), row_parts(B * L, ffn.feedforward_channels), body,
-                          merge)
+        parts = row_parts(B * L, ffn.feedforward_channels)
+        if len(parts) == 1:
+            return None  # the whole branch is one part: run it as it is
+        return BranchPlan(x.reshape(B * L, C), parts, body, merge)
 
 
 class Dr2NetSwinStage(BaseModule):

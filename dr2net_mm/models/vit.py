@@ -99,7 +99,10 @@ class ViTMLPBranch(nn.Module):
         def merge(out: Tensor) -> Tensor:
             return self.drop_path2(out.view(B, N, C))
 
-        return BranchPlan(x.reshape(B * N, C), row_parts(B * N, hidden), body, merge)
+        parts = row_parts(B * N, hidden)
+        if len(parts) == 1:
+            return None  # the whole branch is one part: run it as it is
+        return BranchPlan(x.reshape(B * N, C), parts, body, merge)
 
 
 @MODELS.register_module()
