@@ -18,7 +18,7 @@ fire once when autograd reaches it), a fresh buffer that the node returns when t
 (``torch.autograd.grad``), or None when nobody asked for it.
 """
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,3 +103,15 @@ def gradients_into(function: nn.Module, targets: Dict[int, Optional[Tensor]],
             module._parameters[name] = param
         for proxy in proxies.values():
             proxy.grad = None
+
+
+def accumulates_into_grad(node: Any) -> Optional[bool]:
+    """For a parameter's gradient-accumulator node seen from a running backward: True when that
+    backward adds into ``.grad`` (``loss.backward()``), None when ``torch.autograd.grad`` captures the
+    gradient, False when nobody needs it."""
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (RuntimeError, AttributeError):  # autograd.grad() (or a torch without the query)
+        return None

@@ -44,7 +44,7 @@ from torch.autograd.function import once_differentiable
 from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .autocast import autocast_state
 from .chunks import backward_by_parts, run_branch
-from .param_grads import gradients_into
+from .param_grads import accumulates_into_grad, gradients_into
 from .rng import capture_rng_state, replay_rng_state
 from .streams import pack_stream, unpack_stream
 
@@ -90,18 +90,6 @@ def _relative_norm(error: Tensor, reference: Tensor) -> Tensor:
     ref = torch.linalg.vector_norm(reference, dtype=torch.float64)
     return torch.linalg.vector_norm(error, dtype=torch.float64) / ref.clamp_min(
         torch.finfo(torch.float64).tiny)
-
-
-def _accumulates(node: Any) -> Optional[bool]:
-    """For a parameter's gradient-accumulator node seen from a running backward: True when that
-    backward adds into ``.grad`` (``loss.backward()``), None when ``torch.autograd.grad`` captures the
-    gradient, False when nobody needs it."""
-    if node is None:
-        return False
-    try:
-        return bool(torch._C._will_engine_execute_node(node))
-    except (RuntimeError, AttributeError):  # autograd.grad() (or a torch without the query)
-        return None
 
 
 class _Run:
@@ -282,7 +270,7 @@ class _StepFunction(torch.autograd.Function):
         targets: Dict[int, Optional[Tensor]] = {}
         returned: List[Optional[Tensor]] = []
         for k, param in enumerate(run.params_per_function[i - 1]):
-            mode = _accumulates(ctx.next_functions[1 + k][0]) if gx is not None else False
+            mode = accumulates_into_grad(ctx.next_functions[1 + k][0]) if gx is not None else False
             target = None
             if mode:
                 if param.grad is None:
