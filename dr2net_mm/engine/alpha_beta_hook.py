@@ -74,50 +74,13 @@ class AlphaBetaHook(Hook):
     (:meth:`coefficients_at`), so a run resumed from a checkpoint continues with exactly the values of
     an uninterrupted run.
 
-    **Which modules.** Before training the hook lists, in the unwrapped model (DDP/FSDP/MMEngine
-    wrappers removed), the outermost modules with a ``set_coefficients(alpha, beta)`` method
-    (``Dr2NetSwin``/``Dr2NetViT``, which keep α/β as buffers in the checkpoint and propagate them to
-    their stages, or bare :class:`~dr2net_mm.core.ReversibleSequence` stages), and sets (α, β) on them
-    at ``before_train`` and before every training iteration. It never touches them at validation or
-    test time, so evaluation during and after training uses the current values.
-
-    **Logging.** Each training iteration it pushes ``train/alpha``, ``train/beta``,
-    ``train/reconstruction_error`` (worst relative reconstruction error over all reversible stages of
-    that iteration's backward passes; NaN if non-finite; absent when no reversible backward ran) and
-    ``train/skipped_steps`` (optimizer steps dropped by the guard so far) to the message hub, so they
-    appear in the log lines and in every visualizer backend (``vis_data/scalars.json``, TensorBoard).
-
-    **Guard** (``guard=True``). When the reconstruction error of any reversible backward since the last
-    optimizer step is non-finite or above ``max_error`` (None: each stage's own ``max_error``, which
-    by default flags only non-finite errors: at the start point (1, 0.1) a deep stage's error is of
-    order 1 even with float64 streams, and the paper trains through that regime), the
-    optimizer step of that iteration is skipped: a ``torch.optim.Optimizer`` step pre-hook (installed
-    on the wrapped optimizer(s) in ``before_train``, removed in ``after_train``) sets every parameter's
-    ``.grad`` to None, so SGD/AdamW & co. leave the weights and their own state (momentum, moments,
-    step counts) unchanged. It runs only when the step actually happens (with ``accumulative_counts`` it
-    checks every micro-batch since the previous step), also under ``AmpOptimWrapper`` (the GradScaler
-    calls ``optimizer.step()``; its loss scale still updates as usual). In distributed training the
-    decision is all-reduced, so all ranks skip together. Learning-rate schedulers and the iteration
-    counter advance as usual. Each skip logs a warning and increments ``train/skipped_steps``.
-
-    **Error-aware mode** (``target_error`` set; beyond the paper). Instead of reaching ``end`` at a fixed
-    τ, the hook walks the same path in η-steps, step ``k`` being the point of progress
-    ``p_k = min(1, k·η/τ)`` (τ = ``end_iter``/``end_epoch`` if given, else ``path_steps·η``: the path
-    in ``path_steps`` steps). At the end of every η-iteration window it compares the worst
-    reconstruction error measured in the window (all stages, all iterations; a window without any
-    reversible backward counts as exact) with ``target_error``:
-
-    - below target: the window is good; after ``patience`` consecutive good windows at the same point
-      the hook stops there for the rest of training (logs the chosen end point);
-    - otherwise (including non-finite): the count resets and the hook advances one step; at the last
-      step (``end``) it stops anyway and warns that the target was not met.
-
-    So it keeps the first point of the path, i.e. the one closest to the pretrained network, whose error
-    stays below the target for ``patience`` windows. This state (step, good-window count, stopped flag,
-    worst error of the open window, chosen end point) and the guard's counter are saved in
-    ``checkpoint['meta']['alpha_beta_hook']`` (``before_save_checkpoint``) and restored on resume
-    (``after_load_checkpoint`` + ``before_train``), so a resumed run continues identically. A checkpoint
-    loaded with ``load_from`` but not resumed (``runner.iter == 0``) starts the schedule afresh.
+    **Which modules, logging, guard, error-aware mode**: ``docs/alpha_beta_hook.md`` states them in
+    full. In short: the hook sets (α, β) on the outermost modules with ``set_coefficients`` (never at
+    validation/test time); logs ``train/alpha``, ``train/beta``, ``train/reconstruction_error`` and
+    ``train/skipped_steps``; with ``guard`` drops the optimizer step after an imprecise reversible
+    backward (all ranks together); with ``target_error`` stops on the path at the first point whose
+    error stays below the target for ``patience`` η-windows. Its state is saved in
+    ``checkpoint['meta']['alpha_beta_hook']`` and restored on resume.
 
     Args:
         start, end: the (α, β) pairs at the start and the update end point; ``end`` must not be before
