@@ -201,6 +201,7 @@ class _Run:
                 f = backward_by_parts(plan, gx, rng)
         return f, inp.grad if need_x else None
 
+
 class _StepFunction(torch.autograd.Function):
     """One function of the stage as one autograd node: (x_{i-1}, y_{i-1}) -> (x_i, y_i) by Eq. 1.
 
