@@ -152,5 +152,9 @@ def test_benchmark_rss_runs_each_variant_in_a_fresh_process(tmp_path):
 def test_benchmark_dino_takes_height_by_width():
     args = tool('benchmark')['parse_args'](['dino', '--size', '800x1333', '--batch', '1'])
     assert args.size == (800, 1333)
+    assert tool('benchmark')['parse_args'](['dino', '--extra', 'dr2net_one_segment']).extra == [
+        'dr2net_one_segment']
+    with pytest.raises(SystemExit):
+        tool('benchmark')['parse_args'](['dino', '--extra', 'dr2net_fp32'])
     with pytest.raises(SystemExit):
         tool('benchmark')['parse_args'](['swin', '--size', '800x1333'])

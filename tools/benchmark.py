@@ -103,7 +103,7 @@ def parse_args(argv=None):
                         help='backbone outputs (Swin default 0 1 2 3; ViT default -1)')
     parser.add_argument('--extra', nargs='*', default=None,
                         help='extra Dr²Net variants: dr2net_fp32 dr2net_seg4 (swin, vit), '
-                        'dr2net_one_segment (points)')
+                        'dr2net_one_segment (points, dino: the config with segment_size=None)')
     parser.add_argument('--out', default=None, help='output path without extension')
     parser.add_argument('--rss', action='store_true',
                         help='also measure each variant\'s resident high-water mark in a fresh '
@@ -122,8 +122,8 @@ def parse_args(argv=None):
         parser.error(f'--points {args.points}: the S3DIS configs tokenize crops into 1536 centres '
                      'and need at least 2048 points per crop')
     unknown = sorted(set(args.extra or ()) - {'dr2net_one_segment'})
-    if args.model == 'points' and unknown:
-        parser.error(f'--extra {" ".join(unknown)}: points has one extra variant, '
+    if args.model in ('points', 'dino') and unknown:
+        parser.error(f'--extra {" ".join(unknown)}: {args.model} has one extra variant, '
                      'dr2net_one_segment')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
@@ -161,16 +161,23 @@ def settings(args) -> Dict[str, list]:
             for segmentor in args.segmentors
         }
     if args.model == 'points':
-        configs = {name: os.path.join(ROOT, path) for name, path in POINTS_CONFIGS.items()}
-        for name in args.extra or ():  # dr2net_one_segment (checked in parse_args)
-            one_segment = Config.fromfile(configs['dr2net'])
-            one_segment.model.backbone.segment_size = None
-            configs[name] = one_segment
+        configs = with_one_segment(POINTS_CONFIGS, args.extra)
         return {f'Pix4Point ViT-S S3DIS, {args.points} points / 1536 tokens, batch {args.batch}':
                 points_variants(configs, args.points, args.batch)}
-    configs = {name: os.path.join(ROOT, path) for name, path in DINO_CONFIGS.items()}
+    configs = with_one_segment(DINO_CONFIGS, args.extra)
     return {f'DINO-4scale Swin-T, {size_label(args.size)}, batch {args.batch}':
             detector_variants(configs, args.size, args.batch)}
+
+
+def with_one_segment(paths: Dict[str, str], extra) -> Dict[str, object]:
+    """The configs by variant name, plus ``dr2net_one_segment`` (the Dr²Net config with the
+    backbone's default ``segment_size=None``) when ``extra`` names it (checked in parse_args)."""
+    configs = {name: os.path.join(ROOT, path) for name, path in paths.items()}
+    for name in extra or ():
+        one_segment = Config.fromfile(configs['dr2net'])
+        one_segment.model.backbone.segment_size = None
+        configs[name] = one_segment
+    return configs
 
 
 def plot(report: dict, path: str) -> None:
