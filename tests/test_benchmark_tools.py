@@ -125,17 +125,24 @@ def test_grad_error_map_writes_maps_and_reports_the_floor(tmp_path):
 
 
 def test_resident_peak_counts_what_a_step_touches():
-    """The second peak measurement (dr2net_mm.benchmark.rss): the resident high-water mark above
-    the resident size before the step."""
-    import torch
+    """The second peak measurement (dr2net_mm.benchmark.rss), taken as tools/benchmark.py takes it:
+    in a fresh process with the child environment, the resident high-water mark above the resident
+    size before the step."""
+    import subprocess
+    import sys
 
     from dr2net_mm.benchmark import rss
     if not rss.available():
         pytest.skip('no /proc/self/clear_refs (not Linux)')
+    script = ('import torch; from dr2net_mm.benchmark import rss; '
+              'print(rss.resident_peak_bytes(lambda: torch.ones(2**24).sum()), '
+              'rss.resident_peak_bytes(lambda: None))')
+    out = subprocess.run([sys.executable, '-c', script], env=rss.child_env(), cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.split()
+    touched, nothing = int(out[-2]), int(out[-1])
     mib = 2**20
-    touched = rss.resident_peak_bytes(lambda: torch.ones(64 * mib // 4).sum())
     assert 60 * mib <= touched < 68 * mib  # 64 MiB, give or take pages released meanwhile
-    assert rss.resident_peak_bytes(lambda: None) < 4 * mib
+    assert nothing < 4 * mib
     assert rss.child_env()['MALLOC_MMAP_THRESHOLD_'] == '65536'
 
 
