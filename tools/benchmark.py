@@ -195,10 +195,10 @@ def plot(report: dict, path: str) -> None:
     for k, name in enumerate(names):
         rows = [next((r for r in report['settings'][s] if r['name'] == name), None) for s in labels]
         xs = [i + k * width for i in range(len(labels))]
-        for ax, key, fmt in zip(axes, ('peak_mb', 'step_ms'), ('{:.0f}', '{:.0f}')):
+        for ax, key in zip(axes, ('peak_mb', 'step_ms')):
             values = [r[key] if r else 0 for r in rows]
             bars = ax.bar(xs, values, width, label=name)
-            ax.bar_label(bars, [fmt.format(v) if v else '' for v in values], fontsize=7,
+            ax.bar_label(bars, [f'{v:.0f}' if v else '' for v in values], fontsize=7,
                          rotation=90, padding=2)
         rss = [(x, r['rss_peak_mb']) for x, r in zip(xs, rows) if r and r.get('rss_peak_mb')]
         if rss:

@@ -23,6 +23,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from .rng import replay_rng_state
 
@@ -51,7 +52,6 @@ def row_parts(rows: int, row_elements: int, part_elements: int = PART_ELEMENTS,
 def draws_random(module) -> bool:
     """Whether ``module`` draws random numbers as it runs (a dropout with p > 0 in training mode);
     such a module cannot sit in a plan's ``inputs`` or ``body``."""
-    from torch.nn.modules.dropout import _DropoutNd
     return any(isinstance(m, _DropoutNd) and m.p > 0 and m.training for m in module.modules())
 
 
