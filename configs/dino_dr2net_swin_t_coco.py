@@ -12,12 +12,10 @@ model = dict(
         alpha=1.0,
         beta=0.1,
         reversible=True,
-        stream_dtype='float64',
-        # Reversible segments of 4 branches (2 blocks) in the 12-branch third stage: at the start
-        # point (1, 0.1) the whole-stage inverse amplifies rounding ~11x per branch (gradient error
-        # 7e-2 at 112², Swin-T shape); segments of 4 bring it to fp32 autograd's own error (8e-7).
-        # Cost: 66 vs 54 MiB saved at 512² (mmdet with_cp: 70 MiB). See README, Precision.
-        segment_size=4))
+        # Exact streams (the default): every stage rebuilds its streams bit for bit at any (α, β),
+        # so one segment per stage gives fp32 autograd's own gradient error already at the start
+        # point (1, 0.1). The float64 alternative needs segment_size=4 there. See README, Precision.
+        stream_dtype='exact'))
 
 custom_hooks = [
     dict(

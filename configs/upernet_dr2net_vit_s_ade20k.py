@@ -26,10 +26,9 @@ model = dict(
         alpha=1.0,
         beta=0.1,
         reversible=True,
-        stream_dtype='float64',
-        # segments of 4 branches (2 blocks) bound the inverse's rounding error at (1, 0.1): at the
-        # floor of fp32 autograd (README, Precision), at 6 stream pairs instead of 1
-        segment_size=4,
+        # exact streams: bit-exact rebuilds, fp32-autograd precision at (1, 0.1) in one segment
+        # (README, Precision)
+        stream_dtype='exact',
         init_cfg=dict(type='Pretrained', checkpoint=mae_checkpoint)))
 
 custom_hooks = [

@@ -16,11 +16,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    'ArgumentTypeError', 'STREAM_DTYPES', 'check_bool', 'check_int', 'check_positive', 'check_size',
+    'ArgumentTypeError', 'STREAM_DTYPES', 'EXACT_STREAMS', 'check_bool', 'check_int',
+    'check_positive', 'check_size',
     'check_indices', 'check_segment_size', 'parse_stream_dtype', 'check_coefficients'
 ]
 
 STREAM_DTYPES = (torch.float32, torch.float64)
+EXACT_STREAMS = 'exact'  # fixed-point streams with an exact β buffer (dr2net_mm.core.streams)
 _STREAM_DTYPE_NAMES = {
     'float64': torch.float64, 'torch.float64': torch.float64, 'fp64': torch.float64,
     'double': torch.float64, 'float32': torch.float32, 'torch.float32': torch.float32,
@@ -108,21 +110,24 @@ def check_segment_size(value: Any) -> Optional[int]:
     return value
 
 
-def parse_stream_dtype(value: Union[torch.dtype, str]) -> torch.dtype:
-    """A stream dtype of :data:`STREAM_DTYPES`, given as a ``torch.dtype`` or by name (configs are
-    text: 'float64', 'float32', ...). Anything else is the wrong type of stream."""
+def parse_stream_dtype(value: Union[torch.dtype, str]) -> Union[torch.dtype, str]:
+    """A stream representation: ``'exact'`` (fixed point with an exact β buffer: bit-exact rebuilds,
+    the default) or a float dtype of :data:`STREAM_DTYPES`, given as a ``torch.dtype`` or by name
+    (configs are text: 'exact', 'float64', 'float32', ...). Returns ``'exact'`` or the dtype."""
+    choices = ("use 'exact' (bit-exact rebuilds, the default), 'float64' or 'float32' (or "
+               "torch.float64 / torch.float32)")
     if isinstance(value, str):
-        if value.strip().lower() not in _STREAM_DTYPE_NAMES:
-            raise ArgumentTypeError(f"stream_dtype={value!r} is not supported; use 'float64' "
-                                    "(precise, the default) or 'float32' (or torch.float64 / "
-                                    "torch.float32)")
-        return _STREAM_DTYPE_NAMES[value.strip().lower()]
+        name = value.strip().lower()
+        if name == EXACT_STREAMS:
+            return EXACT_STREAMS
+        if name not in _STREAM_DTYPE_NAMES:
+            raise ArgumentTypeError(f'stream_dtype={value!r} is not supported; {choices}')
+        return _STREAM_DTYPE_NAMES[name]
     if not isinstance(value, torch.dtype):
-        raise ArgumentTypeError(f'stream_dtype must be torch.float64, torch.float32 or their names, '
-                                f'got {value!r} ({type(value).__name__})')
+        raise ArgumentTypeError(f"stream_dtype must be 'exact', torch.float64 or torch.float32 (or "
+                                f'their names), got {value!r} ({type(value).__name__})')
     if value not in STREAM_DTYPES:
-        raise ArgumentTypeError(f'stream_dtype={value} is not supported; use torch.float64 '
-                                '(precise, the default) or torch.float32')
+        raise ArgumentTypeError(f'stream_dtype={value} is not supported; {choices}')
     return value
 
 

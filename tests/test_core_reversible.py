@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dr2net_mm.core import (ReversibleSequence, branch_input, count_saved_bytes, dual_residual_step,
                             gradient_error, set_reversible)
-from dr2net_mm.core.streams import pack_stream, unpack_stream
+from dr2net_mm.core.streams import ExactStreams, pack_stream, unpack_stream
 from toys import MLPBranch, make_input, make_stage
 
 ALPHA_BETA_GRID = [(a, b) for a in (0.0, 0.3, 0.7, 1.0) for b in (0.1, 0.3, 0.7, 1.0)]
@@ -144,18 +144,31 @@ def saved_bytes(stage, x, **kwargs):
     return saved.total
 
 
-def test_saved_bytes_do_not_grow_with_depth_and_are_one_stream_pair_per_segment():
+def test_float_streams_save_one_stream_pair_per_segment_whatever_the_depth():
     x = make_input()
     numel = x.numel()
-    shallow = saved_bytes(make_stage(n=4), x)
-    deep = saved_bytes(make_stage(n=24), x)
+    shallow = saved_bytes(make_stage(n=4, stream_dtype=torch.float64), x)
+    deep = saved_bytes(make_stage(n=24, stream_dtype=torch.float64), x)
     assert abs(deep - shallow) <= 0.05 * shallow
     # float64 streams: x_n as the float32 output + float32 remainder, y_n in float64 = 16 B/element
     assert abs(deep - 16 * numel) <= 0.01 * 16 * numel
-    segmented = saved_bytes(make_stage(n=24, segment_size=6), x)  # 4 segments: 4 stream pairs
-    assert abs(segmented - 4 * 16 * numel) <= 0.01 * 4 * 16 * numel
+    segmented = saved_bytes(make_stage(n=24, segment_size=6, stream_dtype=torch.float64), x)
+    assert abs(segmented - 4 * 16 * numel) <= 0.01 * 4 * 16 * numel  # 4 segments: 4 stream pairs
     float32_streams = saved_bytes(make_stage(n=24, stream_dtype=torch.float32), x)  # x_n is the output
     assert abs(float32_streams - 8 * numel) <= 0.01 * 8 * numel
+
+
+@pytest.mark.parametrize('alpha,beta', [(1.0, 0.1), (1.0, 0.01), (0.3, 0.7), (0.5, 0.5)])
+@pytest.mark.parametrize('n', [4, 12, 36])
+def test_exact_streams_save_one_stream_pair_plus_the_information_beta_discards(alpha, beta, n):
+    """Exact streams keep x_n (the float32 output + an int32 remainder) and y_n (int64): 16 B per
+    element, plus the β buffer: within 1.5x of the bound, log2(1/β) bits per element and function."""
+    x = make_input()
+    numel = x.numel()
+    bound = n * math.log2(1 / beta) / 8 * numel
+    saved = saved_bytes(make_stage(n=n, alpha=alpha, beta=beta), x)
+    buffer = saved - 16 * numel
+    assert bound <= buffer <= 1.5 * bound, (buffer / bound)
 
 
 def test_reference_mode_grows_linearly_with_depth():
@@ -593,7 +606,141 @@ def test_a_plan_lowers_the_backward_peak():
     for planned in (False, True):
         torch.manual_seed(0)
         cls = PlannedMLPBranch if planned else MLPBranch
-        stage = ReversibleSequence([cls(64) for _ in range(4)], alpha=0.5, beta=0.5).train()
+        stage = ReversibleSequence([cls(64) for _ in range(4)], alpha=0.5, beta=0.5,
+                                   stream_dtype=torch.float64).train()
         stage(x).pow(2).mean().backward()  # allocates the .grad buffers
         peaks[planned] = _cpu_peak_bytes(lambda: stage(x).pow(2).mean().backward())
     assert peaks[True] < 0.75 * peaks[False], peaks
+
+
+# 10. Exact streams: fixed point with an exact β buffer ------------------------------------------
+class RecordingExactStreams(ExactStreams):
+    """Exact streams that keep a copy of every stream the forward computes and the backward rebuilds:
+    forward[i] = (x_i, y_i), rebuilt[i] = (x_i', y_i')."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forward, self.rebuilt, self.pending_x = {}, {}, {}
+        self.position = 0
+
+    def start(self, x0):
+        x, y = super().start(x0)
+        self.forward[0] = (x.clone(), y.clone())
+        return x, y
+
+    def next_x(self, f, x, y):
+        self.position += 1
+        x_new = super().next_x(f, x, y)
+        self.pending_x[self.position] = x_new.clone()
+        return x_new
+
+    def next_y(self, x):
+        y_new = super().next_y(x)
+        self.forward[self.position] = (self.pending_x.pop(self.position), y_new.clone())
+        return y_new
+
+    def undo_beta(self, y):
+        self.x_prev = super().undo_beta(y)
+        return self.x_prev
+
+    def undo_step(self, x, f, x_prev):
+        y_prev = super().undo_step(x, f, x_prev)
+        self.rebuilt[len(self.forward) - 2 - len(self.rebuilt)] = (x_prev.clone(), y_prev.clone())
+        return y_prev
+
+
+def recorded_run(monkeypatch, stage, x):
+    """Train-mode forward and backward of ``stage``, recording the exact streams."""
+    import dr2net_mm.core.reversible as engine
+    runs = []
+
+    def arithmetic(*args, **kwargs):
+        runs.append(RecordingExactStreams(*args[1:], **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(engine, 'stream_arithmetic', arithmetic)
+    out = stage(x.clone().requires_grad_(True))
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return runs[0]
+
+
+EXACT_GRID = sorted(set(ALPHA_BETA_GRID) | {(1.0, 0.1), (1.0, 0.01), (0.3, 0.7), (0.0, 0.05)})
+
+
+@pytest.mark.parametrize('alpha,beta', EXACT_GRID)
+def test_exact_streams_rebuild_every_stream_bit_for_bit(monkeypatch, alpha, beta):
+    """Every (x_i, y_i) that Eq. 2 rebuilds equals the forward's bit for bit (torch.equal), over an
+    α×β grid including the start point (1, 0.1), (1, 0.01) and the end point (0.3, 0.7), with drop
+    path on; the monitor reads exactly 0."""
+    n = 12
+    stage = make_stage(n=n, alpha=alpha, beta=beta, drop_path=0.2)
+    assert stage.stream_dtype == 'exact'  # the default
+    torch.manual_seed(0)
+    run = recorded_run(monkeypatch, stage, make_input())
+    assert sorted(run.forward) == list(range(n + 1)) and sorted(run.rebuilt) == list(range(n))
+    for i in range(n):
+        assert torch.equal(run.rebuilt[i][0], run.forward[i][0]), (alpha, beta, i, 'x')
+        assert torch.equal(run.rebuilt[i][1], run.forward[i][1]), (alpha, beta, i, 'y')
+    assert stage.reconstruction_error() == 0.0
+
+
+def test_exact_streams_rebuild_bit_for_bit_across_segments(monkeypatch):
+    stage = make_stage(n=12, alpha=1.0, beta=0.1, segment_size=5)
+    run = recorded_run(monkeypatch, stage, make_input())
+    assert all(torch.equal(run.rebuilt[i][k], run.forward[i][k]) for i in range(12) for k in (0, 1))
+    assert stage.reconstruction_errors.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_exact_reference_mode_computes_the_reversible_modes_values_bitwise():
+    stage = make_stage(n=12, alpha=1.0, beta=0.1, drop_path=0.2)
+    x = make_input()
+    _, _, out_rev = grads_of(stage, x, seed=3, reversible=True)
+    gx_ref, _, out_ref = grads_of(stage, x, seed=3, reversible=False)
+    assert torch.equal(out_rev, out_ref)
+
+
+def test_exact_streams_leave_their_range_with_a_clear_error():
+    stage = make_stage(n=4, alpha=1.0, beta=0.5)
+    x = make_input() * 3e6  # |x| >= 2^21
+    with pytest.raises(OverflowError, match=r"reached \|x\| = .*outside the exact fixed-point "
+                                            r"streams' range \|x\| < 2\^21.*stream_dtype='float64'"):
+        stage(x.requires_grad_(True))
+    stage(make_input().requires_grad_(True)).sum().backward()  # the stage still works afterwards
+    assert stage.reconstruction_error() == 0.0
+
+
+def test_beta_is_the_nearest_small_fraction_in_every_mode():
+    """β is used as n/d with d <= 2^10 (the exact buffer needs a fraction): the paper's values are
+    exact, any other within 1e-6; every stream mode multiplies by the same number."""
+    for beta in (0.1, 0.7, 0.01, 0.5, 1.0):
+        assert ReversibleSequence([MLPBranch(8)], beta=beta).beta == beta
+    stage = ReversibleSequence([MLPBranch(8)], beta=0.43721)
+    assert stage.beta != 0.43721 and abs(stage.beta - 0.43721) < 1e-6
+    assert ReversibleSequence([MLPBranch(8)], beta=0.0, reversible=False).beta == 0.0
+
+
+@pytest.mark.parametrize('beta', [0.1, 0.01, 0.7, 0.3, 0.999, 1 / 1024, 0.43721, 1.0])
+def test_beta_buffer_multiplies_exactly_and_divides_back(beta):
+    from dr2net_mm.core.beta_buffer import BetaBuffer, buffer_bits
+    from dr2net_mm.core.fixed_point import LIMIT, beta_fraction, scale_floor
+    n, d = beta_fraction(beta)
+    gen = torch.Generator().manual_seed(0)
+    shape = torch.Size((333, 3))
+    x = torch.randint(-LIMIT // 4, LIMIT // 4, shape, generator=gen, dtype=torch.int64)
+    x[0, :] = torch.tensor([LIMIT - 1, -LIMIT, 0])
+    buffer, xs, ys = BetaBuffer(n, d, shape, x.device), [], []
+    for _ in range(30):
+        xs.append(x)
+        ys.append(buffer.multiply(x))
+        assert ((ys[-1] - scale_floor(x, n, d)).abs() < max(n, 1)).all()  # |Y − β·X| < n units
+        x = ys[-1] + torch.randint(-2**40, 2**40, shape, generator=gen, dtype=torch.int64)
+    assert len(buffer.pack()) == 0 if n == d else buffer.bounds[-1].bit_length() == buffer_bits(
+        n, d, 30)
+    # B_max + 1 <= (m + 1)·(d/n)^m: the information bound plus at most log2(m + 1) bits
+    assert buffer_bits(n, d, 30) <= math.ceil(30 * math.log2(d / n) + math.log2(31))
+    restored = BetaBuffer(n, d, shape, x.device)
+    restored.bounds = list(buffer.bounds)
+    restored.unpack(buffer.pack())
+    for k in reversed(range(30)):
+        assert torch.equal(restored.divide(ys[k].clone()), xs[k])
+    assert bool(restored.is_empty())

@@ -102,8 +102,8 @@ def parse_args(argv=None):
     parser.add_argument('--out-indices', type=int, nargs='+', default=None,
                         help='backbone outputs (Swin default 0 1 2 3; ViT default -1)')
     parser.add_argument('--extra', nargs='*', default=None,
-                        help='extra Dr²Net variants: dr2net_fp32 dr2net_seg4 (swin, vit), '
-                        'dr2net_one_segment (points, dino: the config with segment_size=None)')
+                        help='extra Dr²Net variants: dr2net_fp32 dr2net_f64 dr2net_f64_seg4 (swin, '
+                        'vit), dr2net_f64_seg4 (points, dino: float64 streams, segment_size=4)')
     parser.add_argument('--out', default=None, help='output path without extension')
     parser.add_argument('--rss', action='store_true',
                         help='also measure each variant\'s resident high-water mark in a fresh '
@@ -121,10 +121,10 @@ def parse_args(argv=None):
     if args.model == 'points' and args.points < 2048:
         parser.error(f'--points {args.points}: the S3DIS configs tokenize crops into 1536 centres '
                      'and need at least 2048 points per crop')
-    unknown = sorted(set(args.extra or ()) - {'dr2net_one_segment'})
+    unknown = sorted(set(args.extra or ()) - {'dr2net_f64_seg4'})
     if args.model in ('points', 'dino') and unknown:
         parser.error(f'--extra {" ".join(unknown)}: {args.model} has one extra variant, '
-                     'dr2net_one_segment')
+                     'dr2net_f64_seg4')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
                      'BatchNorm over 1x1 maps, which cannot train on one image)')
@@ -161,22 +161,23 @@ def settings(args) -> Dict[str, list]:
             for segmentor in args.segmentors
         }
     if args.model == 'points':
-        configs = with_one_segment(POINTS_CONFIGS, args.extra)
+        configs = with_float64_segments(POINTS_CONFIGS, args.extra)
         return {f'Pix4Point ViT-S S3DIS, {args.points} points / 1536 tokens, batch {args.batch}':
                 points_variants(configs, args.points, args.batch)}
-    configs = with_one_segment(DINO_CONFIGS, args.extra)
+    configs = with_float64_segments(DINO_CONFIGS, args.extra)
     return {f'DINO-4scale Swin-T, {size_label(args.size)}, batch {args.batch}':
             detector_variants(configs, args.size, args.batch)}
 
 
-def with_one_segment(paths: Dict[str, str], extra) -> Dict[str, object]:
-    """The configs by variant name, plus ``dr2net_one_segment`` (the Dr²Net config with the
-    backbone's default ``segment_size=None``) when ``extra`` names it (checked in parse_args)."""
+def with_float64_segments(paths: Dict[str, str], extra) -> Dict[str, object]:
+    """The configs by variant name, plus ``dr2net_f64_seg4`` (the Dr²Net config with float64
+    streams in segments of 4 branches instead of the default exact streams) when ``extra`` names it
+    (checked in parse_args)."""
     configs = {name: os.path.join(ROOT, path) for name, path in paths.items()}
     for name in extra or ():
-        one_segment = Config.fromfile(configs['dr2net'])
-        one_segment.model.backbone.segment_size = None
-        configs[name] = one_segment
+        segmented = Config.fromfile(configs['dr2net'])
+        segmented.model.backbone.update(stream_dtype='float64', segment_size=4)
+        configs[name] = segmented
     return configs
 
 

@@ -18,7 +18,6 @@ model = dict(
         pos_embed_antialias=False,
         alpha=1.0,
         beta=0.1,
-        segment_size=4,
         init_cfg=dict(type='Pretrained', checkpoint=demo_pretrained)),
     neck=dict(type='MultiLevelNeck', in_channels=[384] * 4, out_channels=128,
               scales=[4, 2, 1, 0.5]),

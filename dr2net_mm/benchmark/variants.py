@@ -25,14 +25,29 @@ def _square_loss(outputs) -> Tensor:
     return sum(o.float().pow(2).mean() for o in outputs)
 
 
+# Extra Dr²Net variants (other stream settings than the defaults) by name.
+STREAM_OPTIONS = {
+    'dr2net_fp32': dict(stream_dtype='float32'),
+    'dr2net_f64': dict(stream_dtype='float64'),  # one segment: imprecise near (1, 0.1)
+    'dr2net_f64_seg4': dict(stream_dtype='float64', segment_size=4),  # the float64 way to precision
+}
+
+
+def _stream_options(model: str, name: str) -> dict:
+    if name not in STREAM_OPTIONS:
+        raise ValueError(f'unknown extra {model} variant {name!r}; choose from '
+                         f'{sorted(STREAM_OPTIONS)}')
+    return STREAM_OPTIONS[name]
+
+
 def swin_variants(size: int, batch: int = 1, depths: Sequence[int] = (2, 2, 6, 2),
                   embed_dims: int = 96, num_heads: Sequence[int] = (3, 6, 12, 24),
                   window_size: int = 7, out_indices: Sequence[int] = (0, 1, 2, 3),
                   device: torch.device = torch.device('cpu'),
                   extra: Sequence[str] = ('dr2net_fp32', )) -> List[Variant]:
     """mmdet ``SwinTransformer`` (conventional, ``with_cp=True`` = checkpointing) vs ``Dr2NetSwin``
-    at the start point (1, 0.1) with float64 streams (``dr2net``, the default) and, in ``extra``,
-    float32 streams (``dr2net_fp32``) or 4-block segments (``dr2net_seg4``)."""
+    at the start point (1, 0.1) with its defaults (``dr2net``: exact streams, one segment per stage)
+    and, in ``extra``, other streams (:data:`STREAM_OPTIONS`)."""
     from mmdet.models.backbones import SwinTransformer
 
     from ..models import Dr2NetSwin
@@ -55,14 +70,10 @@ def swin_variants(size: int, batch: int = 1, depths: Sequence[int] = (2, 2, 6, 2
                 forward_loss),
         Variant('dr2net', seeded(lambda: Dr2NetSwin(**common)), forward_loss),
     ]
-    options = {
-        'dr2net_fp32': lambda: Dr2NetSwin(stream_dtype=torch.float32, **common),
-        'dr2net_seg4': lambda: Dr2NetSwin(segment_size=4, **common),
-    }
     for name in extra:
-        if name not in options:
-            raise ValueError(f'unknown extra Swin variant {name!r}; choose from {sorted(options)}')
-        variants.append(Variant(name, seeded(options[name]), forward_loss))
+        options = _stream_options('Swin', name)
+        variants.append(Variant(name, seeded(lambda o=options: Dr2NetSwin(**o, **common)),
+                                forward_loss))
     return variants
 
 
@@ -70,8 +81,9 @@ def vit_variants(size: int, batch: int = 1, arch: str = 'vit_small_patch16_224',
                  out_indices: Sequence[int] = (-1, ), device: torch.device = torch.device('cpu'),
                  extra: Sequence[str] = ()) -> List[Variant]:
     """timm ``VisionTransformer`` (conventional; ``set_grad_checkpointing()`` = checkpointing) vs
-    ``Dr2NetViT`` at (1, 0.1) with float64 streams. All return the patch tokens after the final
-    norm (timm: ``forward_features``; Dr2NetViT: the NCHW map of the last block)."""
+    ``Dr2NetViT`` at (1, 0.1) with its defaults (exact streams, one segment) and, in ``extra``, other
+    streams (:data:`STREAM_OPTIONS`). All return the patch tokens after the final norm (timm:
+    ``forward_features``; Dr2NetViT: the NCHW map of the last block)."""
     import timm
 
     from ..models import Dr2NetViT
@@ -104,11 +116,8 @@ def vit_variants(size: int, batch: int = 1, arch: str = 'vit_small_patch16_224',
         Variant('checkpointing', timm_model(True), timm_loss),
         Variant('dr2net', dr2net(), dr2net_loss),
     ]
-    options = {'dr2net_fp32': dict(stream_dtype=torch.float32), 'dr2net_seg4': dict(segment_size=8)}
     for name in extra:
-        if name not in options:
-            raise ValueError(f'unknown extra ViT variant {name!r}; choose from {sorted(options)}')
-        variants.append(Variant(name, dr2net(**options[name]), dr2net_loss))
+        variants.append(Variant(name, dr2net(**_stream_options('ViT', name)), dr2net_loss))
     return variants
 
 

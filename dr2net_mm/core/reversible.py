@@ -18,13 +18,15 @@ Why ``y_0 = β·x_0``: the paper writes ``y_0 = x_0``, which at α=1, β=0 would
 first module's output, so the stage would not equal the pretrained network. ``y_0 = β·x_0`` is what
 ``y_i = β·x_{i-1}`` gives for a virtual module before the first; at β=1 both choices agree.
 
-Precision. The inverse amplifies rounding error by about (‖J‖ + α)/β per module (~11x at (1, 0.1),
-~1.4x at (0.3, 0.7)). Hence three controls: ``stream_dtype`` (float64 by default: the streams and the
-Eq. 1/2 arithmetic run in float64 while each F_i runs in the model dtype, its input rounded by
-:func:`branch_input`), ``segment_size`` (a long stage is cut into reversible segments of k modules
-whose input streams are kept, so amplification is bounded by k modules, at the cost of one kept
-stream pair per segment) and a free reconstruction-error monitor (see ``ReversibleSequence``). The
-README's Results give the measured errors.
+Precision. In floating point the inverse amplifies rounding error by about (‖J‖ + α)/β per module
+(~11x at (1, 0.1), ~1.4x at (0.3, 0.7)). The default ``stream_dtype='exact'`` removes the rounding
+from the inverse altogether: fixed-point streams, F_i's output and α·x rounded onto their grid, and
+an exactly invertible ``y = β·x`` whose discarded bits go to a per-element buffer (``streams``), so
+Eq. 2 rebuilds the forward's streams bit for bit at any (α, β), each F_i still running in the model
+dtype. Float64/float32 streams remain options, with ``segment_size`` (a long stage cut into segments
+of k modules whose input streams are kept, bounding the amplification, at one kept stream pair per
+segment). A free reconstruction-error monitor checks every backward (see ``ReversibleSequence``):
+exactly 0 for exact streams.
 
 Memory of the backward. A step's backward holds, besides what the forward kept: one stream pair,
 rebuilt in place (Eq. 2 overwrites ``y_i`` with ``x_{i-1}`` and ``x_i`` with ``y_{i-1}``); the
@@ -45,8 +47,9 @@ from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .autocast import autocast_state
 from .chunks import backward_by_parts, run_branch
 from .param_grads import accumulates_into_grad, gradients_into
+from .fixed_point import beta_fraction
 from .rng import capture_rng_state, replay_rng_state
-from .streams import pack_stream, unpack_stream
+from .streams import EXACT, branch_input, dual_residual_step, stream_arithmetic
 
 def _check_shape(index: int, function: nn.Module, inp: Tensor, out: Tensor) -> None:
     if not isinstance(out, Tensor) or out.shape != inp.shape:
@@ -57,32 +60,21 @@ def _check_shape(index: int, function: nn.Module, inp: Tensor, out: Tensor) -> N
             f'their input\'s shape (the branch output, without the residual add)')
 
 
-_TIE_BREAK = 1.0 + 2.0**-30
+def _beta_as_fraction(coefficients: Tuple[float, float]) -> Tuple[float, float]:
+    """(α, β) with β > 0 replaced by the fraction n/d (d <= 2^10) that exact streams multiply by
+    (``fixed_point.beta_fraction``), so that every stream mode computes the same network."""
+    alpha, beta = coefficients
+    if beta > 0:
+        numerator, denominator = beta_fraction(beta)
+        beta = numerator / denominator
+    return alpha, beta
 
 
-def branch_input(stream: Tensor, dtype: torch.dtype) -> Tensor:
-    """The stream as F_i's input in the model dtype: ``fp32(x·(1 + 2^-30))`` for a float64 stream.
-
-    A float64 stream built from float32 values (x_0 plus branch outputs) often lies exactly half-way
-    between two float32 numbers. A rebuilt stream one float64 ulp off then rounds the other way, F_i
-    sees an input one float32 ulp off, and the inverse amplifies that ~1e-7 error. Scaling by
-    1 + 2^-30 first moves every such tie 2^-30 (relative) to one side: far more than a rebuild error
-    (~2^-52), far less than half a float32 ulp (2^-25). The forward rounds the same way, so every
-    mode computes the same network; it differs from round-to-nearest only in how ties break.
-    """
-    if stream.dtype == torch.float64 and dtype != torch.float64:
-        return (stream * _TIE_BREAK).to(dtype)
-    return stream.to(dtype)
-
-
-def dual_residual_step(f: Tensor, x: Tensor, y: Optional[Tensor], alpha: float) -> Tensor:
-    """Eq. 1's new x stream: ``x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1}`` (``y=None`` means 0).
-
-    ``x`` and ``y`` are in the stream dtype; ``f`` may be in the model dtype (promoted exactly on the
-    fly). One definition for every mode, so the reversible and the reference forward do bitwise the
-    same arithmetic."""
-    out = f + x if alpha == 1.0 else f + alpha * x
-    return out if y is None else out.add_(y)
+def _with_value(tensor: Tensor, value: Tensor) -> Tensor:
+    """``value`` with ``tensor``'s gradient path: ``value + (tensor − tensor.detach())``."""
+    if not tensor.requires_grad:
+        return value
+    return value + (tensor - tensor.detach())
 
 
 def _relative_norm(error: Tensor, reference: Tensor) -> Tensor:
@@ -113,9 +105,10 @@ class _Run:
         self.params_per_function = params_per_function
         self.args = args
         self.alpha, self.beta = stage.alpha, stage.beta
-        self.stream_dtype = stage.stream_dtype
         self.model_dtype = model_dtype
         self.out_positions = out_positions
+        self.arith = stream_arithmetic(stage.stream_dtype, self.alpha, self.beta, model_dtype)
+        self.finite = True  # False when the forward met a non-finite value (exact streams)
         self.boundaries = stage.segment_boundaries()  # positions whose streams are kept
         self.replay_rng = stage.preserve_rng_state and stage.training
         self.rng_states: Dict[int, Any] = {}
@@ -124,30 +117,48 @@ class _Run:
         self.streams: Optional[Tuple[int, Tensor, Tensor]] = None  # forward: current; backward: handover
         self.grads: Optional[Tuple[int, Optional[Tensor], Optional[Tensor]]] = None  # (i, gx_i, gy_i)
         self.kept_nodes: Dict[int, Any] = {}  # position -> weakref to the node keeping its streams
-        self.layout: Dict[int, Tuple[int, bool]] = {}  # position -> (tensors packing x, has hi)
+        # position -> (tensors packing x, has hi, tensors packing the segment's β buffer)
+        self.layout: Dict[int, Tuple[int, bool, int]] = {}
         self.errors: Dict[int, Tensor] = {}  # segment start position -> reconstruction error
 
     def record_error(self, segment_start: int, error: Tensor) -> None:
+        if not self.finite:
+            error = torch.full((), float('nan'), dtype=torch.float64, device=error.device)
         self.errors[segment_start] = error.detach()
         self.stage._record_errors(torch.stack([self.errors[k] for k in sorted(self.errors)]))
 
     def rebuild(self, i: int, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
         """Eq. 2 in place, without gradients: (x_i, y_i) -> (x_{i-1}, y_{i-1}) in the same buffers."""
-        x_prev = y.div_(self.beta)
+        x_prev = self.arith.undo_beta(y)
         rng = self.rng_states.get(i) if self.replay_rng else None
         with torch.no_grad(), replay_rng_state(rng), torch.autocast(**self.autocast):
-            f = run_branch(self.functions[i - 1], branch_input(x_prev, self.model_dtype), self.args)
-        return x_prev, x.sub_(f).sub_(x_prev, alpha=self.alpha)
+            f = run_branch(self.functions[i - 1], self.arith.branch_input(x_prev), self.args)
+        return x_prev, self.arith.undo_step(x, f, x_prev)
 
     def kept_streams(self, position: int, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
-        """The kept (x, y) at ``position`` from a node's saved tensors [x packed..., y, hi?], as new
-        tensors (the backward rebuilds them in place)."""
-        n_packed, has_hi = self.layout[position]
+        """The kept (x, y) at ``position`` from a node's saved tensors [x packed..., y, hi?, buffer
+        packed...], as new tensors (the backward rebuilds them in place)."""
+        n_packed, has_hi, _ = self.layout[position]
         hi = saved[n_packed + 1] if has_hi else None
-        x = unpack_stream(saved[:n_packed], hi, self.stream_dtype)
+        x = self.arith.unpack(saved[:n_packed], hi)
         if any(x.data_ptr() == t.data_ptr() for t in saved):
             x = x.clone()
         return x, saved[n_packed].clone()
+
+    def load_segment(self, position: int, saved: Tuple[Tensor, ...], like: Tensor) -> None:
+        """Make the segment ending at ``position`` current (its β buffer, for exact streams)."""
+        n_packed, has_hi, n_buffer = self.layout[position]
+        first = n_packed + 1 + int(has_hi)
+        self.arith.load_segment(position, saved[first:first + n_buffer], like)
+
+    def distance(self, rebuilt: Tensor, kept: Tensor) -> Tensor:
+        """‖rebuilt − kept‖ / ‖kept‖ in float64 (``rebuilt`` is overwritten)."""
+        return _relative_norm(self.arith.as_float64(rebuilt.sub_(kept)), self.arith.as_float64(kept))
+
+    def segment_error(self, error: Tensor) -> Tensor:
+        """A segment's monitor value: ``error``, or 1 if its β buffer did not return to 0."""
+        undone = self.arith.segment_undone()
+        return error if undone is None else torch.maximum(error, (~undone).to(error.dtype))
 
     def streams_after(self, i: int) -> Tuple[Tensor, Tensor]:
         """(x_i, y_i) for node i whose output streams are not kept: handed over by node i+1, or, if
@@ -163,7 +174,9 @@ class _Run:
                 f'reversible stage: the gradient reached function {i} but not function {i + 1}, and '
                 f'the graph keeping the streams at position {above} is gone; keep the stage\'s '
                 'outputs alive until backward')
-        x, y = self.kept_streams(above, tuple(t.detach() for t in node.saved_tensors))
+        saved = tuple(t.detach() for t in node.saved_tensors)
+        x, y = self.kept_streams(above, saved)
+        self.load_segment(above, saved, x)
         for j in range(above, i, -1):
             x, y = self.rebuild(j, x, y)
         return x, y
@@ -190,7 +203,7 @@ class _Run:
         autocast = torch.autocast(**self.autocast)
         with torch.set_grad_enabled(gx is not None), replay_rng_state(rng), autocast, \
                 gradients_into(function, targets, route_linear=not self.autocast['enabled']):
-            inp = branch_input(x_prev, self.model_dtype).detach().requires_grad_(need_x)
+            inp = self.arith.branch_input(x_prev).detach().requires_grad_(need_x)
             plan = function.plan(inp, *self.args) if hasattr(function, 'plan') else None
             if plan is None:
                 f = function(inp, *self.args)
@@ -216,32 +229,35 @@ class _StepFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, run: _Run, i: int, link: Tensor, *params: Tensor):
-        alpha, beta, sd = run.alpha, run.beta, run.stream_dtype
+        arith = run.arith
         if i == 1:
-            x = link.to(sd)
-            y = beta * x
+            x, y = arith.start(link)
         else:
             _, x, y = run.streams
+        if i == 1 or i - 1 in run.boundaries:
+            arith.begin_segment(x)
         if run.replay_rng:
             run.rng_states[i] = capture_rng_state(run.device)
-        inp = branch_input(x, run.model_dtype)
+        inp = arith.branch_input(x)
         f = run_branch(run.functions[i - 1], inp, run.args)
         _check_shape(i, run.functions[i - 1], inp, f)
         del inp
-        x_new, y_new = dual_residual_step(f, x, y, alpha), beta * x
-        del f, x, y
+        x_new = arith.next_x(f, x, y)
+        del f, y
+        y_new = arith.next_y(x)
+        del x
         run.streams = (i, x_new, y_new)
         ctx.run, ctx.i = run, i
         ctx.set_materialize_grads(False)
         outputs = [torch.empty(0, dtype=run.model_dtype, device=run.device)]
-        hi = x_new.to(run.model_dtype) if i in run.out_positions else None
+        hi = arith.output(x_new) if i in run.out_positions else None
         if hi is not None:
             outputs.append(hi)
         to_save: List[Tensor] = []
         if i in run.boundaries:
-            packed = pack_stream(x_new, hi)
-            run.layout[i] = (len(packed), hi is not None)
-            to_save = [*packed, y_new] + ([hi] if hi is not None else [])
+            packed, buffer = arith.pack(x_new, hi), arith.end_segment(i)
+            run.layout[i] = (len(packed), hi is not None, len(buffer))
+            to_save = [*packed, y_new] + ([hi] if hi is not None else []) + list(buffer)
             run.kept_nodes[i] = weakref.ref(ctx)
         if i == 1:  # ‖x_0‖ normalises the first segment's monitor even if the rebuilt x_0' is garbage
             to_save.append(torch.linalg.vector_norm(link))
@@ -260,9 +276,10 @@ class _StepFunction(torch.autograd.Function):
             if run.streams is not None and run.streams[0] == i:  # rebuilt by the next segment
                 _, x_rebuilt, y_rebuilt = run.streams
                 run.streams = None
-                run.record_error(i, torch.maximum(_relative_norm(x_rebuilt.sub_(x), x),
-                                                  _relative_norm(y_rebuilt.sub_(y), y)))
+                run.record_error(i, run.segment_error(
+                    torch.maximum(run.distance(x_rebuilt, x), run.distance(y_rebuilt, y))))
                 del x_rebuilt, y_rebuilt
+            run.load_segment(i, saved, x)
         else:
             x, y = run.streams_after(i)
         gx, gy = run.grads_after(i, g_out)
@@ -281,10 +298,10 @@ class _StepFunction(torch.autograd.Function):
                 target = torch.zeros_like(param)
             targets[id(param)] = target
             returned.append(target if mode is None else None)
-        x_prev = y.div_(beta)  # Eq. 2, in place: y's buffer now holds x_{i-1}
+        x_prev = run.arith.undo_beta(y)  # Eq. 2 (float streams: in place, y's buffer holds x_{i-1})
         del y
         f, jtg = run.backward_through(i, x_prev, gx, need_x and gx is not None, targets)
-        y_prev = x.sub_(f).sub_(x_prev, alpha=alpha)  # x's buffer now holds y_{i-1}
+        y_prev = run.arith.undo_step(x, f, x_prev)  # in place: x's buffer now holds y_{i-1}
         del x, f
         # x_i = F_i(x_{i-1}) + α x_{i-1} + y_{i-1},  y_i = β x_{i-1}:
         # dL/dx_{i-1} = J_i^T dL/dx_i + α dL/dx_i + β dL/dy_i,   dL/dy_{i-1} = dL/dx_i
@@ -297,9 +314,10 @@ class _StepFunction(torch.autograd.Function):
         del gy, jtg
         if i == 1:  # the rebuilt pair must satisfy y_0 = β·x_0; y_0 = β·x_0 also passes dL/dy_0
             x0_norm = saved[-1].to(torch.float64)
-            run.record_error(0, torch.linalg.vector_norm(y_prev.sub_(x_prev, alpha=beta),
-                                                         dtype=torch.float64)
-                             / (beta * x0_norm).clamp_min(torch.finfo(torch.float64).tiny))
+            residual = run.arith.as_float64(run.arith.initial_y_residual(y_prev, x_prev))
+            run.record_error(0, run.segment_error(
+                torch.linalg.vector_norm(residual)
+                / (beta * x0_norm).clamp_min(torch.finfo(torch.float64).tiny)))
             if need_x and gx is not None:
                 gx_prev = beta * gx if gx_prev is None else gx_prev.add_(gx, alpha=beta)
             link_grad = gx_prev
@@ -324,11 +342,14 @@ class ReversibleSequence(nn.Module):
         reversible: in training with gradients, keep only segment-end streams and rebuild activations
             in backward (Eq. 2). ``False``: ordinary autograd through Eq. 1 (the exact reference).
             Under ``torch.no_grad()`` or in eval mode the forward is plain either way.
-        stream_dtype: dtype of the streams and of the Eq. 1/2 arithmetic (float64 or float32) in
-            training; each F_i still runs in the dtype of the input. Without gradients the streams use
-            the input dtype (the plain, fast path).
-        segment_size: keep the streams every ``segment_size`` functions (None: only at the end). Error
-            amplification is bounded by one segment; memory grows by one stream pair per segment.
+        stream_dtype: the streams and the Eq. 1/2 arithmetic in training: ``'exact'`` (default:
+            fixed point with an exact β buffer, bit-exact rebuilds; |x| < 2^21, else
+            ``OverflowError``), ``torch.float64`` or ``torch.float32``. Each F_i still runs in the
+            dtype of the input. Without gradients the streams use the input dtype (the plain, fast
+            path). β is used as the nearest fraction n/d with d <= 2^10 in every mode (within ~1e-6).
+        segment_size: keep the streams every ``segment_size`` functions (None: only at the end). For
+            float streams error amplification is bounded by one segment; memory grows by one stream
+            pair per segment. Exact streams need none.
         max_error: reconstruction error above which :meth:`reconstruction_ok` is False; None (the
             default) flags only non-finite streams: near the start point (1, 0.1) one-segment stages
             rebuild with errors of order 1 and the paper trains through that regime, so a default
@@ -351,7 +372,7 @@ class ReversibleSequence(nn.Module):
     """
 
     def __init__(self, functions: Sequence[nn.Module], alpha: float = 1.0, beta: float = 0.1,
-                 reversible: bool = True, stream_dtype: torch.dtype = torch.float64,
+                 reversible: bool = True, stream_dtype: Union[torch.dtype, str] = EXACT,
                  segment_size: Optional[int] = None, max_error: Optional[float] = None,
                  preserve_rng_state: bool = True, register_functions: bool = True):
         super().__init__()
@@ -365,7 +386,7 @@ class ReversibleSequence(nn.Module):
         segment_size = check_segment_size(segment_size)
         if max_error is not None and not (max_error > 0):
             raise ValueError(f'max_error={max_error!r} must be None or a positive number')
-        self.alpha, self.beta = check_coefficients(alpha, beta, reversible)
+        self.alpha, self.beta = _beta_as_fraction(check_coefficients(alpha, beta, reversible))
         self._reversible = bool(reversible)
         self.stream_dtype = stream_dtype
         self.segment_size = segment_size
@@ -384,7 +405,7 @@ class ReversibleSequence(nn.Module):
 
     def set_coefficients(self, alpha: float, beta: float) -> None:
         """Set (α, β); validated as in the constructor."""
-        self.alpha, self.beta = check_coefficients(alpha, beta, self._reversible)
+        self.alpha, self.beta = _beta_as_fraction(check_coefficients(alpha, beta, self._reversible))
 
     def segment_boundaries(self) -> Tuple[int, ...]:
         """Positions i whose streams (x_i, y_i) the reversible forward keeps (always includes n)."""
@@ -453,25 +474,50 @@ class ReversibleSequence(nn.Module):
             if len(result) == 2:
                 outputs[i] = result[1]
         run.streams = None  # the forward's last stream pair: kept only as the nodes saved it
+        run.finite = run.arith.finish_forward()
+        if not run.finite:  # make the step non-finite, so the loss shows it and the step is skipped
+            return [outputs[p] + float('nan') for p in positions]
         return [outputs[p] for p in positions]
 
     def _plain_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
-                       stream_dtype: torch.dtype) -> List[Tensor]:
+                       stream_dtype: Union[torch.dtype, str]) -> List[Tensor]:
         """Eq. 1 with ordinary autograd (or none, under no_grad). In training with gradients the
-        branches run by their plans, as in the reversible mode (the same F in both)."""
+        branches run by their plans, as in the reversible mode (the same F in both).
+
+        Exact streams cannot carry autograd (integers): the gradient runs through float64 streams
+        while the values come from exact streams run alongside, without gradient (each F input and
+        output is ``exact value + (float64 value − its detached self)``). So the reference computes
+        bitwise the reversible mode's values and ordinary autograd's gradients of them."""
         alpha, beta = self.alpha, self.beta
         by_parts = self.training and torch.is_grad_enabled()
+        exact = None
+        if stream_dtype == EXACT:
+            exact, stream_dtype = stream_arithmetic(EXACT, alpha, beta, x0.dtype), torch.float64
+            with torch.no_grad():
+                ex, ey = exact.start(x0)
         x = x0.to(stream_dtype)
         y = beta * x if beta != 0.0 else None
+        boundaries = self.segment_boundaries()
         outputs = []
         for i, function in enumerate(self.functions, 1):
             inp = branch_input(x, x0.dtype)
+            if exact is not None:
+                if i == 1 or i - 1 in boundaries:
+                    exact.begin_segment(ex)
+                inp = _with_value(inp, exact.branch_input(ex))
             f = run_branch(function, inp, args) if by_parts else function(inp, *args)
             _check_shape(i, function, inp, f)
+            if exact is not None:
+                with torch.no_grad():
+                    ex_new = exact.next_x(f, ex, ey)
+                    ex, ey = ex_new, exact.next_y(ex)
             x, y = dual_residual_step(f.to(stream_dtype), x, y, alpha), \
                 (beta * x if beta != 0.0 else None)
             if i in positions:
-                outputs.append(x.to(x0.dtype))
+                outputs.append(x.to(x0.dtype) if exact is None else
+                               _with_value(x.to(x0.dtype), exact.output(ex)))
+        if exact is not None and not exact.finish_forward():
+            outputs = [out + float('nan') for out in outputs]
         return outputs
 
     def extra_repr(self) -> str:

@@ -1,26 +1,70 @@
-"""How a reversible stage keeps its streams between forward and backward.
+"""How a reversible stage holds its streams ``(x, y)``: representation and Eq. 1/2 arithmetic.
 
-A stage keeps only the streams ``(x, y)`` at the end of each segment. This module is the one place that
-decides their representation, so another one (e.g. fixed point plus a buffer of the bits that β
-discards) can replace it without touching the engine or the backbones:
+This module is the one place that decides it; the engine asks a stream *arithmetic* for every
+operation on the streams (``stream_dtype`` picks one)::
 
-    pack_stream(stream, shared)   -> tuple of tensors to save for backward
-    unpack_stream(packed, shared, stream_dtype) -> the stream again, in ``stream_dtype``
+    start(x0)                  -> (x_0, y_0 = β·x_0)
+    branch_input(x)            -> F's input in the model dtype
+    next_x(f, x, y)            -> x_i             Eq. 1: x_i = f + α·x + y
+    next_y(x)                  -> y_i             Eq. 1: y_i = β·x
+    undo_beta(y)               -> x_{i-1}         Eq. 2, in place on y's buffer
+    undo_step(x, f, x_prev)    -> y_{i-1}         Eq. 2, in place on x's buffer
+    begin_segment / end_segment / load_segment     per-segment state (the exact β buffer)
+    pack(x, shared) / unpack(packed, shared)       what a kept stream costs
 
-``shared`` is the same stream already rounded to the model dtype that the stage returns as an output
-(or ``None``): whoever consumes that output usually keeps it for its own backward (an output norm, the
-next stage's first layer), so saving it again would store it twice. A float64 stream with a float32
-``shared`` value is kept as that value plus a float32 remainder::
+Two arithmetics:
 
-    x ≈ hi + lo,   hi = fp32(x) (= shared),   lo = fp32(x − hi)
+* ``'exact'`` (:class:`ExactStreams`, the default): fixed-point int64 streams (``fixed_point``), F's
+  output and α·x rounded onto the grid, and ``y = β·x`` made exactly invertible by a per-element buffer
+  of the discarded bits (``beta_buffer``). Eq. 2 then rebuilds every stream **bit for bit** at any
+  (α, β), so one segment per stage is precise; the kept buffer costs about ``log2(1/β)`` bits per
+  element and function, the information-theoretic minimum. Streams must stay within ``|x| < 2^21``.
+* ``torch.float64`` / ``torch.float32`` (:class:`FloatStreams`): Eq. 1/2 in that dtype. Eq. 2 amplifies
+  rounding by about (‖J‖ + α)/β per function (~11x at (1, 0.1)), which ``segment_size`` bounds.
 
-which holds 48 significant bits (relative error ≤ 2^-48 ≈ 3.6e-15) in 4 new bytes per element instead
-of 8.
+Kept float64 streams with a float32 ``shared`` value (the stage output, which its consumer keeps anyway)
+cost that value plus a float32 remainder: ``x ≈ hi + lo``, ``hi = fp32(x)``, ``lo = fp32(x − hi)``
+(48 significant bits in 4 new bytes per element).
 """
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from ..checks import EXACT_STREAMS
+from .beta_buffer import BetaBuffer
+from .fixed_point import (FRACTION_BITS, MAX_VALUE, add_grid_values_, add_scaled_, beta_fraction,
+                          from_fixed, magnitude, scale_floor, to_fixed)
+
+EXACT = EXACT_STREAMS
+StreamDtype = Union[torch.dtype, str]
+
+_TIE_BREAK = 1.0 + 2.0**-30
+
+
+def branch_input(stream: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float stream as F_i's input in the model dtype: ``fp32(x·(1 + 2^-30))`` for float64.
+
+    A float64 stream built from float32 values (x_0 plus branch outputs) often lies exactly half-way
+    between two float32 numbers. A rebuilt stream one float64 ulp off then rounds the other way, F_i
+    sees an input one float32 ulp off, and the inverse amplifies that ~1e-7 error. Scaling by
+    1 + 2^-30 first moves every such tie 2^-30 (relative) to one side: far more than a rebuild error
+    (~2^-52), far less than half a float32 ulp (2^-25). The forward rounds the same way, so every
+    mode computes the same network; it differs from round-to-nearest only in how ties break.
+    """
+    if stream.dtype == torch.float64 and dtype != torch.float64:
+        return (stream * _TIE_BREAK).to(dtype)
+    return stream.to(dtype)
+
+
+def dual_residual_step(f: Tensor, x: Tensor, y: Optional[Tensor], alpha: float) -> Tensor:
+    """Eq. 1's new x stream in float: ``x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1}`` (``y=None``: 0).
+
+    ``x`` and ``y`` are in the stream dtype; ``f`` may be in the model dtype (promoted exactly on the
+    fly). One definition for the reversible and the plain forward, so they do bitwise the same
+    arithmetic."""
+    out = f + x if alpha == 1.0 else f + alpha * x
+    return out if y is None else out.add_(y)
 
 
 def _splits(stream_dtype: torch.dtype, shared: Optional[Tensor]) -> bool:
@@ -29,7 +73,7 @@ def _splits(stream_dtype: torch.dtype, shared: Optional[Tensor]) -> bool:
 
 
 def pack_stream(stream: Tensor, shared: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
-    """Tensors to save for ``stream``; ``shared`` is ``stream`` rounded to the output dtype, or None."""
+    """Tensors to save for a float ``stream``; ``shared`` is it rounded to the output dtype, or None."""
     if shared is not None and stream.dtype == shared.dtype:
         return ()  # the output is the stream itself: nothing new to keep
     if _splits(stream.dtype, shared):
@@ -45,3 +89,189 @@ def unpack_stream(packed: Tuple[Tensor, ...], shared: Optional[Tensor],
     if _splits(stream_dtype, shared):
         return shared.to(torch.float64) + packed[0].to(torch.float64)
     return packed[0].to(stream_dtype)
+
+
+class FloatStreams:
+    """Eq. 1/2 in float64 or float32; each F_i runs in the model dtype (see :func:`branch_input`)."""
+    exact = False
+
+    def __init__(self, dtype: torch.dtype, alpha: float, beta: float, model_dtype: torch.dtype):
+        self.dtype, self.alpha, self.beta, self.model_dtype = dtype, alpha, beta, model_dtype
+
+    def start(self, x0: Tensor) -> Tuple[Tensor, Tensor]:
+        x = x0.to(self.dtype)
+        return x, self.initial_y(x)
+
+    def initial_y(self, x: Tensor) -> Tensor:
+        return self.beta * x
+
+    def initial_y_residual(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y − β·x`` (0 for the true pair (x_0, y_0)), in place on ``y``."""
+        return y.sub_(x, alpha=self.beta)
+
+    def branch_input(self, x: Tensor) -> Tensor:
+        return branch_input(x, self.model_dtype)
+
+    def next_x(self, f: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return dual_residual_step(f, x, y, self.alpha)
+
+    def next_y(self, x: Tensor) -> Tensor:
+        return self.beta * x
+
+    def undo_beta(self, y: Tensor) -> Tensor:
+        return y.div_(self.beta)
+
+    def undo_step(self, x: Tensor, f: Tensor, x_prev: Tensor) -> Tensor:
+        return x.sub_(f).sub_(x_prev, alpha=self.alpha)
+
+    def output(self, x: Tensor) -> Tensor:
+        return x.to(self.model_dtype)
+
+    def as_float64(self, stream: Tensor) -> Tensor:
+        """Stream values as float64 numbers (for the monitor)."""
+        return stream.to(torch.float64)
+
+    def pack(self, x: Tensor, shared: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        return pack_stream(x, shared)
+
+    def unpack(self, packed: Tuple[Tensor, ...], shared: Optional[Tensor]) -> Tensor:
+        return unpack_stream(packed, shared, self.dtype)
+
+    # Float streams have no per-segment state.
+    def begin_segment(self, like: Tensor) -> None:
+        pass
+
+    def end_segment(self, position: int) -> Tuple[Tensor, ...]:
+        return ()
+
+    def load_segment(self, position: int, packed: Tuple[Tensor, ...], like: Tensor) -> None:
+        pass
+
+    def segment_undone(self) -> Optional[Tensor]:
+        return None
+
+    def finish_forward(self) -> bool:
+        return True
+
+
+class ExactStreams:
+    """Fixed-point streams with an exact β buffer: Eq. 2 rebuilds Eq. 1's streams bit for bit.
+
+    With ``X = round(x·2^40)`` and ``β = n/d`` (``fixed_point``)::
+
+        X_i = round(f·2^40) + round(X_{i-1}·α) + Y_{i-1}     Y_i = β ⊗ X_{i-1}
+        X_0 = round(x_0·2^40)                                 Y_0 = floor(X_0·β)
+
+    where ``β ⊗`` is :meth:`BetaBuffer.multiply` (exactly undone by ``divide``). F_i gets
+    ``fp(X·2^-40)`` in the model dtype. Every forward records the largest magnitude it met;
+    :meth:`finish_forward` raises ``OverflowError`` if a stream or branch output left ``|x| < 2^21``
+    and returns False if one was not finite (the stage then returns NaN, so the step is skipped
+    like any non-finite step).
+    """
+    exact = True
+
+    def __init__(self, alpha: float, beta: float, model_dtype: torch.dtype, stage_name: str = ''):
+        self.alpha, self.beta_fraction = alpha, beta_fraction(beta)
+        self.model_dtype = model_dtype
+        self.stage_name = stage_name
+        self.buffer: Optional[BetaBuffer] = None
+        self.segment_bounds: Dict[int, List[int]] = {}  # segment end position -> buffer bounds
+        self.peak: Optional[Tensor] = None
+
+    def _observe(self, value: Tensor) -> None:
+        peak = magnitude(value)
+        self.peak = peak if self.peak is None else torch.maximum(self.peak, peak)
+
+    def start(self, x0: Tensor) -> Tuple[Tensor, Tensor]:
+        self._observe(x0)
+        x = to_fixed(x0)
+        return x, self.initial_y(x)
+
+    def initial_y(self, x: Tensor) -> Tensor:
+        return scale_floor(x, *self.beta_fraction)
+
+    def initial_y_residual(self, y: Tensor, x: Tensor) -> Tensor:
+        return y.sub_(self.initial_y(x))
+
+    def branch_input(self, x: Tensor) -> Tensor:
+        return from_fixed(x, self.model_dtype)
+
+    def next_x(self, f: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        self._observe(f)
+        x_new = add_scaled_(to_fixed(f), x, self.alpha).add_(y)
+        self._observe(x_new)
+        return x_new
+
+    def next_y(self, x: Tensor) -> Tensor:
+        if self.buffer is None:  # β = 0 (reference mode only)
+            return torch.zeros_like(x)
+        return self.buffer.multiply(x)
+
+    def undo_beta(self, y: Tensor) -> Tensor:
+        return self.buffer.divide(y)
+
+    def undo_step(self, x: Tensor, f: Tensor, x_prev: Tensor) -> Tensor:
+        return add_scaled_(add_grid_values_(x, f, sign=-1), x_prev, self.alpha, sign=-1)
+
+    def output(self, x: Tensor) -> Tensor:
+        return from_fixed(x, self.model_dtype)
+
+    def as_float64(self, stream: Tensor) -> Tensor:
+        return from_fixed(stream, torch.float64)
+
+    def pack(self, x: Tensor, shared: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        """``X`` itself, or, where the stage returns ``shared = fp(X·2^-40)`` anyway, the int32
+        remainder ``X − round(shared·2^40)`` (it fits for float32 outputs with ``|x| < 2^15``;
+        checked here, one host sync per kept stream)."""
+        if shared is not None:
+            low = to_fixed(shared).neg_().add_(x)
+            if float(magnitude(low)) * 2.0**FRACTION_BITS < 2.0**31:
+                return (low.to(torch.int32), )
+        return (x, )
+
+    def unpack(self, packed: Tuple[Tensor, ...], shared: Optional[Tensor]) -> Tensor:
+        if packed[0].dtype == torch.int32:
+            return to_fixed(shared).add_(packed[0])
+        return packed[0]
+
+    def begin_segment(self, like: Tensor) -> None:
+        if self.beta_fraction[0] > 0:
+            self.buffer = BetaBuffer(*self.beta_fraction, like.shape, like.device)
+
+    def end_segment(self, position: int) -> Tuple[Tensor, ...]:
+        self.segment_bounds[position] = list(self.buffer.bounds)
+        packed = self.buffer.pack()
+        self.buffer = None
+        return packed
+
+    def load_segment(self, position: int, packed: Tuple[Tensor, ...], like: Tensor) -> None:
+        self.buffer = BetaBuffer(*self.beta_fraction, like.shape, like.device)
+        self.buffer.bounds = list(self.segment_bounds[position])
+        self.buffer.unpack(packed)
+
+    def segment_undone(self) -> Optional[Tensor]:
+        """0-dim bool: the current segment's buffer is back to 0 (every product undone exactly)."""
+        return self.buffer.is_empty()
+
+    def finish_forward(self) -> bool:
+        """Check the forward's range (one host sync per stage); False when it met a non-finite value."""
+        peak = float(self.peak) if self.peak is not None else 0.0
+        self.peak = None
+        if peak != peak or peak == float('inf'):
+            return False
+        if peak >= MAX_VALUE:
+            where = f' {self.stage_name}' if self.stage_name else ''
+            raise OverflowError(
+                f'reversible stage{where}: a stream or branch output reached |x| = {peak:.4g}, outside '
+                f'the exact fixed-point streams\' range |x| < 2^21 = {MAX_VALUE:.4g}. Use '
+                "stream_dtype='float64' for this model (with segment_size to bound the rounding), or "
+                'find why its activations grow this large (learning rate, missing normalisation)')
+        return True
+
+
+def stream_arithmetic(stream_dtype: StreamDtype, alpha: float, beta: float,
+                      model_dtype: torch.dtype, stage_name: str = ''):
+    """The arithmetic for ``stream_dtype`` (``'exact'``, ``torch.float64`` or ``torch.float32``)."""
+    if stream_dtype == EXACT:
+        return ExactStreams(alpha, beta, model_dtype, stage_name)
+    return FloatStreams(stream_dtype, alpha, beta, model_dtype)

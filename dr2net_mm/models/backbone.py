@@ -176,7 +176,7 @@ class Dr2NetBackboneMixin:
             stage.reversible = value
 
     @property
-    def stream_dtype(self) -> torch.dtype:
+    def stream_dtype(self) -> Union[torch.dtype, str]:
         return self.sequences[0].stream_dtype
 
     @stream_dtype.setter

@@ -17,11 +17,12 @@ ordinary layers outside the reversible stages. The parameters, their names, the 
 and the outputs are mmdet's, so mmdet/mmseg configs and checkpoints work unchanged.
 
 What a reversible stage keeps for backward: its output (shared with the output norm and patch
-merging, which recomputes from it in backward) and, for float64 streams, a float32 remainder of ``x_n``
-and the float64 ``y_n``: 4 float32-sized tensors per stage (2 with float32 streams), independent of
-depth. Near the start point (1, 0.1) the inverse amplifies rounding by ~(‖J‖ + α)/β per branch, so a
-long stage needs float64 streams and ``segment_size`` (``configs/dino_dr2net_swin_t_coco.py`` uses 4);
-watch :meth:`Dr2NetSwin.reconstruction_errors`. Measured memory and gradient errors: README, Results.
+merging, which recomputes from it in backward), the final streams (with the default exact streams an
+int32 remainder of ``x_n`` and the int64 ``y_n``: 3 float32-sized tensors) and the β buffer, about
+log2(1/β) bits per element and branch (``dr2net_mm.core.streams``). The rebuild is bit-exact at every
+(α, β), so one segment per stage is precise; :meth:`Dr2NetSwin.reconstruction_errors` is then exactly
+0. Float64/float32 streams remain options (their rebuild amplifies rounding by ~(‖J‖ + α)/β per
+branch, which ``segment_size`` bounds). Measured memory and gradient errors: README, Results.
 """
 import logging
 from typing import List, Mapping, Optional, Tuple
@@ -257,14 +258,13 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
             rebuilds activations in backward (Eq. 2). False: ordinary autograd (the exact reference,
             also the mode for β = 0). In eval mode or under ``torch.no_grad()`` the forward is a plain
             loop either way (no bookkeeping, as fast as mmdet).
-        stream_dtype: dtype of the two streams in training: ``torch.float64`` (default; needed near
-            the start point (1, 0.1), see the module docstring) or ``torch.float32`` (enough near
-            (0.3, 0.7)); the names 'float64'/'float32' work too.
+        stream_dtype: the streams in training: ``'exact'`` (default: fixed point with an exact β
+            buffer, bit-exact rebuilds at any (α, β); values must stay within |x| < 2^21),
+            ``torch.float64`` or ``torch.float32`` (or their names), whose rebuilds amplify rounding
+            near the start point (1, 0.1) unless ``segment_size`` is small.
         segment_size: keep the streams every ``segment_size`` branches of a stage (bounds the error
-            amplification of long stages at one stream pair each); None: once per stage. Near the
-            start point (1, 0.1) Swin-T's 12-branch third stage needs ``segment_size=4`` for precise
-            gradients even with float64 streams (README, Results); settable later, e.g. back to
-            None once the coefficients are near (0.3, 0.7).
+            amplification of float streams at one stream pair each); None (default): once per stage,
+            which is all exact streams need.
         with_cp: accepted for config compatibility. A reversible stage keeps no per-block activations,
             so in reversible mode it has no effect (logged once at construction). In reference mode
             (``reversible=False``) it recomputes each branch in backward with
@@ -306,7 +306,7 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
                  alpha=1.0,
                  beta=0.1,
                  reversible=True,
-                 stream_dtype=torch.float64,
+                 stream_dtype='exact',
                  segment_size=None):
         reversible = check_bool('reversible', reversible)
         stream_dtype = parse_stream_dtype(stream_dtype)

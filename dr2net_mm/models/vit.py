@@ -20,13 +20,14 @@ DeiT, MAE, DINOv2 with layer scale and registers, ...) load with no conversion; 
 ``VisionTransformer`` checkpoints are converted by :func:`checkpoint_filter_fn`.
 
 What the reversible stage keeps for backward: its final streams, ``x_n`` as the float32 output
-(shared with the final norm, which keeps that same tensor) plus a float32 remainder, and ``y_n`` in
-float64 -- 16 bytes per token and channel, independent of depth and of the number of outputs
-(intermediate outputs come out of the same stage and are not kept); each extra segment keeps one more
-such pair. The patch embedding convolution keeps the caller's input image for its weight gradient (as
-timm does). The inverse amplifies rounding by roughly (‖J‖ + α)/β per branch, so long single segments
-need care: watch :meth:`reconstruction_errors` (the stage's free monitor) and pick ``segment_size``
-(in branches, two per block). Measured memory and gradient errors: README, Results.
+(shared with the final norm, which keeps that same tensor) plus a 4-byte remainder, ``y_n`` in 8
+bytes -- 16 bytes per token and channel -- and, with the default exact streams, the β buffer of about
+log2(1/β) bits per token, channel and branch; intermediate outputs come out of the same stage and are
+not kept. The patch embedding convolution keeps the caller's input image for its weight gradient (as
+timm does). Exact streams rebuild bit for bit at any (α, β), so one segment is precise and
+:meth:`reconstruction_errors` is exactly 0; float streams amplify rounding by roughly (‖J‖ + α)/β per
+branch, which ``segment_size`` (in branches, two per block) bounds. Measured memory and gradient
+errors: README, Results.
 """
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -160,8 +161,8 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
             rebuilds activations in backward (Eq. 2). False: ordinary autograd (the exact reference,
             also the mode for β = 0). In eval mode or under ``torch.no_grad()`` the forward is a plain
             loop either way.
-        stream_dtype: dtype of the two streams in training: ``torch.float64`` (default) or
-            ``torch.float32``; the names 'float64'/'float32' work too.
+        stream_dtype: the streams in training: ``'exact'`` (default: bit-exact rebuilds at any
+            (α, β), values within |x| < 2^21), ``torch.float64`` or ``torch.float32`` (or names).
         segment_size: keep the streams every ``segment_size`` branches (two per block) to bound the
             reconstruction error of deep models, at one stream pair each (less where a segment ends at
             an output); None: one segment.
@@ -194,7 +195,7 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
                  alpha: float = 1.0,
                  beta: float = 0.1,
                  reversible: bool = True,
-                 stream_dtype: Union[torch.dtype, str] = torch.float64,
+                 stream_dtype: Union[torch.dtype, str] = 'exact',
                  segment_size: Optional[int] = None,
                  init_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None):
