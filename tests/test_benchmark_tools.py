@@ -74,11 +74,12 @@ def test_points_benchmark_reports_dr2net_against_both_peers():
     """tools/benchmark.py points: Pix4Point training steps from the S3DIS configs (ViT-S, 1536
     tokens) with PlainViT, PlainViT with_cp and Dr2NetViT."""
     report = tool('benchmark')['main'](['points', '--points', '2048', '--batch', '1', '--iters',
-                                        '1', '--extra', 'dr2net_one_segment'])
+                                        '1', '--extra', 'dr2net_f64_seg4'])
     results = {r['name']: r for r in next(iter(report['settings'].values()))}
-    assert set(results) == {'conventional', 'checkpointing', 'dr2net', 'dr2net_one_segment'}
-    # one segment keeps one stream pair instead of one per 4 branches
-    assert results['dr2net_one_segment']['saved_mb'] < results['dr2net']['saved_mb']
+    assert set(results) == {'conventional', 'checkpointing', 'dr2net', 'dr2net_f64_seg4'}
+    # exact streams in one segment keep one stream pair and a β buffer (3.3 bits per element and
+    # branch at β = 0.1) instead of a float64 stream pair per 4 branches
+    assert results['dr2net']['saved_mb'] < results['dr2net_f64_seg4']['saved_mb']
     assert results['dr2net']['saved_mb'] < 0.6 * results['conventional']['saved_mb']
     assert results['checkpointing']['saved_mb'] < results['conventional']['saved_mb']
 
@@ -112,16 +113,19 @@ def test_grad_error_map_writes_maps_and_reports_the_floor(tmp_path):
     with open(out + '.json') as f:
         saved = json.load(f)
     grid = saved['grid']
-    assert set(grid) == {'rev_fp32_vs_exact', 'rev_fp64_vs_exact', 'rev_fp32_vs_truth',
-                         'rev_fp64_vs_truth', 'floor'}
+    assert set(grid) == {f'rev_{mode}_vs_{ref}' for mode in ('fp32', 'fp64', 'exact')
+                         for ref in ('autograd', 'truth')} | {'floor'}
     for values in grid.values():
         assert len(values) == 2 and all(len(row) == 2 for row in values)
         assert all(0 <= v < float('inf') for row in values for v in row)
     floor = report['grid']['floor'][1][0]  # (0.3, 0.7)
     assert 0 < floor < 1e-4
     assert report['grid']['rev_fp64_vs_truth'][1][0] <= 2 * floor
-    # at (1, 0.1) float32 streams are much worse than float64 streams
+    # at (1, 0.1) float32 streams are much worse than float64 streams; exact streams are at the floor
     assert report['grid']['rev_fp32_vs_truth'][0][1] > 10 * report['grid']['rev_fp64_vs_truth'][0][1]
+    for bi in range(2):
+        for ai in range(2):
+            assert report['grid']['rev_exact_vs_truth'][bi][ai] <= 2 * report['grid']['floor'][bi][ai]
 
 
 def test_resident_peak_counts_what_a_step_touches():
@@ -159,8 +163,8 @@ def test_benchmark_rss_runs_each_variant_in_a_fresh_process(tmp_path):
 def test_benchmark_dino_takes_height_by_width():
     args = tool('benchmark')['parse_args'](['dino', '--size', '800x1333', '--batch', '1'])
     assert args.size == (800, 1333)
-    assert tool('benchmark')['parse_args'](['dino', '--extra', 'dr2net_one_segment']).extra == [
-        'dr2net_one_segment']
+    assert tool('benchmark')['parse_args'](['dino', '--extra', 'dr2net_f64_seg4']).extra == [
+        'dr2net_f64_seg4']
     with pytest.raises(SystemExit):
         tool('benchmark')['parse_args'](['dino', '--extra', 'dr2net_fp32'])
     with pytest.raises(SystemExit):

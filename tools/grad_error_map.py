@@ -3,16 +3,19 @@
     python tools/grad_error_map.py --size 224 --out results/grad_error_map
 
 For a Swin-T-shaped ``Dr2NetSwin`` (train mode, drop path 0.2) on one image-sized input, at every
-(α, β) of the grid, four gradient computations with the same random draws:
+(α, β) of the grid, five gradient computations with the same random draws:
 
-* ``exact``: ordinary fp32 autograd (``reversible=False``, float32 streams): conventional training;
+* ``autograd``: ordinary fp32 autograd (``reversible=False``, float32 streams): conventional
+  training;
 * ``truth``: a float64 copy of the model, ordinary autograd;
-* ``rev_fp32`` / ``rev_fp64``: the reversible backward with float32 / float64 streams.
+* ``rev_fp32`` / ``rev_fp64`` / ``rev_exact``: the reversible backward, one segment per stage, with
+  float32 / float64 / exact streams (the default: fixed point with an exact β buffer).
 
 Errors are relative (‖g − g_ref‖/‖g_ref‖), worst over all parameters and the input. The map shows
-each reversible backward against ``exact`` (as the paper's figure) and against ``truth``; the
-*floor* is ``exact`` against ``truth`` — how far conventional fp32 training itself is from exact
-arithmetic. A point *reaches the floor* when its error against ``truth`` is ≤ 2× the floor there.
+the float reversible backwards against ``autograd`` (as the paper's figure), and every reversible
+backward against ``truth``; the *floor* is ``autograd`` against ``truth`` — how far conventional
+fp32 training itself is from exact arithmetic. A point *reaches the floor* when its error against
+``truth`` is ≤ 2× the floor there.
 Writes ``OUT.json`` (every value) and ``OUT.png`` (heat maps, floor reached marked with dots).
 """
 import argparse
@@ -30,6 +33,7 @@ from dr2net_mm.core import (ErrorSummary, compute_gradients, set_reversible,  # 
                             set_stream_dtype, weighted_sum_loss)
 
 FLOOR_FACTOR = 2.0
+MODES = {'fp32': torch.float32, 'fp64': torch.float64, 'exact': 'exact'}  # reversible stream modes
 
 
 def parse_args(argv=None):
@@ -72,8 +76,7 @@ def error_map(args, log=print) -> dict:
     set_reversible(truth_model, False)
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
     loss_fn = weighted_sum_loss(args.seed)
-    keys = ('rev_fp32_vs_exact', 'rev_fp64_vs_exact', 'rev_fp32_vs_truth', 'rev_fp64_vs_truth',
-            'floor')
+    keys = tuple(f'rev_{mode}_vs_{ref}' for ref in ('autograd', 'truth') for mode in MODES) + ('floor', )
     grid = {k: [[None] * len(args.alphas) for _ in args.betas] for k in keys}
     total, done, start = len(args.alphas) * len(args.betas), 0, time.time()
     for bi, beta in enumerate(args.betas):
@@ -83,27 +86,25 @@ def error_map(args, log=print) -> dict:
             truth = compute_gradients(truth_model, x.double(), loss_fn, args.seed)
             set_reversible(model, False)
             set_stream_dtype(model, torch.float32)
-            exact = compute_gradients(model, x, loss_fn, args.seed)
+            autograd = compute_gradients(model, x, loss_fn, args.seed)
             set_reversible(model, True)
-            results = {}
-            for name, dtype in (('fp32', torch.float32), ('fp64', torch.float64)):
-                set_stream_dtype(model, dtype)
-                results[name] = compute_gradients(model, x, loss_fn, args.seed)
-            values = dict(rev_fp32_vs_exact=worst(results['fp32'], exact),
-                          rev_fp64_vs_exact=worst(results['fp64'], exact),
-                          rev_fp32_vs_truth=worst(results['fp32'], truth),
-                          rev_fp64_vs_truth=worst(results['fp64'], truth),
-                          floor=worst(exact, truth))
+            values = dict(floor=worst(autograd, truth))
+            for mode, stream_dtype in MODES.items():
+                set_stream_dtype(model, stream_dtype)
+                grads = compute_gradients(model, x, loss_fn, args.seed)
+                values[f'rev_{mode}_vs_autograd'] = worst(grads, autograd)
+                values[f'rev_{mode}_vs_truth'] = worst(grads, truth)
             for k, v in values.items():
                 grid[k][bi][ai] = v
             done += 1
-            log(f'[{done}/{total}] alpha={alpha:.1f} beta={beta:.1f}  '
-                f'fp32 {values["rev_fp32_vs_truth"]:.1e}  fp64 {values["rev_fp64_vs_truth"]:.1e}  '
-                f'floor {values["floor"]:.1e}  ({time.time() - start:.0f} s)')
+            log(f'[{done}/{total}] alpha={alpha:.1f} beta={beta:.1f}  ' + '  '.join(
+                f'{mode} {values[f"rev_{mode}_vs_truth"]:.1e}' for mode in MODES)
+                + f'  floor {values["floor"]:.1e}  ({time.time() - start:.0f} s)')
     return dict(alphas=args.alphas, betas=args.betas, size=args.size, grid=grid,
                 model=dict(embed_dims=args.embed_dims, depths=args.depths, num_heads=args.num_heads,
                            window_size=args.window_size, drop_path_rate=0.2),
-                date=time.strftime('%Y-%m-%d'), torch=torch.__version__)
+                date=time.strftime('%Y-%m-%d'), torch=torch.__version__,
+                elapsed_s=round(time.time() - start, 1))
 
 
 def lookup(report: dict, key: str, alpha: float, beta: float):
@@ -125,11 +126,10 @@ def summary(report: dict) -> List[str]:
         values = {k: lookup(report, k, alpha, beta) for k in report['grid']}
         if values['floor'] is None:
             continue
-        lines.append(f'(alpha, beta) = ({alpha}, {beta}): reversible vs float64 truth: float32 '
-                     f'streams {values["rev_fp32_vs_truth"]:.2e}, float64 streams '
-                     f'{values["rev_fp64_vs_truth"]:.2e}; floor (fp32 autograd vs truth) '
-                     f'{values["floor"]:.2e}')
-    for dtype in ('fp32', 'fp64'):
+        lines.append(f'(alpha, beta) = ({alpha}, {beta}): reversible vs float64 truth: ' + ', '.join(
+            f'{mode} streams {values[f"rev_{mode}_vs_truth"]:.2e}' for mode in MODES)
+            + f'; floor (fp32 autograd vs truth) {values["floor"]:.2e}')
+    for dtype in MODES:
         reached = floor_reached(report, dtype)
         per_alpha = []
         for ai, alpha in enumerate(report['alphas']):
@@ -147,10 +147,11 @@ def plot(report: dict, path: str) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
-    panels = [('rev_fp32_vs_exact', 'float32 streams vs fp32 autograd', 'fp32'),
-              ('rev_fp64_vs_exact', 'float64 streams vs fp32 autograd', 'fp64'),
+    panels = [('rev_fp32_vs_autograd', 'float32 streams vs fp32 autograd', 'fp32'),
+              ('rev_fp64_vs_autograd', 'float64 streams vs fp32 autograd', 'fp64'),
               ('rev_fp32_vs_truth', 'float32 streams vs float64 truth', 'fp32'),
-              ('rev_fp64_vs_truth', 'float64 streams vs float64 truth', 'fp64')]
+              ('rev_fp64_vs_truth', 'float64 streams vs float64 truth', 'fp64'),
+              ('rev_exact_vs_truth', 'exact streams (default) vs float64 truth', 'exact')]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
     values = np.array([report['grid'][k] for k, _, _ in panels], dtype=float)
     logs = np.log10(np.clip(values, 1e-16, None))
