@@ -365,8 +365,10 @@ class ReversibleSequence(nn.Module):
     the rebuilt segment-input streams from their true value: for the first segment
     ``‖y_0' − β·x_0'‖ / (β·‖x_0‖)`` (the rebuilt pair must satisfy ``y_0 = β·x_0``; ``‖x_0‖`` is kept
     from the forward, one scalar), for later segments ``max(‖x_b' − x_b‖/‖x_b‖, ‖y_b' − y_b‖/‖y_b‖)``
-    against the kept streams. It costs a few reductions per segment and no host sync. Read it with :attr:`reconstruction_errors` (one tensor, no host sync) or
-    :meth:`reconstruction_error` (a float, the worst segment).
+    against the kept streams; with exact streams also 1 if a segment's β buffer did not return to 0.
+    Exact streams read exactly 0. It costs a few reductions per segment and no host sync. Read it
+    with :attr:`reconstruction_errors` (one tensor, no host sync) or :meth:`reconstruction_error`
+    (a float, the worst segment).
 
     Shapes: ``x`` is any tensor (e.g. ``(B, L, C)`` tokens); every output has the shape of ``x``.
     """
