@@ -42,6 +42,16 @@ def beta_fraction(beta: float) -> Tuple[int, int]:
     return fraction.numerator, fraction.denominator
 
 
+def nearest_beta(coefficients: Tuple[float, float]) -> Tuple[float, float]:
+    """(α, β) with β > 0 replaced by the fraction n/d of :func:`beta_fraction`, the number exact
+    streams multiply by, so that every stream mode computes the same network."""
+    alpha, beta = coefficients
+    if beta > 0:
+        numerator, denominator = beta_fraction(beta)
+        beta = numerator / denominator
+    return alpha, beta
+
+
 # Conversions run over chunks of 1/CHUNKS of a tensor (at least MIN_CHUNK elements), so that their
 # float64 and int64 temporaries cost about 2 bytes per stream element instead of 16.
 CHUNKS = 8

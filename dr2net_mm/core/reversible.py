@@ -47,7 +47,7 @@ from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .autocast import autocast_state
 from .chunks import backward_by_parts, run_branch
 from .param_grads import accumulates_into_grad, gradients_into
-from .fixed_point import beta_fraction
+from .fixed_point import nearest_beta
 from .rng import capture_rng_state, replay_rng_state
 from .streams import EXACT, branch_input, dual_residual_step, stream_arithmetic
 
@@ -58,16 +58,6 @@ def _check_shape(index: int, function: nn.Module, inp: Tensor, out: Tensor) -> N
             f'residual function {index} ({type(function).__name__}) returned {got} for an input of '
             f'shape {tuple(inp.shape)}; a reversible stage needs functions that return a tensor of '
             f'their input\'s shape (the branch output, without the residual add)')
-
-
-def _beta_as_fraction(coefficients: Tuple[float, float]) -> Tuple[float, float]:
-    """(α, β) with β > 0 replaced by the fraction n/d (d <= 2^10) that exact streams multiply by
-    (``fixed_point.beta_fraction``), so that every stream mode computes the same network."""
-    alpha, beta = coefficients
-    if beta > 0:
-        numerator, denominator = beta_fraction(beta)
-        beta = numerator / denominator
-    return alpha, beta
 
 
 def _with_value(tensor: Tensor, value: Tensor) -> Tensor:
@@ -388,7 +378,7 @@ class ReversibleSequence(nn.Module):
         segment_size = check_segment_size(segment_size)
         if max_error is not None and not (max_error > 0):
             raise ValueError(f'max_error={max_error!r} must be None or a positive number')
-        self.alpha, self.beta = _beta_as_fraction(check_coefficients(alpha, beta, reversible))
+        self.alpha, self.beta = nearest_beta(check_coefficients(alpha, beta, reversible))
         self._reversible = bool(reversible)
         self.stream_dtype = stream_dtype
         self.segment_size = segment_size
@@ -407,7 +397,7 @@ class ReversibleSequence(nn.Module):
 
     def set_coefficients(self, alpha: float, beta: float) -> None:
         """Set (α, β); validated as in the constructor."""
-        self.alpha, self.beta = _beta_as_fraction(check_coefficients(alpha, beta, self._reversible))
+        self.alpha, self.beta = nearest_beta(check_coefficients(alpha, beta, self._reversible))
 
     def segment_boundaries(self) -> Tuple[int, ...]:
         """Positions i whose streams (x_i, y_i) the reversible forward keeps (always includes n)."""
