@@ -21,6 +21,7 @@ from torch import nn
 
 import dr2net_mm  # noqa: F401  (registers AlphaBetaHook)
 from dr2net_mm.core import ReversibleSequence
+from dr2net_mm.core.fixed_point import nearest_beta
 from dr2net_mm.engine import AlphaBetaHook
 from dr2net_mm.engine.alpha_beta_hook import coefficient_setters
 from toys import MLPBranch
@@ -286,7 +287,8 @@ def test_runner_applies_schedule(tmp_path, policy, schedule):
     # η holds the values between updates; the ends are exact; set once per iteration (+ before_train)
     assert all(seen[t] == seen[t + 1] for t in range(0, 10, 2))
     assert seen[0] == seen[1] == START and seen[8:] == [END] * 3
-    assert model.body.calls == [seen[0]] + seen
+    # the stages use the hook's α and the nearest fraction n/d of its β (exact streams' β)
+    assert [nearest_beta(pair) for pair in model.body.calls] == [seen[0]] + seen
     # α non-increasing, β non-decreasing
     assert all(a1 <= a0 and b1 >= b0 for (a0, b0), (a1, b1) in zip(seen, seen[1:]))
     hook_obj = the_hook(runner)
