@@ -5,6 +5,8 @@
 _base_ = './dino_swin_t_coco.py'
 
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
+# crash-safe checkpoints that also carry the random states (exact resume; README, Reliability)
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 model = dict(
     backbone=dict(

@@ -6,6 +6,8 @@
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
+# crash-safe checkpoints that also carry the random states (exact resume; README, Reliability)
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 model = dict(
     backbone=dict(

@@ -5,6 +5,8 @@
 _base_ = 'mmseg::vit/vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
+# crash-safe checkpoints that also carry the random states (exact resume; README, Reliability)
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 # MAE's release layout ({'model': timm-style state dict}); its decoder and mask token are dropped on
 # loading. Any timm / DeiT / mmseg / mmpretrain ViT-S checkpoint works as well.

@@ -1,4 +1,5 @@
 """Config handling shared by ``tools/train.py`` and ``tools/test.py`` (mmdet and mmseg configs alike)."""
+import logging
 import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
@@ -154,3 +155,52 @@ def require_data(cfg: Config, loaders: Tuple[str, ...]) -> None:
             'train_dataloader.dataset.data_root=PATH val_dataloader.dataset.data_root=PATH ...\n'
             'No dataset at hand? `make demo` (detection), `make demo-seg` (segmentation) and '
             '`make demo-points` (point clouds) generate small ones and train on them.')
+
+
+def require_checkpoint_file(path: str, option: str) -> None:
+    """Exit with a message naming ``path`` when it is missing, truncated or not a checkpoint."""
+    from .engine.checkpoints import checkpoint_problem
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise SystemExit(f'{option}: cannot use checkpoint {path}: {problem}. Give a complete '
+                         'checkpoint file (with --resume and no path, the newest complete one of the '
+                         'work dir is taken).')
+
+
+def use_safe_checkpoints(cfg: Config) -> None:
+    """Replace MMEngine's ``CheckpointHook`` in ``default_hooks`` by ``SafeCheckpointHook`` (same
+    arguments; atomic files, random states for exact resume)."""
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if hook is not None and hook.get('type') in ('CheckpointHook', None):
+        hook['type'] = 'SafeCheckpointHook'
+
+
+def set_resume(cfg: Config, resume: Optional[str]) -> None:
+    """``--resume`` (``'auto'``: the newest complete checkpoint of the work dir, or a fresh start
+    with a warning when there is none) or ``--resume PATH`` (checked first)."""
+    from mmengine.logging import print_log
+
+    from .engine.checkpoints import find_resume_checkpoint
+    if resume is None:
+        return
+    if resume != 'auto':
+        require_checkpoint_file(resume, '--resume')
+        cfg.resume, cfg.load_from = True, resume
+        return
+    found = find_resume_checkpoint(cfg.work_dir)
+    if found is None:
+        print_log(f'--resume: no complete checkpoint in {cfg.work_dir}; training starts at '
+                  'iteration 0', logger='current', level=logging.WARNING)
+        cfg.resume, cfg.load_from = False, None
+        return
+    print_log(f'--resume: resuming from {found}', logger='current')
+    cfg.resume, cfg.load_from = True, found
+
+
+def require_amp_device(cfg: Config) -> None:
+    """Exit with a clear message when the config asks for AMP (``AmpOptimWrapper``, e.g. from
+    ``--amp``) on a machine without a CUDA GPU: MMEngine's AMP wrapper needs one."""
+    if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
+        raise SystemExit('--amp (AmpOptimWrapper) needs a CUDA GPU and this machine has none '
+                         '(MMEngine\'s AmpOptimWrapper supports CUDA, NPU, MLU and MUSA devices '
+                         'only). Train without --amp: on CPU the run is float32.')

@@ -8,14 +8,18 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_tool(cmd, env=None, timeout=900) -> str:
-    """Run ``cmd`` in the repository root (one OpenMP thread, warnings off, ``env`` added); assert it
-    succeeds (showing the end of its output otherwise) and return stdout + stderr."""
-    full_env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **(env or {}))
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
+def tool_env(env=None) -> dict:
+    """The environment of tool runs: one OpenMP thread, warnings off, ``env`` added."""
+    return dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **(env or {}))
+
+
+def run_tool(cmd, env=None, timeout=900, fails=False) -> str:
+    """Run ``cmd`` in the repository root (see :func:`tool_env`); assert it succeeds (with
+    ``fails``: that it fails), showing the end of its output otherwise; return stdout + stderr."""
+    proc = subprocess.run(cmd, cwd=ROOT, env=tool_env(env), capture_output=True, text=True,
                           timeout=timeout)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+    assert (proc.returncode != 0) == fails, output[-4000:]
     return output
 
 

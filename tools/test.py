@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
 from dr2net_mm.runner_utils import (  # noqa: E402
     add_runner_arguments, coefficients_summary, finish_distributed, load_config,
-    parse_runner_arguments, require_data, setup_cpu_distributed, trust_own_checkpoints)
+    parse_runner_arguments, require_checkpoint_file, require_data, setup_cpu_distributed,
+    trust_own_checkpoints)
 
 
 def parse_args(argv=None):
@@ -31,8 +32,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     trust_own_checkpoints()
-    if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint not found: {args.checkpoint}')
+    require_checkpoint_file(args.checkpoint, 'test')
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     if args.out:

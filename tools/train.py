@@ -14,9 +14,11 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
+from dr2net_mm.models import PretrainedMismatchError  # noqa: E402
 from dr2net_mm.runner_utils import (  # noqa: E402
-    add_runner_arguments, finish_distributed, load_config, parse_runner_arguments, require_data,
-    setup_cpu_distributed, trust_own_checkpoints)
+    add_runner_arguments, finish_distributed, load_config, parse_runner_arguments,
+    require_amp_device, require_data, set_resume, setup_cpu_distributed, trust_own_checkpoints,
+    use_safe_checkpoints)
 
 
 def parse_args(argv=None):
@@ -25,8 +27,8 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='where logs and checkpoints go (default: '
                         'work_dirs/<config name>)')
     parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
-                        help='resume from CHECKPOINT, or from the latest checkpoint in the work '
-                        'dir when no path is given')
+                        help='resume from CHECKPOINT, or from the newest complete checkpoint in '
+                        'the work dir when no path is given (none: start at iteration 0)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (AmpOptimWrapper)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by total batch size / base_batch_size')
@@ -50,16 +52,16 @@ def main(argv=None):
             raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=N)` in '
                              'the config (the total batch size its learning rate was tuned for)')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        if not os.path.isfile(args.resume):
-            raise SystemExit(f'--resume: checkpoint not found: {args.resume}')
-        cfg.resume, cfg.load_from = True, args.resume
+    require_amp_device(cfg)
+    use_safe_checkpoints(cfg)
+    set_resume(cfg, args.resume)
     require_data(cfg, ('train_dataloader', 'val_dataloader'))
     setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except PretrainedMismatchError as error:
+        raise SystemExit(f'pretrained weights refused: {error}')
     finish_distributed()
 
 

@@ -245,6 +245,7 @@ class AlphaBetaHook(Hook):
         self._apply(*self.values_for(runner.iter))
         if self.guard and self._stages:
             self._install_guard(runner)
+            self._install_batch_guard(runner)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         self._apply(*self.values_for(runner.iter))
@@ -253,6 +254,7 @@ class AlphaBetaHook(Hook):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        runner.model.__dict__.pop('train_step', None)  # the batch guard's wrapper
 
     # ------------------------------------------------------------------------------ errors
     def _reset_trackers(self) -> None:
@@ -300,28 +302,68 @@ class AlphaBetaHook(Hook):
             self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
 
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        """Drop all gradients of ``optimizer`` when a reversible backward since the last step was bad."""
+        """Drop all gradients of ``optimizer`` when a reversible backward since the last step was bad
+        or a gradient is non-finite (a non-finite loss)."""
         self._absorb()
         bad, worst = self._accum_bad, self._accum_worst
         self._accum_bad = self._accum_worst = None
         flag = bad.to(torch.float32) if bad is not None else torch.zeros(())
+        grads = [p.grad for group in optimizer.param_groups for p in group['params']
+                 if p.grad is not None]
+        grads_bad = torch.zeros(()) if not grads else \
+            (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).to(torch.float32)
+        flag = torch.stack([flag.cpu(), 2 * grads_bad.cpu()])
         if dist.is_distributed():
-            flag = flag.reshape(1).clone()
+            flag = flag.to(grads[0].device if grads else 'cpu')
             dist.all_reduce(flag, op='sum')  # every rank calls it at the same step
         if flag.sum().item() <= 0:
             return None
         for group in optimizer.param_groups:
             for param in group['params']:
                 param.grad = None
-        self.skipped_steps += 1
-        local = 'non-finite' if worst is None or not math.isfinite(worst.item()) else \
-            f'{worst.item():.3g}'
-        limit = f'{self.max_error:g}' if self.max_error is not None else "each stage's max_error"
-        print_log(f'AlphaBetaHook: skipped an optimizer step (#{self.skipped_steps}): reversible '
-                  f'reconstruction error {local} on this rank (limit: {limit}; all ranks skip if '
-                  f'one is over) at (alpha, beta) = {self._applied}; gradients dropped, weights '
-                  'unchanged', logger='current', level=logging.WARNING)
+        if flag[0].item() > 0:
+            local = 'non-finite' if worst is None or not math.isfinite(worst.item()) else \
+                f'{worst.item():.3g}'
+            limit = f'{self.max_error:g}' if self.max_error is not None else "each stage's max_error"
+            reason = (f'reversible reconstruction error {local} on this rank (limit: {limit}; all '
+                      'ranks skip if one is over)')
+        else:
+            reason = 'non-finite gradients (a non-finite loss) on some rank'
+        self._count_skip(f'skipped an optimizer step: {reason} at (alpha, beta) = '
+                         f'{self._applied}; gradients dropped, weights unchanged')
         return None
+
+    def _count_skip(self, message: str) -> None:
+        """One counter (``train/skipped_steps``) for the guard's skipped steps and skipped batches."""
+        self.skipped_steps += 1
+        print_log(f'AlphaBetaHook: {message} (skipped steps: {self.skipped_steps})',
+                  logger='current', level=logging.WARNING)
+
+    def _install_batch_guard(self, runner) -> None:
+        """Skip a training batch whose preprocessed inputs hold NaN/inf before the model sees it (a
+        detector's matcher would fail on the non-finite predictions): a forward hook on the data
+        preprocessor flags the batch (all ranks together), a wrapper of ``train_step`` skips it."""
+        preprocessor = getattr(unwrap_model(runner.model), 'data_preprocessor', None)
+        if not isinstance(preprocessor, nn.Module):
+            print_log('AlphaBetaHook: the model has no data_preprocessor module; non-finite inputs '
+                      'are not checked', logger='current', level=logging.WARNING)
+            return
+        self._handles.append(preprocessor.register_forward_hook(_check_finite_inputs))
+        train_step = runner.model.train_step
+
+        def guarded_train_step(data, optim_wrapper):
+            try:
+                return train_step(data, optim_wrapper=optim_wrapper)
+            except NonFiniteInputs:
+                samples = data.get('data_samples') if isinstance(data, dict) else None
+                names = [getattr(s, 'metainfo', {}).get('img_path') for s in samples or []]
+                self._count_skip(f'skipped a batch at iteration {runner.iter + 1}: non-finite '
+                                 'values in the preprocessed inputs (on some rank; this rank\'s '
+                                 f'samples: {[n for n in names if n] or "unnamed"}); no forward, '
+                                 'weights unchanged')
+                return {}
+
+        runner.model.train_step = guarded_train_step
 
     @staticmethod
     def _is_update_iter(runner) -> bool:
@@ -450,6 +492,35 @@ class AlphaBetaHook(Hook):
             self.step = min(self.step, self.num_steps)
             print_log(f'AlphaBetaHook: resumed error-aware state: step {self.step}/{self.num_steps}, '
                       f'stopped={self.stopped}, end point {self.end_point}', logger='current')
+
+
+class NonFiniteInputs(Exception):
+    """Raised by the batch guard's data-preprocessor hook; caught by its ``train_step`` wrapper."""
+
+
+def _float_tensors(value: Any) -> List[Tensor]:
+    if isinstance(value, Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _float_tensors(item)]
+    return []
+
+
+def _check_finite_inputs(module: nn.Module, args, output) -> None:
+    """Forward hook of the data preprocessor (training only): raise :class:`NonFiniteInputs` when
+    the inputs of any rank's batch hold NaN/inf (every rank calls it at each iteration)."""
+    if not module.training:
+        return
+    inputs = _float_tensors(output.get('inputs') if isinstance(output, dict) else None)
+    flags = [(~torch.isfinite(t)).any() for t in inputs]
+    flag = torch.stack(flags).any().to(torch.float32) if flags else torch.zeros(())
+    if dist.is_distributed():
+        flag = flag.reshape(1).to(inputs[0].device if inputs else 'cpu')
+        dist.all_reduce(flag, op='sum')
+    if flag.sum().item() > 0:
+        raise NonFiniteInputs()
 
 
 def _normalise(value: Any) -> Any:

@@ -2,6 +2,7 @@
 stages (:class:`Dr2NetBackboneMixin`) and pretrained loading (checkpoint unwrapping, the deprecated
 ``pretrained=`` argument, :class:`LoadReport`)."""
 import logging
+import re
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
@@ -55,6 +56,35 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = Non
     if any(k.startswith('backbone.') for k in state_dict):
         state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
     return state_dict
+
+
+# load_pretrained refuses a checkpoint that provides less than this share of the parameter values
+MIN_LOADED_SHARE = 0.5
+
+
+class PretrainedMismatchError(ValueError):
+    """A pretrained checkpoint that does not fit the backbone (too little of it loads)."""
+
+
+def describe_layout(state_dict: Mapping[str, Tensor]) -> str:
+    """The width and depth a backbone state dict implies: the patch embedding's output channels and
+    the number of blocks per stage (``stages.N.blocks.M.`` or ``blocks.M.`` keys)."""
+    widths = [v.shape[0] for k, v in state_dict.items()
+              if k.startswith('patch_embed.') and k.endswith('weight') and v.dim() == 4]
+    depths: Dict[int, int] = {}
+    for key in state_dict:
+        match = re.match(r'(?:stages\.(\d+)\.)?blocks\.(\d+)\.', key)
+        if match:
+            stage = int(match.group(1) or 0)
+            depths[stage] = max(depths.get(stage, 0), int(match.group(2)) + 1)
+    width = widths[0] if widths else 'unknown'
+    return f'embed_dims={width}, blocks per stage {tuple(depths[i] for i in sorted(depths))}'
+
+
+def _first(keys: List[str], count: int = 5) -> str:
+    if not keys:
+        return 'none'
+    return ', '.join(keys[:count]) + (f', ... ({len(keys) - count} more)' if len(keys) > count else '')
 
 
 class LoadReport(NamedTuple):
@@ -208,9 +238,14 @@ class Dr2NetBackboneMixin:
 
     # --------------------------------------------------------------------------- weights
     def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], prefix: Optional[str] = None,
-                        map_location: str = 'cpu') -> LoadReport:
+                        map_location: str = 'cpu', allow_partial: bool = False) -> LoadReport:
         """Load pretrained weights from a file name/URL or a loaded checkpoint dict; logs and returns
-        what was missing, unexpected or skipped for a shape mismatch."""
+        what was loaded, missing, unexpected or skipped for a shape mismatch.
+
+        Refuses (``ValueError`` naming the file and both architectures) when less than
+        :data:`MIN_LOADED_SHARE` of the backbone's parameter values come from the checkpoint (e.g. a
+        Swin-B file for a Swin-T model), unless ``allow_partial=True``."""
+        allow_partial = check_bool('allow_partial', allow_partial)
         logger = MMLogger.get_current_instance()
         source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
         if isinstance(checkpoint, str):
@@ -218,23 +253,35 @@ class Dr2NetBackboneMixin:
                                                           map_location=map_location)
         fmt = type(self).detect_format(unwrap_state_dict(checkpoint, prefix))
         state_dict = type(self).filter_checkpoint(checkpoint, self, prefix=prefix, logger=logger)
+        checkpoint_layout = describe_layout(state_dict)
         own = self.state_dict()
         mismatched = [k for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
         for key in mismatched:
             state_dict.pop(key)
         result = self.load_state_dict(state_dict, strict=False)
         report = LoadReport(fmt, list(result.missing_keys), list(result.unexpected_keys), mismatched)
+        loaded = [k for k in state_dict if k in own]
+        params = dict(self.named_parameters())
+        total = sum(p.numel() for p in params.values())
+        share = sum(params[k].numel() for k in loaded if k in params) / max(total, 1)
         name = type(self).__name__
-        print_log(f'{name}: loaded {len(state_dict)} tensors from {source} ({fmt} layout)',
+        print_log(f'{name}: loaded {len(loaded)} tensors ({share:.1%} of the parameter values) from '
+                  f'{source} ({fmt} layout); missing {len(report.missing_keys)}, unexpected '
+                  f'{len(report.unexpected_keys)}, shape-mismatched {len(mismatched)}',
                   logger=logger, level=logging.INFO)
-        if report.missing_keys:
-            print_log(f'{name}: missing keys (left as initialised): {report.missing_keys}',
-                      logger=logger, level=logging.WARNING)
-        if report.unexpected_keys:
-            print_log(f'{name}: unused checkpoint keys: {report.unexpected_keys}', logger=logger,
-                      level=logging.WARNING)
-        if report.mismatched_keys:
-            print_log(f'{name}: skipped keys with mismatched shapes: '
-                      f'{[(k, tuple(own[k].shape)) for k in report.mismatched_keys]}',
-                      logger=logger, level=logging.WARNING)
+        for what, keys in (('missing keys (left as initialised)', report.missing_keys),
+                           ('unused checkpoint keys', report.unexpected_keys),
+                           ('skipped keys with mismatched shapes', mismatched)):
+            if keys:
+                print_log(f'{name}: {len(keys)} {what}: {_first(keys)}', logger=logger,
+                          level=logging.WARNING)
+        if share < MIN_LOADED_SHARE and not allow_partial:
+            raise PretrainedMismatchError(
+                f'{name}: only {share:.1%} of the backbone\'s parameter values loaded from {source} '
+                f'(needs {MIN_LOADED_SHARE:.0%}): the checkpoint is {checkpoint_layout}, the model is '
+                f'{describe_layout(own)} ({len(loaded)} tensors loaded, '
+                f'{len(report.missing_keys)} missing, {len(report.unexpected_keys)} unexpected, '
+                f'{len(mismatched)} shape-mismatched; first mismatched: {_first(mismatched)}). Use '
+                'the checkpoint of this architecture, or set allow_partial=True in the backbone\'s '
+                "init_cfg=dict(type='Pretrained', ...) to train from a partial load.")
         return report

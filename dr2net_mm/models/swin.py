@@ -369,7 +369,8 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
             raise ValueError(f'{type(self).__name__} supports init_cfg=None or '
                              f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
         self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                             map_location=cfg.get('map_location', 'cpu'))
+                             map_location=cfg.get('map_location', 'cpu'),
+                             allow_partial=cfg.get('allow_partial', False))
 
     # --------------------------------------------------------------------------- forward
     def train(self, mode: bool = True) -> 'Dr2NetSwin':

@@ -278,7 +278,8 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
                 raise ValueError(f'{type(self).__name__} supports init_cfg=None or '
                                  f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
             self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'))
+                                 map_location=cfg.get('map_location', 'cpu'),
+                                 allow_partial=cfg.get('allow_partial', False))
         self._is_init = True
 
     def feature_size(self, height: int, width: int) -> Tuple[int, int]:
