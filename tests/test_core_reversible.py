@@ -711,7 +711,7 @@ def test_exact_streams_leave_their_range_with_a_clear_error():
 
 def test_beta_is_the_nearest_small_fraction_in_every_mode():
     """β is used as n/d with d <= 2^10 (the exact buffer needs a fraction): the paper's values are
-    exact, any other within 1e-6; every stream mode multiplies by the same number."""
+    exact, any other within 1/(1024·d) <= 5e-4; every stream mode multiplies by the same number."""
     for beta in (0.1, 0.7, 0.01, 0.5, 1.0):
         assert ReversibleSequence([MLPBranch(8)], beta=beta).beta == beta
     stage = ReversibleSequence([MLPBranch(8)], beta=0.43721)

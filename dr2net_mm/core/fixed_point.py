@@ -8,8 +8,8 @@ Products by coefficients need only be *deterministic* where Eq. 2 recomputes the
 rebuilt stream (``α·x``): :func:`add_scaled_` rounds the float64 product, which IEEE arithmetic makes
 the same on every device. ``β·x`` must be exactly invertible (``beta_buffer``), which needs β as a
 fraction ``n/d``: the nearest one with ``d <= 2^10`` (:func:`beta_fraction`: 1/10, 7/10 and 1/100
-exactly, any β within ~1e-6), so that the invertible product is off by at most ``n`` grid units
-(``<= 2^10·2^-40 ≈ 1e-9``). Its plain rounded-down form is exact integer arithmetic::
+exactly; any β within 1/(2^10·d) <= 5e-4, closer away from simple fractions), so that the invertible
+product is off by at most ``n`` grid units (``<= 2^10·2^-40 ≈ 1e-9``). Its plain rounded-down form is exact integer arithmetic::
 
     scale_floor(X, n, d) = floor(X·n/d) = q·n + floor(r·n/d)     (X = q·d + r, 0 <= r < d)
 
