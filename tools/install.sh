@@ -45,7 +45,7 @@ pin() {  # version pinned for a distribution in constraints.txt
 pip_install() { quiet "$PY" -m pip install --disable-pip-version-check -c "$CONSTRAINTS" "$@"; }
 
 # ---- 0. fast path: same inputs as the last successful run, and the check passes ----
-HASH="$( { cat "$CONSTRAINTS" "$ROOT/setup.py" "$ROOT/tools/install.sh"
+HASH="$( { cat "$CONSTRAINTS" "$ROOT/pyproject.toml" "$ROOT/tools/install.sh"
            echo "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}"; } | sha256sum | cut -d' ' -f1)"
 if [[ "$FROM_SOURCE$DRY_RUN" == 00 && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
     if "$PY" "$ROOT/dr2net_mm/env.py" --quiet; then
