@@ -70,3 +70,17 @@ def test_a_stack_outside_the_ranges_is_refused():
     assert len(problems) == 4, problems
     for name in ('torch', 'mmdet', 'setuptools', 'timm'):
         assert any(p.startswith(name) for p in problems), (name, problems)
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject.toml lists the packages (configs/ is mapped in as dr2net_mm.configs): a new
+    subpackage must be added there too."""
+    setuptools_cfg = tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['setuptools']
+    on_disk = {'.'.join(init.parent.relative_to(ROOT).parts)
+               for init in (ROOT / 'dr2net_mm').rglob('__init__.py')}
+    on_disk |= {'.'.join(('dr2net_mm', 'configs') + d.relative_to(ROOT / 'configs').parts)
+                for d in [ROOT / 'configs', *(ROOT / 'configs').rglob('*')]
+                if d.is_dir() and d.name != '__pycache__'}
+    assert 'dr2net_mm.configs.demo' in on_disk
+    assert setuptools_cfg['package-dir'] == {'dr2net_mm.configs': 'configs'}
+    assert sorted(on_disk - set(setuptools_cfg['packages'])) == []
