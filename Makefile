@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all demo demo-seg demo-points clean
+.PHONY: install test test-all test-compat demo demo-seg demo-points clean
 
 install:
 	bash tools/install.sh
@@ -23,6 +23,11 @@ test-all: install
 	$(PY) dr2net_mm/env.py
 	$(call RUN_PYTEST,)
 
+# The stock mmdet 3.3 stack (torch 2.1.2, numpy 1.26, mmcv 2.1.0, ...) in .venv-compat: engine,
+# backbone, hook and packaging tests, one tools/train.py iteration. Not part of `make test` / CI.
+test-compat:
+	bash tools/test_compat.sh
+
 demo: install
 	@test -f tools/demo.py || { echo "make demo: tools/demo.py does not exist yet (it is being written; see README)"; exit 1; }
 	$(PY) tools/demo.py
@@ -36,5 +41,5 @@ demo-points: install
 	$(PY) tools/demo_points.py
 
 clean:
-	find . -path ./.venv -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print -exec rm -rf {} +
+	find . \( -path ./.venv -o -path ./.venv-compat \) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print -exec rm -rf {} +
 	rm -rf build dist *.egg-info .eggs

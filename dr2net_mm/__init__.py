@@ -5,11 +5,18 @@ registries, so mmdet, mmseg and plain MMEngine configs resolve them by name::
 
     custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
 
-The reversible engine itself (:mod:`dr2net_mm.core`) is pure PyTorch.
+The reversible engine itself (:mod:`dr2net_mm.core`) is pure PyTorch. Python runs this file
+before any submodule, also for ``import dr2net_mm.core``; so the OpenMMLab layer is imported
+only where MMEngine is installed. There it is imported at once, and a missing mmdet or mmcv is
+reported as the import error it is.
 """
+from importlib.util import find_spec
+
 from .version import __version__
-from . import models  # noqa: F401  (registers backbones)
-from . import engine  # noqa: F401  (registers hooks)
-from . import points  # noqa: F401  (registers the point-cloud dataset, transforms, models, metric)
+
+if find_spec('mmengine') is not None:
+    from . import models  # noqa: F401  (registers backbones)
+    from . import engine  # noqa: F401  (registers hooks)
+    from . import points  # noqa: F401  (registers the point-cloud dataset, transforms, models, metric)
 
 __all__ = ['__version__']

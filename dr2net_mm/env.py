@@ -7,6 +7,7 @@ Prefer the file-path form: it does not import the ``dr2net_mm`` package itself.
 """
 import importlib
 import importlib.util
+import os
 import platform
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ if __name__ == '__main__' and sys.path and sys.path[0] and \
     # (models, engine, ...) would shadow same-named top-level modules.
     sys.path.pop(0)
 
-CONSTRAINTS = Path(__file__).resolve().parents[1] / 'requirements' / 'constraints.txt'
+# tools/install.sh exports DR2NET_CONSTRAINTS for the stack it installs (e.g. the compat one).
+CONSTRAINTS = Path(os.environ.get('DR2NET_CONSTRAINTS') or
+                   Path(__file__).resolve().parents[1] / 'requirements' / 'constraints.txt')
 MIN_PYTHON = (3, 9)
 FIX = 'run `make install`'
 
@@ -129,7 +132,7 @@ def check_environment(facts=None, pins=None):
             continue
         want = pins.get(dist)
         if want and have.split('+')[0] != want:
-            problems.append(f'{dist} {have} is installed but requirements/constraints.txt '
+            problems.append(f'{dist} {have} is installed but {CONSTRAINTS.name} '
                             f'pins {want}: {FIX}')
         elif dist in RANGES:
             low, high = RANGES[dist]

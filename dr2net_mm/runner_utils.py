@@ -2,21 +2,49 @@
 import logging
 import os
 import os.path as osp
+from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
 import torch
 from mmengine.config import Config, ConfigDict
+from mmengine.runner import Runner
 
 DIST_BACKEND_ENV = 'DR2NET_DIST_BACKEND'
 
 
-def trust_own_checkpoints() -> None:
-    """Let ``torch.load`` read MMEngine checkpoints, which pickle Python objects (the message hub's
-    history, numpy scalars) besides tensors. torch >= 2.6 refuses them unless ``weights_only=False``
-    and MMEngine 0.10.7 does not pass it; allow-listing is no way out (the pickles need
-    ``builtins.getattr``). Our train/test tools load the user's own checkpoints, as before torch 2.6;
-    an explicit ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` setting wins. Load only checkpoints you trust."""
-    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+# torch >= 2.6 reads these at every torch.load that does not pass weights_only itself.
+NO_WEIGHTS_ONLY_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+WEIGHTS_ONLY_ENV = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
+
+
+@contextmanager
+def unpickling_in_full() -> Iterator[None]:
+    """Within the block, ``torch.load`` calls that do not choose ``weights_only`` unpickle
+    everything, as before torch 2.6. Needed for MMEngine's own checkpoints: besides tensors they
+    pickle the message hub's ``HistoryBuffer`` objects with bound methods (``builtins.getattr``)
+    and numpy scalars, which torch's weights-only loader refuses, and which no allow-list can
+    make safe (allowing ``getattr`` would allow anything). MMEngine 0.10 passes no
+    ``weights_only``. A ``TORCH_FORCE_(NO_)WEIGHTS_ONLY_LOAD`` set by the user wins."""
+    if NO_WEIGHTS_ONLY_ENV in os.environ or WEIGHTS_ONLY_ENV in os.environ:
+        yield
+        return
+    os.environ[NO_WEIGHTS_ONLY_ENV] = '1'
+    try:
+        yield
+    finally:
+        os.environ.pop(NO_WEIGHTS_ONLY_ENV, None)
+
+
+class OwnCheckpointRunner(Runner):
+    """MMEngine's Runner, except that the checkpoint it resumes from or is told to load
+    (``load_from``) is unpickled in full (see :func:`unpickling_in_full`). ``tools/train.py`` uses
+    it only to resume (a checkpoint a run wrote), ``tools/test.py`` for the checkpoint it
+    evaluates. Every other load (pretrained backbone weights, ``load_from`` of a new training)
+    keeps torch's default, weights-only since torch 2.6. Load only checkpoints you trust."""
+
+    def load_or_resume(self) -> None:
+        with unpickling_in_full():
+            super().load_or_resume()
 
 
 def add_runner_arguments(parser, cfg_example: str) -> None:

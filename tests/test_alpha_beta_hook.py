@@ -5,6 +5,7 @@ import glob
 import json
 import math
 import os
+import pickle
 import socket
 import uuid
 
@@ -24,6 +25,7 @@ from dr2net_mm.core import ReversibleSequence
 from dr2net_mm.core.fixed_point import nearest_beta
 from dr2net_mm.engine import AlphaBetaHook
 from dr2net_mm.engine.alpha_beta_hook import coefficient_setters
+from dr2net_mm.runner_utils import NO_WEIGHTS_ONLY_ENV, WEIGHTS_ONLY_ENV, OwnCheckpointRunner
 from toys import MLPBranch
 
 POLICIES = ('linear', 'exp', 'log')
@@ -38,14 +40,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def own_checkpoints(monkeypatch):
-    """MMEngine 0.10.7 resumes with a bare ``torch.load``, whose default since torch 2.6 is
-    ``weights_only=True``, which refuses MMEngine's own checkpoints (message hub objects). These
-    checkpoints are written by the test itself, so allow full unpickling for it."""
-    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,8 +201,9 @@ class ForceThreshold(Hook):
 
 def make_runner(work_dir, model=None, hook=None, max_iters=8, max_epochs=None, ckpt_interval=None,
                 load_from=None, resume=False, optim_wrapper=None, extra_hooks=(), val_metric=None,
-                dataset=None, **kwargs):
-    """A real MMEngine Runner on CPU: iteration-based unless ``max_epochs`` is given."""
+                dataset=None, runner_class=OwnCheckpointRunner, **kwargs):
+    """A real MMEngine Runner on CPU: iteration-based unless ``max_epochs`` is given. By default
+    the class tools/train.py resumes with, which unpickles the checkpoints these runs wrote."""
     by_epoch = max_epochs is not None
     model = model if model is not None else ToyClassifier()
     train_cfg = dict(by_epoch=True, max_epochs=max_epochs) if by_epoch else \
@@ -243,7 +238,7 @@ def make_runner(work_dir, model=None, hook=None, max_iters=8, max_epochs=None, c
                    val_evaluator=[val_metric], val_cfg=dict())
         train_cfg['val_interval'] = kwargs.pop('val_interval', 2)
     cfg.update(kwargs)
-    return Runner(**cfg)
+    return runner_class(**cfg)
 
 
 def the_hook(runner) -> AlphaBetaHook:
@@ -328,7 +323,7 @@ def test_validation_uses_current_values(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # 2. Resume
 # ------------------------------------------------------------------------------------------------
-def test_resume_matches_uninterrupted_run(tmp_path, own_checkpoints):
+def test_resume_matches_uninterrupted_run(tmp_path):
     hook = dict(type='AlphaBetaHook', end_iter=8, interval=3, policy='exp')
     full_model = ToyClassifier()
     full = make_runner(tmp_path / 'full', full_model, hook, max_iters=12, ckpt_interval=5)
@@ -344,6 +339,27 @@ def test_resume_matches_uninterrupted_run(tmp_path, own_checkpoints):
     assert_same_weights(weights(resumed.model), weights(full.model))
 
 
+def test_only_the_resume_unpickles_in_full(tmp_path, monkeypatch):
+    """MMEngine's checkpoints need full unpickling (torch >= 2.6 refuses them by default): the
+    resume gets it, the process keeps torch's weights-only default before and after."""
+    monkeypatch.delenv(NO_WEIGHTS_ONLY_ENV, raising=False)
+    monkeypatch.delenv(WEIGHTS_ONLY_ENV, raising=False)
+    first = make_runner(tmp_path / 'a', ToyClassifier(), max_iters=2, ckpt_interval=2)
+    first.train()
+    ckpt = str(tmp_path / 'a' / 'iter_2.pth')
+    resumed = make_runner(tmp_path / 'b', ToyClassifier(), max_iters=3, load_from=ckpt,
+                          resume=True)
+    resumed.train()
+    assert resumed.iter == 3 and NO_WEIGHTS_ONLY_ENV not in os.environ
+    if tuple(int(v) for v in torch.__version__.split('.')[:2]) >= (2, 6):
+        with pytest.raises(pickle.UnpicklingError, match='Weights only load failed'):
+            torch.load(ckpt)
+        plain = make_runner(tmp_path / 'c', ToyClassifier(), max_iters=3, load_from=ckpt,
+                            resume=True, runner_class=Runner)
+        with pytest.raises(pickle.UnpicklingError, match='Weights only load failed'):
+            plain.train()
+
+
 def _error_aware_hook(**kwargs):
     cfg = dict(type='AlphaBetaHook', interval=2, target_error=1e-3, patience=2, path_steps=10,
                max_error=1e-1)
@@ -351,7 +367,7 @@ def _error_aware_hook(**kwargs):
     return cfg
 
 
-def test_resume_error_aware_state(tmp_path, own_checkpoints):
+def test_resume_error_aware_state(tmp_path):
     """The error-aware walk (step, good-window count, open window, stopped flag) and the guard counter
     are checkpointed; a run resumed mid-window continues exactly like the uninterrupted one."""
 
@@ -378,7 +394,7 @@ def test_resume_error_aware_state(tmp_path, own_checkpoints):
     assert_same_weights(weights(resumed.model), weights(full.model))
 
 
-def test_load_from_without_resume_restarts_schedule(tmp_path, own_checkpoints):
+def test_load_from_without_resume_restarts_schedule(tmp_path):
     first = make_runner(tmp_path / 'a', ToyClassifier(), dict(type='AlphaBetaHook', end_iter=4),
                         max_iters=6, ckpt_interval=6)
     first.train()
@@ -531,6 +547,8 @@ def test_guard_with_gradient_accumulation(tmp_path):
     assert all(p.grad is None or not p.grad.any() for g in optimizer.param_groups for p in g['params'])
 
 
+@pytest.mark.skipif(not hasattr(torch.amp, 'GradScaler'),
+                    reason='this torch has no CPU GradScaler (torch.amp.GradScaler, torch >= 2.3)')
 def test_guard_with_amp_optim_wrapper(tmp_path, monkeypatch):
     """AmpOptimWrapper: the GradScaler's step calls optimizer.step(), where the guard drops the grads.
     MMEngine only builds it with an accelerator; here it gets torch's CPU GradScaler."""

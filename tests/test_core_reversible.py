@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dr2net_mm.core import (ReversibleSequence, branch_input, count_saved_bytes, dual_residual_step,
                             gradient_error, set_reversible)
+from dr2net_mm.core.autocast import autocast_state
 from dr2net_mm.core.streams import ExactStreams, pack_stream, unpack_stream
 from toys import MLPBranch, make_input, make_stage
 
@@ -262,8 +263,8 @@ class AutocastRecordingBranch(MLPBranch):
     calls = []
 
     def forward(self, x, scale: float = 0.0):
-        AutocastRecordingBranch.calls.append(
-            (torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu')))
+        state = autocast_state(torch.device('cpu'))  # the torch 2.1 ... 2.15 query
+        AutocastRecordingBranch.calls.append((state['enabled'], state['dtype']))
         return super().forward(x, scale)
 
 

@@ -201,3 +201,34 @@ def test_engines_is_a_deprecated_alias_of_sequences():
     model = Dr2NetSwin(embed_dims=16, depths=(2, 2), num_heads=(1, 2), out_indices=(0, 1))
     with pytest.warns(DeprecationWarning, match='use sequences'):
         assert model.engines == model.sequences == [stage.sequence for stage in model.stages]
+
+
+def _run_child(code):
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_core_imports_where_openmmlab_is_not_installed():
+    """``import dr2net_mm.core`` runs the package __init__ first: it must not need OpenMMLab.
+    (A None entry in sys.modules is how Python marks a module as not importable.)"""
+    loaded = _run_child(
+        'import json, sys\n'
+        f'for name in {OPENMMLAB!r}:\n'
+        '    sys.modules[name] = None\n'
+        'import dr2net_mm.core\n'
+        'from dr2net_mm.core import ReversibleSequence\n'
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('dr2net_mm'))))")
+    assert 'dr2net_mm.core.reversible' in loaded
+    assert not [m for m in loaded if m.split('.')[1:2] in (['models'], ['engine'], ['points'])], loaded
+
+
+def test_importing_the_package_registers_its_modules():
+    found = _run_child(
+        'import json, dr2net_mm\n'
+        'from mmengine.registry import HOOKS, METRICS, MODELS\n'
+        "print(json.dumps([MODELS.get('Dr2NetSwin') is not None,"
+        " MODELS.get('Dr2NetViT') is not None, HOOKS.get('AlphaBetaHook') is not None,"
+        " METRICS.get('PointSegMetric') is not None]))")
+    assert found == [True, True, True, True]

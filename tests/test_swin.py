@@ -269,6 +269,20 @@ def test_loads_detector_checkpoint_and_bare_backbone(tmp_path):
         assert max_abs_diff(outs, expected) <= 1e-5, name
 
 
+class NotAWeight:
+    """A pickled Python object, like the message-hub buffers of an MMEngine training checkpoint."""
+
+
+@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split('.')[:2]) < (2, 6),
+                    reason='torch < 2.6 unpickles everything by default')
+def test_pretrained_file_with_python_objects_is_refused_by_name(tmp_path):
+    source = mmdet_swin(**SMALL)
+    path = str(tmp_path / 'training_checkpoint.pth')
+    torch.save({'meta': {'hub': NotAWeight()}, 'state_dict': source.state_dict()}, path)
+    with pytest.raises(ValueError, match='training_checkpoint.pth.*weights_only=True'):
+        load_and_run(dict(type='Pretrained', checkpoint=path), torch.randn(1, 3, 32, 32), **SMALL)
+
+
 def test_load_reports_missing_and_unexpected_keys(timm_swin):
     records = []
     handler = logging.Handler(level=logging.WARNING)

@@ -4,6 +4,7 @@ import math
 from contextlib import contextmanager
 
 import pytest
+from packaging.version import Version
 import timm
 import torch
 from mmengine.registry import DefaultScope
@@ -363,6 +364,10 @@ def test_forward_tokens_trains_and_matches_reference_mode():
                            after['backbone.blocks.0.attn.qkv.weight'])
 
 
+TIMM_TAKES_MASK = Version(timm.__version__) >= Version('1.0.16')  # timm's Attention(x, attn_mask)
+
+
+@pytest.mark.skipif(not TIMM_TAKES_MASK, reason='timm < 1.0.16: its attention takes no mask')
 def test_forward_tokens_prefix_tokens_and_attention_mask():
     """With prefix_tokens the class token goes in front (and out of the result); an attention mask
     that hides padded tokens leaves the real tokens' outputs as without the padding."""
@@ -379,6 +384,14 @@ def test_forward_tokens_prefix_tokens_and_attention_mask():
     assert plain.shape == (2, 10, 32) and masked.shape == (2, 13, 32)
     assert (masked[:, :10] - plain).abs().max() <= 1e-5
     assert not torch.allclose(plain, no_prefix)
+
+
+@pytest.mark.skipif(TIMM_TAKES_MASK, reason='timm >= 1.0.16 takes the mask')
+def test_attention_mask_on_an_older_timm_is_refused_by_version():
+    model = Dr2NetViT(**TINY).eval()
+    keep = torch.ones(1, 1, 1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=f'attn_mask needs timm >= 1.0.16.*timm {timm.__version__}'):
+        model.forward_tokens(torch.randn(1, 4, 32), attn_mask=keep)
 
 
 # Checkpoints ---------------------------------------------------------------------------------

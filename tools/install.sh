@@ -4,6 +4,9 @@
 #
 # Environment variables:
 #   DR2NET_VENV              venv directory (default: <repo>/.venv)
+#   DR2NET_CONSTRAINTS       pin file of the stack to install (default:
+#                            <repo>/requirements/constraints.txt; `make test-compat` passes
+#                            requirements/constraints-compat.txt)
 #   PYTHON                   interpreter used to create the venv (default: python3)
 #   TORCH_INDEX_URL          pip index for torch/torchvision (default: the configured registry)
 #   DR2NET_WHEEL_CACHE       colon-separated dirs holding prebuilt mmcv wheels
@@ -17,7 +20,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DR2NET_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-CONSTRAINTS="$ROOT/requirements/constraints.txt"
+CONSTRAINTS="${DR2NET_CONSTRAINTS:-$ROOT/requirements/constraints.txt}"
+[[ -f "$CONSTRAINTS" ]] || { echo "[install] ERROR: DR2NET_CONSTRAINTS=$CONSTRAINTS is not a file" >&2; exit 1; }
+export DR2NET_CONSTRAINTS="$CONSTRAINTS"  # read by dr2net_mm/env.py
 STAMP="$VENV/.dr2net_install_stamp"
 LOG="$VENV/dr2net_install.log"
 FROM_SOURCE="${DR2NET_MMCV_FROM_SOURCE:-0}"
@@ -45,7 +50,7 @@ pin() {  # version pinned for a distribution in constraints.txt
 pip_install() { quiet "$PY" -m pip install --disable-pip-version-check -c "$CONSTRAINTS" "$@"; }
 
 # ---- 0. fast path: same inputs as the last successful run, and the check passes ----
-HASH="$( { cat "$CONSTRAINTS" "$ROOT/setup.py" "$ROOT/tools/install.sh"
+HASH="$( { cat "$CONSTRAINTS" "$ROOT/pyproject.toml" "$ROOT/tools/install.sh"
            echo "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}"; } | sha256sum | cut -d' ' -f1)"
 if [[ "$FROM_SOURCE$DRY_RUN" == 00 && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
     if "$PY" "$ROOT/dr2net_mm/env.py" --quiet; then

@@ -9,14 +9,12 @@ import argparse
 import os
 import sys
 
-from mmengine.runner import Runner
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
 from dr2net_mm.runner_utils import (  # noqa: E402
-    add_runner_arguments, coefficients_summary, finish_distributed, load_config,
-    parse_runner_arguments, require_checkpoint_file, require_data, setup_cpu_distributed,
-    trust_own_checkpoints)
+    OwnCheckpointRunner, add_runner_arguments, coefficients_summary, finish_distributed,
+    load_config, parse_runner_arguments, require_checkpoint_file, require_data,
+    setup_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -31,7 +29,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    trust_own_checkpoints()
     require_checkpoint_file(args.checkpoint, 'test')
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
@@ -43,7 +40,8 @@ def main(argv=None):
         cfg.test_evaluator = list(evaluators) + [dict(type='DumpResults', out_file_path=args.out)]
     require_data(cfg, ('test_dataloader', ))
     setup_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
+    # CHECKPOINT is one tools/train.py wrote (MMEngine's format): unpickled in full.
+    runner = OwnCheckpointRunner.from_cfg(cfg)
     runner.test()
     finish_distributed()
     coefficients = coefficients_summary(runner.model)

@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
 from dr2net_mm.models import PretrainedMismatchError  # noqa: E402
 from dr2net_mm.runner_utils import (  # noqa: E402
-    add_runner_arguments, finish_distributed, load_config, parse_runner_arguments,
-    require_amp_device, require_data, set_resume, setup_cpu_distributed, trust_own_checkpoints,
+    OwnCheckpointRunner, add_runner_arguments, finish_distributed, load_config,
+    parse_runner_arguments, require_amp_device, require_data, set_resume, setup_cpu_distributed,
     use_safe_checkpoints)
 
 
@@ -38,7 +38,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    trust_own_checkpoints()
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -57,7 +56,8 @@ def main(argv=None):
     set_resume(cfg, args.resume)
     require_data(cfg, ('train_dataloader', 'val_dataloader'))
     setup_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
+    # Resuming reads a checkpoint a run wrote: unpickled in full; anything else torch's way.
+    runner = (OwnCheckpointRunner if cfg.get('resume') else Runner).from_cfg(cfg)
     try:
         runner.train()
     except PretrainedMismatchError as error:

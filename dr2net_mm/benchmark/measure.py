@@ -54,6 +54,11 @@ class Measurement:
         return asdict(self)
 
 
+def _start_ns(event) -> int:
+    """A profiler event's start time; torch < 2.2's events have start_us() only."""
+    return event.start_ns() if hasattr(event, 'start_ns') else event.start_us() * 1000
+
+
 def _cpu_peak_bytes(run: Callable[[], None]) -> int:
     """Peak of live CPU bytes allocated while ``run()`` executes, from profiler memory events."""
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -62,7 +67,7 @@ def _cpu_peak_bytes(run: Callable[[], None]) -> int:
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'
               and e.device_type() == torch.autograd.DeviceType.CPU]
     live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
+    for event in sorted(events, key=_start_ns):
         live += event.nbytes()
         peak = max(peak, live)
     return peak

@@ -2,6 +2,7 @@
 stages (:class:`Dr2NetBackboneMixin`) and pretrained loading (checkpoint unwrapping, the deprecated
 ``pretrained=`` argument, :class:`LoadReport`)."""
 import logging
+import pickle
 import re
 import warnings
 from collections import OrderedDict
@@ -249,8 +250,16 @@ class Dr2NetBackboneMixin:
         logger = MMLogger.get_current_instance()
         source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
         if isinstance(checkpoint, str):
-            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
-                                                          map_location=map_location)
+            try:
+                checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
+                                                              map_location=map_location)
+            except pickle.UnpicklingError as exc:  # torch >= 2.6 loads weights only by default
+                raise ValueError(
+                    f'pretrained checkpoint {checkpoint!r} holds Python objects besides tensors '
+                    f'(e.g. an MMEngine training checkpoint), which torch refuses to unpickle '
+                    f'with weights_only=True. If you trust the file, save its weights alone: '
+                    f'torch.save(torch.load(PATH, weights_only=False)["state_dict"], NEW_PATH). '
+                    f"torch said: {str(exc).strip().splitlines()[0]}") from exc
         fmt = type(self).detect_format(unwrap_state_dict(checkpoint, prefix))
         state_dict = type(self).filter_checkpoint(checkpoint, self, prefix=prefix, logger=logger)
         checkpoint_layout = describe_layout(state_dict)

@@ -32,6 +32,7 @@ errors: README, Results.
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import timm
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
@@ -43,7 +44,7 @@ from ..core import ReversibleSequence
 from ..core.chunks import BranchPlan, draws_random, row_parts
 from .backbone import Dr2NetBackboneMixin, LoadReport, pretrained_init_cfg, unwrap_state_dict
 from .vit_checkpoint import checkpoint_filter_fn, detect_checkpoint_format, openmmlab_to_timm
-from .vit_timm import build_timm_vit, timm_vit_kwargs
+from .vit_timm import attention_takes_mask, build_timm_vit, timm_vit_kwargs
 
 __all__ = [
     'Dr2NetViT', 'ViTAttentionBranch', 'ViTMLPBranch', 'LoadReport', 'checkpoint_filter_fn',
@@ -389,6 +390,9 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
                 1, tokens.shape[0]) or pos_embed.shape[1:] != tokens.shape[1:]):
             raise ValueError(f'pos_embed must have shape (B or 1, N, C) = ({tokens.shape[0]} or 1, '
                              f'{tokens.shape[1]}, {tokens.shape[2]}), got {tuple(pos_embed.shape)}')
+        if attn_mask is not None and not attention_takes_mask(self.blocks[0]):
+            raise ValueError(f'attn_mask needs timm >= 1.0.16, whose attention takes a mask; this '
+                             f'is timm {timm.__version__}')
         self._sync_coefficients()
         indices = self.out_indices if out_indices is None else check_indices(
             'out_indices', out_indices, self.depth)

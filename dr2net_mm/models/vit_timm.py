@@ -1,6 +1,7 @@
 """The timm ``VisionTransformer`` that :class:`~dr2net_mm.models.vit.Dr2NetViT` wraps: its
 arguments translated to timm's and the built model checked to be one Dr2NetViT can run."""
 import difflib
+import inspect
 from functools import partial
 from typing import Any, Dict, Mapping, Optional
 
@@ -100,3 +101,8 @@ def build_timm_vit(arch: Optional[str], kwargs: Dict[str, Any]) -> nn.Module:
         raise ValueError('patch dropout (patch_drop_rate > 0) drops tokens, so no dense feature map can '
                          'be formed; remove patch_drop_rate from timm_kwargs')
     return model
+
+
+def attention_takes_mask(block: nn.Module) -> bool:
+    """Whether a timm ``Block``'s attention takes ``attn_mask`` (timm >= 1.0.16; before, x only)."""
+    return 'attn_mask' in inspect.signature(block.attn.forward).parameters
