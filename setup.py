@@ -41,5 +41,5 @@ setup(
         # pip cannot build mmcv's ops itself: tools/install.sh installs it first.
         'mmcv>=2.0.0,<2.2.0',
     ],
-    extras_require={'tests': [f"pytest=={PINS['pytest']}"]},
+    extras_require={'tests': [f"pytest=={PINS['pytest']}"], 'tensorboard': ['tensorboard']},
 )
