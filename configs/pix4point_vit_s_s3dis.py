@@ -7,3 +7,9 @@ model = dict(backbone=dict(_delete_=True, type='PlainViT', arch='vit_small_patch
                            drop_path_rate=0.1,
                            init_cfg=dict(type='Pretrained', checkpoint={{_base_.pretrained}})))
 custom_hooks = []
+
+# TensorBoard (pip install 'dr2net_mm[tensorboard]'): add to tools/train.py
+#   --cfg-options visualizer.vis_backends=LocalVisBackend,TensorboardVisBackend
+# (logs alpha, beta, reconstruction_error, reconstruction_error_log10, skipped_steps; then
+# tensorboard --logdir WORK_DIR). In a config: visualizer = dict(vis_backends=[
+# dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]).

@@ -5,3 +5,9 @@
 _base_ = 'mmseg::vit/vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py'
 
 model = dict(pretrained='pretrain/mae_pretrain_vit_small_mmseg.pth')
+
+# TensorBoard (pip install 'dr2net_mm[tensorboard]'): add to tools/train.py
+#   --cfg-options visualizer.vis_backends=LocalVisBackend,TensorboardVisBackend
+# (logs alpha, beta, reconstruction_error, reconstruction_error_log10, skipped_steps; then
+# tensorboard --logdir WORK_DIR). In a config: visualizer = dict(vis_backends=[
+# dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]).

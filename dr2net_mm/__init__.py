@@ -5,10 +5,10 @@ registries, so mmdet, mmseg and plain MMEngine configs resolve them by name::
 
     custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
 
-The reversible engine itself (:mod:`dr2net_mm.core`) is pure PyTorch. Python runs this file
-before any submodule, also for ``import dr2net_mm.core``; so the OpenMMLab layer is imported
-only where MMEngine is installed. There it is imported at once, and a missing mmdet or mmcv is
-reported as the import error it is.
+The reversible engine (:mod:`dr2net_mm.core`) and the timm conversion
+(:mod:`dr2net_mm.timm_models`) are pure PyTorch. Python runs this file before any submodule, also
+for ``import dr2net_mm.core``; so the OpenMMLab layer is imported only where MMEngine is installed.
+There it is imported at once, and a missing mmdet or mmcv is reported as the import error it is.
 """
 from importlib.util import find_spec
 

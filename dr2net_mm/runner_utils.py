@@ -76,10 +76,28 @@ def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optiona
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    expand_vis_backends(cfg)
     cfg.launcher = launcher
     if launcher != 'none':
         choose_dist_backend(cfg)
     return cfg
+
+
+def expand_vis_backends(cfg: Config) -> None:
+    """Let ``--cfg-options visualizer.vis_backends=LocalVisBackend,TensorboardVisBackend`` work:
+    MMEngine's ``DictAction`` cannot parse dicts, so backend names become ``dict(type=NAME)``. A
+    visualizer given only through such an option gets MMEngine's ``Visualizer`` type."""
+    visualizer = cfg.get('visualizer')
+    if not isinstance(visualizer, dict) or 'vis_backends' not in visualizer:
+        return
+    backends = visualizer['vis_backends']
+    backends = backends if isinstance(backends, (list, tuple)) else [backends]
+    for backend in backends:
+        if not isinstance(backend, (str, dict)) or (isinstance(backend, str) and not backend):
+            raise SystemExit(f'visualizer.vis_backends: {backend!r} is neither a backend name (e.g. '
+                             'TensorboardVisBackend) nor a dict')
+    visualizer['vis_backends'] = [dict(type=b) if isinstance(b, str) else b for b in backends]
+    visualizer.setdefault('type', 'Visualizer')
 
 
 def choose_dist_backend(cfg: Config) -> str:

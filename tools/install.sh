@@ -40,6 +40,30 @@ quiet() {
     fi
 }
 
+# Run a long command like `quiet`, saying every $PROGRESS_EVERY seconds how long it has run and
+# where its output goes (the torch download and the mmcv build take many minutes).
+PROGRESS_EVERY="${DR2NET_PROGRESS_SECONDS:-30}"
+with_progress() {  # <label> <command...>
+    local label="$1" start=$SECONDS next pid rc=0
+    shift
+    "$@" >>"$LOG" 2>&1 &
+    pid=$!
+    next=$((SECONDS + PROGRESS_EVERY))
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if (( SECONDS >= next )) && kill -0 "$pid" 2>/dev/null; then
+            say "$label: still running, $((SECONDS - start))s elapsed (log: $LOG)"
+            next=$((SECONDS + PROGRESS_EVERY))
+        fi
+    done
+    wait "$pid" || rc=$?
+    if (( rc != 0 )); then
+        echo "[install] FAILED: $*" >&2
+        tail -n 40 "$LOG" >&2
+        die "see $LOG"
+    fi
+}
+
 pin() {  # version pinned for a distribution in constraints.txt
     local v
     v="$(sed -n "s/^$1==\([^ #]*\).*/\1/p" "$CONSTRAINTS")"
@@ -76,7 +100,9 @@ TORCH_V="$(pin torch)"
 step=$SECONDS
 index=()
 [[ -n "${TORCH_INDEX_URL:-}" ]] && index=(--index-url "$TORCH_INDEX_URL")
-pip_install "${index[@]}" "torch==$TORCH_V" "torchvision==$(pin torchvision)"
+say "installing torch $TORCH_V (a large download; progress every ${PROGRESS_EVERY}s, log: $LOG)"
+with_progress "torch install" "$PY" -m pip install --disable-pip-version-check -c "$CONSTRAINTS" \
+    "${index[@]}" "torch==$TORCH_V" "torchvision==$(pin torchvision)"
 say "torch $TORCH_V, torchvision $(pin torchvision) ... ok ($((SECONDS - step))s)"
 
 # ---- 3. mmcv with its C++ ops ----
@@ -177,7 +203,7 @@ sys.exit(v < (2, 14))'; then
     local extra=() whl
     [[ $CUDA == 1 ]] && extra=(FORCE_CUDA=1) && say "CUDA found: building mmcv's CUDA ops too"
     # PATH: torch's extension builder looks for the `ninja` binary there.
-    quiet env PATH="$bvenv/bin:$PATH" MAX_JOBS="${MAX_JOBS:-2}" MMCV_WITH_OPS=1 "${extra[@]}" \
+    with_progress "mmcv build" env PATH="$bvenv/bin:$PATH" MAX_JOBS="${MAX_JOBS:-2}" MMCV_WITH_OPS=1 "${extra[@]}" \
         "$bvenv/bin/pip" wheel --disable-pip-version-check --no-deps --no-build-isolation \
         --no-cache-dir -w "$work/dist" "$src"
     whl="$(ls "$work"/dist/mmcv-"$MMCV_V"-*.whl)"

@@ -54,3 +54,9 @@ custom_hooks = [
     dict(type='AlphaBetaHook', start=(1.0, 0.1), end=(0.3, 0.7), end_epoch=5, interval=2)
 ]
 randomness = dict(seed=0)  # the same demo run every time (same data order, flips and masks)
+
+# TensorBoard (pip install 'dr2net_mm[tensorboard]'): add to tools/train.py
+#   --cfg-options visualizer.vis_backends=LocalVisBackend,TensorboardVisBackend
+# (logs alpha, beta, reconstruction_error, reconstruction_error_log10, skipped_steps; then
+# tensorboard --logdir WORK_DIR). In a config: visualizer = dict(vis_backends=[
+# dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]).

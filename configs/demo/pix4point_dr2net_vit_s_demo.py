@@ -60,3 +60,9 @@ default_hooks = dict(
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1, save_best=None))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
+
+# TensorBoard (pip install 'dr2net_mm[tensorboard]'): add to tools/train.py
+#   --cfg-options visualizer.vis_backends=LocalVisBackend,TensorboardVisBackend
+# (logs alpha, beta, reconstruction_error, reconstruction_error_log10, skipped_steps; then
+# tensorboard --logdir WORK_DIR). In a config: visualizer = dict(vis_backends=[
+# dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]).

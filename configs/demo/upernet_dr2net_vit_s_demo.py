@@ -23,3 +23,9 @@ model = dict(
               scales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[128] * 4),
     auxiliary_head=dict(in_channels=128, in_index=3))
+
+# TensorBoard (pip install 'dr2net_mm[tensorboard]'): add to tools/train.py
+#   --cfg-options visualizer.vis_backends=LocalVisBackend,TensorboardVisBackend
+# (logs alpha, beta, reconstruction_error, reconstruction_error_log10, skipped_steps; then
+# tensorboard --logdir WORK_DIR). In a config: visualizer = dict(vis_backends=[
+# dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]).

@@ -16,7 +16,21 @@ def step(title: str) -> float:
     return time.time()
 
 
-def run_logged(cmd, log_path: str, show=None, brief=lambda line: line.rstrip()[:160]) -> str:
+# the Dr²Net fields of a training log line, shown even when the line is cut
+DR2NET_FIELDS = re.compile(r'\b(alpha|beta|reconstruction_error_log10|skipped_steps): \S+')
+
+
+def brief_line(line: str, width: int = 160) -> str:
+    """``line`` cut to ``width`` characters, with its α/β fields (``alpha: 0.3000 beta: 0.7000``,
+    the log10 reconstruction error, skipped steps) appended when the cut dropped them."""
+    line = line.rstrip()
+    if len(line) <= width:
+        return line
+    fields = [m.group(0) for m in DR2NET_FIELDS.finditer(line, width)]
+    return line[:width] + (' ... ' + '  '.join(fields) if fields else '')
+
+
+def run_logged(cmd, log_path: str, show=None, brief=brief_line) -> str:
     """Run ``cmd`` in the repository root, print ``brief(line)`` for the output lines matching the
     regex ``show`` (None: all but :data:`NOISE`) as they come, keep the whole output in ``log_path``
     and return it. A failing command ends the demo with its exit code and the log's path."""

@@ -60,6 +60,11 @@ def coefficient_setters(model: nn.Module) -> List[nn.Module]:
     return found
 
 
+def log10_error(error: float) -> float:
+    """log10 of a reconstruction error, floored at 1e-30 (so exactly 0 reads -30); NaN stays NaN."""
+    return math.log10(max(error, 1e-30)) if error == error else error
+
+
 @HOOKS.register_module()
 class AlphaBetaHook(Hook):
     r"""Set the Dr²Net coefficients (α, β) of the model before every training iteration.
@@ -77,7 +82,8 @@ class AlphaBetaHook(Hook):
     **Which modules, logging, guard, error-aware mode**: ``docs/alpha_beta_hook.md`` states them in
     full. In short: the hook sets (α, β) on the outermost modules with ``set_coefficients`` (never at
     validation/test time); logs ``train/alpha``, ``train/beta``, ``train/reconstruction_error`` and
-    ``train/skipped_steps``; with ``guard`` drops the optimizer step after an imprecise reversible
+    ``train/skipped_steps``, and ``train/reconstruction_error_log10`` (readable on the console, which
+    prints 4 decimals; -30 for an error of exactly 0); with ``guard`` drops the optimizer step after an imprecise reversible
     backward (all ranks together); with ``target_error`` stops on the path at the first point whose
     error stays below the target for ``patience`` η-windows. Its state is saved in
     ``checkpoint['meta']['alpha_beta_hook']`` and restored on resume.
@@ -385,6 +391,8 @@ class AlphaBetaHook(Hook):
             hub.update_scalar('train/beta', self._applied[1])
         if error is not None:
             hub.update_scalar('train/reconstruction_error', error)
+            # the console prints 4 decimals: log10 keeps small errors readable (exactly 0: -30)
+            hub.update_scalar('train/reconstruction_error_log10', log10_error(error))
         hub.update_scalar('train/skipped_steps', self.skipped_steps)
         if self.error_aware and not self.stopped:
             self._error_aware_update(runner, error)

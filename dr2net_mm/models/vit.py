@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..checks import check_bool, check_indices, check_segment_size, parse_stream_dtype
 from ..core import ReversibleSequence
-from ..core.chunks import BranchPlan, draws_random, row_parts
+from ..timm_models import ViTAttentionBranch, ViTMLPBranch
 from .backbone import Dr2NetBackboneMixin, LoadReport, pretrained_init_cfg, unwrap_state_dict
 from .vit_checkpoint import checkpoint_filter_fn, detect_checkpoint_format, openmmlab_to_timm
 from .vit_timm import attention_takes_mask, build_timm_vit, timm_vit_kwargs
@@ -50,61 +50,6 @@ __all__ = [
     'Dr2NetViT', 'ViTAttentionBranch', 'ViTMLPBranch', 'LoadReport', 'checkpoint_filter_fn',
     'detect_checkpoint_format', 'openmmlab_to_timm', 'unwrap_state_dict'
 ]
-
-
-# ------------------------------------------------------------------------------------------------
-# The residual branches of a timm Block, as functions of the reversible stage
-# ------------------------------------------------------------------------------------------------
-class ViTAttentionBranch(nn.Module):
-    """``F(x) = drop_path1(ls1(attn(norm1(x))))``: the attention branch of a timm ``Block`` without its
-    residual add. ``x``: ``(B, N, C)`` tokens; ``attn_mask`` (optional) is passed to timm's
-    ``Attention`` (``scaled_dot_product_attention`` semantics). Returns ``(B, N, C)``.
-
-    Holds references to the block's submodules (their parameters keep their names in the backbone)."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.norm1, self.attn, self.ls1 = block.norm1, block.attn, block.ls1
-        self.drop_path1 = block.drop_path1
-
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        if attn_mask is None:
-            out = self.attn(self.norm1(x))
-        else:
-            out = self.attn(self.norm1(x), attn_mask=attn_mask)
-        return self.drop_path1(self.ls1(out))
-
-
-class ViTMLPBranch(nn.Module):
-    """``F(x) = drop_path2(ls2(mlp(norm2(x))))``: the MLP branch of a timm ``Block`` without its
-    residual add. ``x``: ``(B, N, C)``; ``attn_mask`` is accepted and unused. Returns ``(B, N, C)``."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.norm2, self.mlp, self.ls2 = block.norm2, block.mlp, block.ls2
-        self.drop_path2 = block.drop_path2
-
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        return self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-
-    def plan(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Optional[BranchPlan]:
-        """The branch token by token (see ``dr2net_mm.core.chunks``): ``body`` is norm, MLP and layer
-        scale on rows of tokens, ``merge`` applies drop path per sample."""
-        if draws_random(self.mlp):
-            return None
-        B, N, C = x.shape
-        hidden = max(m.out_features for m in self.mlp.modules() if isinstance(m, nn.Linear))
-
-        def body(h: Tensor, part: slice) -> Tensor:
-            return self.ls2(self.mlp(self.norm2(h)))
-
-        def merge(out: Tensor) -> Tensor:
-            return self.drop_path2(out.view(B, N, C))
-
-        parts = row_parts(B * N, hidden)
-        if len(parts) == 1:
-            return None  # the whole branch is one part: run it as it is
-        return BranchPlan(x.reshape(B * N, C), parts, body, merge)
 
 
 @MODELS.register_module()

@@ -74,7 +74,10 @@ def build_timm_vit(arch: Optional[str], kwargs: Dict[str, Any]) -> nn.Module:
         model = VisionTransformer(**kwargs)
     else:
         if not isinstance(arch, str):
-            raise TypeError(f'arch must be a timm model name (str) or None, got {arch!r}')
+            raise TypeError(
+                f'arch must be a timm model name (str) or None, got a {type(arch).__name__} object; '
+                "write e.g. arch='vit_small_patch16_224', or convert a built timm model in place with "
+                'dr2net_mm.timm_models.convert_timm_vit(model)')
         if not timm.is_model(arch):
             close = difflib.get_close_matches(arch, timm.list_models('*vit*'), n=5, cutoff=0.6)
             hint = f'; did you mean one of {close}?' if close else ''
