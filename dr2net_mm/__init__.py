@@ -11,5 +11,8 @@ from .version import __version__
 from . import models  # noqa: F401  (registers backbones)
 from . import engine  # noqa: F401  (registers hooks)
 from . import points  # noqa: F401  (registers the point-cloud dataset, transforms, models, metric)
+from .mmcv_ops import apply_env_fallback
+
+apply_env_fallback()  # DR2NET_MMCV_PYTORCH_FALLBACK=1: mmcv's pure-PyTorch deformable attention on CUDA
 
 __all__ = ['__version__']
