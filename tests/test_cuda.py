@@ -108,7 +108,26 @@ def test_drop_path_masks_replayed_on_the_cuda_generator(name):
     assert torch.equal(states[True], states[False]), 'the recomputation consumed CUDA random draws'
 
 
-# 4. AmpOptimWrapper on the demo DINO: fp16, dynamic loss scale, one forced overflow -------------
+# 4. mmcv's deformable attention on CUDA through the fallback = the same module on CPU -----------
+def test_pytorch_deform_attn_fallback_on_cuda_matches_cpu(monkeypatch):
+    from mmcv.ops import MultiScaleDeformableAttention, multi_scale_deform_attn
+
+    from dr2net_mm.mmcv_ops import use_pytorch_deform_attn
+    monkeypatch.setattr(multi_scale_deform_attn, 'IS_CUDA_AVAILABLE', True)  # restored afterwards
+    use_pytorch_deform_attn('test_cuda')
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(embed_dims=32, num_heads=4, num_levels=2, num_points=2,
+                                         batch_first=True)
+    inputs = dict(query=torch.randn(1, 5, 32), value=torch.randn(1, 20, 32),
+                  reference_points=torch.rand(1, 5, 2, 2), spatial_shapes=torch.tensor([[4, 4], [2, 2]]),
+                  level_start_index=torch.tensor([0, 16]))
+    cpu = attn(**inputs)
+    cuda = attn.cuda()(**{k: v.cuda() for k, v in inputs.items()})
+    assert cuda.is_cuda
+    assert torch.allclose(cuda.cpu(), cpu, atol=1e-5), (cuda.cpu() - cpu).abs().max()
+
+
+# 5. AmpOptimWrapper on the demo DINO: fp16, dynamic loss scale, one forced overflow -------------
 def test_amp_dino_demo_steps_and_an_overflow():
     from mmengine.optim import AmpOptimWrapper
 
@@ -145,7 +164,7 @@ def test_amp_dino_demo_steps_and_an_overflow():
     assert set(model.backbone.reconstruction_errors()) == {0.0}
 
 
-# 5. peak memory from max_memory_allocated: Dr²Net below activation checkpointing -----------------
+# 6. peak memory from max_memory_allocated: Dr²Net below activation checkpointing -----------------
 @pytest.mark.parametrize('kind', ['swin', 'vit'])
 def test_peak_memory_dr2net_below_checkpointing(kind):
     from dr2net_mm.benchmark import compare, swin_variants, vit_variants

@@ -127,7 +127,12 @@ def check(folder, max_mib):
         problems.append(f'{name}: in the folder but not in {os.path.relpath(MANIFEST, ROOT)}')
     for name, got in sorted(found.items()):
         for _, path in got:
-            for line in requirements_of(path):
+            try:
+                lines = requirements_of(path)
+            except (zipfile.BadZipFile, tarfile.TarError, StopIteration, ValueError) as error:
+                problems.append(f'{os.path.basename(path)}: cannot read its metadata ({error!r})')
+                continue
+            for line in lines:
                 req = Requirement(line)
                 if req.marker is not None and not req.marker.evaluate(MACHINE):
                     continue
