@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all test-compat demo demo-seg demo-points clean
+.PHONY: install test test-all test-compat demo demo-seg demo-points clean gpu-wheels
 
 install:
 	bash tools/install.sh
@@ -43,3 +43,7 @@ demo-points: install
 clean:
 	find . \( -path ./.venv -o -path ./.venv-compat \) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print -exec rm -rf {} +
 	rm -rf build dist *.egg-info .eggs
+
+# Wheels (and mmcv's sdist) for tools/gpu_check.sh on an offline Python 3.12 GPU machine; checked.
+gpu-wheels:
+	$(PY) tools/gpu_wheels.py download .gpu_wheels

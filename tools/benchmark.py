@@ -32,6 +32,7 @@ from dr2net_mm.benchmark import (MB, compare, detector_variants, markdown_table,
                                  points_variants, segmentor_variants, swin_variants, vit_variants)
 from dr2net_mm.benchmark.rss import available as rss_available  # noqa: E402
 from dr2net_mm.benchmark.rss import child_env, median_resident_peak_bytes  # noqa: E402
+from dr2net_mm.mmcv_ops import check_deform_attn_on  # noqa: E402
 
 DINO_CONFIGS = {
     'conventional': 'configs/dino_swin_t_coco.py',
@@ -259,6 +260,8 @@ def main(argv=None) -> dict:
         raise SystemExit('--rss needs Linux /proc/self/clear_refs (resident high-water mark); '
                          'run without --rss here')
     device = torch.device(args.device)
+    if args.model == 'dino':
+        check_deform_attn_on(device)
     report = dict(model=args.model, args=vars(args), date=time.strftime('%Y-%m-%d'),
                   device=args.device, torch=torch.__version__,
                   device_name=(torch.cuda.get_device_name(device) if device.type == 'cuda' else
