@@ -133,14 +133,15 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     names = list(result['rows'])
     rows = [result['rows'][n] for n in names]
-    fig, (acc, mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (acc, mem) = plt.subplots(1, 2, figsize=(14, 5))
     acc.bar(names, [r['mean'] for r in rows], yerr=[r['std'] for r in rows], capsize=4, color='tab:blue')
     for i, r in enumerate(rows):
         acc.plot([i] * len(r['accuracy']), r['accuracy'], 'k.', markersize=4)
-    low = min(min(r['accuracy']) for r in rows)
-    acc.set_ylim(max(0, low - 5), 100)
+        acc.text(i, r['mean'] + r['std'] + 0.5, f"{r['mean']:.1f}", ha='center', fontsize=8)
+        mem.text(i, r['peak_mb'], f"{r['peak_mb']:.2f}", ha='center', va='bottom', fontsize=8)
     acc.set_ylabel('test accuracy %, digits 5-9 (mean ± std, dots: seeds)')
     mem.bar(names, [r['peak_mb'] for r in rows], color='tab:orange')
+    acc.set_ylim(max(0, min(min(r['accuracy']) for r in rows) - 5), 101)
     mem.set_ylabel('training-step peak MB (CPU, batch 32)')
     for axis in (acc, mem):
         axis.tick_params(axis='x', rotation=45)
