@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all test-compat demo demo-seg demo-points clean gpu-wheels
+.PHONY: install test test-all test-compat demo demo-seg demo-points reproduce clean gpu-wheels
 
 install:
 	bash tools/install.sh
@@ -39,6 +39,11 @@ demo-seg: install
 # Pix4Point-style point-cloud segmentation with Dr²Net ViT-S on generated S3DIS-layout rooms
 demo-points: install
 	$(PY) tools/demo_points.py
+
+# The paper's finetuning rows in miniature on scikit-learn's bundled digits (real data, CPU, ~15 min):
+# results/reproduce_digits.{json,md,png}
+reproduce: install
+	$(PY) tools/reproduce.py
 
 clean:
 	find . \( -path ./.venv -o -path ./.venv-compat \) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print -exec rm -rf {} +

@@ -225,7 +225,7 @@ say "mmcv step done ($((SECONDS - step))s)"
 # ---- 4. the rest of the stack, then this package (editable) ----
 step=$SECONDS
 pip_install mmengine mmdet mmsegmentation timm pycocotools numpy opencv-python ftfy regex \
-    pytest setuptools
+    pytest setuptools scikit-learn
 say "mmengine $(pin mmengine), mmdet $(pin mmdet), mmseg $(pin mmsegmentation), timm $(pin timm) ... ok ($((SECONDS - step))s)"
 step=$SECONDS
 quiet "$PY" -m pip install --disable-pip-version-check --no-deps -e "$ROOT"
