@@ -156,9 +156,6 @@ class BetaBuffer:
         top = unpack_bits(packed[count - 1:], top_bits, self.shape)
         self.limbs = [t.clone() for t in packed[:count - 1]] + [top]
 
-    def packed_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.pack())
-
 
 def _pieces(bits: int) -> List[int]:
     """Widths that add up to ``bits``: whole bytes, then 4, 2 and 1 as needed."""

@@ -46,8 +46,8 @@ from torch.autograd.function import once_differentiable
 from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .autocast import autocast_state
 from .chunks import backward_by_parts, run_branch
-from .param_grads import accumulates_into_grad, gradients_into
 from .fixed_point import nearest_beta
+from .param_grads import accumulates_into_grad, gradients_into
 from .rng import capture_rng_state, replay_rng_state
 from .streams import EXACT, branch_input, dual_residual_step, stream_arithmetic
 

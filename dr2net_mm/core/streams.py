@@ -170,10 +170,9 @@ class ExactStreams:
     """
     exact = True
 
-    def __init__(self, alpha: float, beta: float, model_dtype: torch.dtype, stage_name: str = ''):
+    def __init__(self, alpha: float, beta: float, model_dtype: torch.dtype):
         self.alpha, self.beta_fraction = alpha, beta_fraction(beta)
         self.model_dtype = model_dtype
-        self.stage_name = stage_name
         self.buffer: Optional[BetaBuffer] = None
         self.segment_bounds: Dict[int, List[int]] = {}  # segment end position -> buffer bounds
         self.peak: Optional[Tensor] = None
@@ -260,9 +259,8 @@ class ExactStreams:
         if peak != peak or peak == float('inf'):
             return False
         if peak >= MAX_VALUE:
-            where = f' {self.stage_name}' if self.stage_name else ''
             raise OverflowError(
-                f'reversible stage{where}: a stream or branch output reached |x| = {peak:.4g}, outside '
+                f'reversible stage: a stream or branch output reached |x| = {peak:.4g}, outside '
                 f'the exact fixed-point streams\' range |x| < 2^21 = {MAX_VALUE:.4g}. Use '
                 "stream_dtype='float64' for this model (with segment_size to bound the rounding), or "
                 'find why its activations grow this large (learning rate, missing normalisation)')
@@ -270,8 +268,8 @@ class ExactStreams:
 
 
 def stream_arithmetic(stream_dtype: StreamDtype, alpha: float, beta: float,
-                      model_dtype: torch.dtype, stage_name: str = ''):
+                      model_dtype: torch.dtype):
     """The arithmetic for ``stream_dtype`` (``'exact'``, ``torch.float64`` or ``torch.float32``)."""
     if stream_dtype == EXACT:
-        return ExactStreams(alpha, beta, model_dtype, stage_name)
+        return ExactStreams(alpha, beta, model_dtype)
     return FloatStreams(stream_dtype, alpha, beta, model_dtype)
