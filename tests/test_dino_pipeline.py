@@ -11,23 +11,10 @@ import pytest
 import torch
 
 from dr2net_mm.demo.data import make_demo_coco, write_swin_official_checkpoint
-from tool_runs import run_tool as run, scalars
+from tool_runs import data_overrides, run_tool as run, scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
-
-
-def data_overrides(data_root: str) -> str:
-    """Config lines pointing the demo config at ``data_root``."""
-    return f'''
-data_root = {data_root!r}
-train_dataloader = dict(dataset=dict(data_root=data_root))
-val_dataloader = dict(dataset=dict(data_root=data_root))
-test_dataloader = dict(dataset=dict(data_root=data_root))
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-model = dict(backbone=dict(init_cfg=dict(checkpoint=data_root + 'swin_t.pth')))
-'''
 
 
 @pytest.fixture(scope='module')

@@ -16,8 +16,7 @@ import torch
 
 from dr2net_mm.demo.data import make_demo_coco, write_swin_official_checkpoint
 from dr2net_mm.models import Dr2NetSwin, PretrainedMismatchError
-from test_dino_pipeline import data_overrides
-from tool_runs import ROOT, run_tool as run, scalars, tool_env
+from tool_runs import ROOT, data_overrides, run_tool as run, scalars, tool_env
 
 PYTHON = sys.executable
 TESTS = os.path.dirname(os.path.abspath(__file__))

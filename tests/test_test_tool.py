@@ -12,7 +12,7 @@ from mmengine.registry import DefaultScope
 
 from dr2net_mm.demo.data import (make_demo_ade20k, make_demo_coco, write_swin_official_checkpoint,
                                  write_vit_timm_checkpoint)
-from tool_runs import ROOT, run_tool as run
+from tool_runs import ROOT, data_overrides, run_tool as run
 
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402  (tools/test.py)
@@ -39,11 +39,7 @@ def det(tmp_path_factory):
     make_demo_coco(data_root, num_train=1, num_val=2, image_size=(128, 128))
     write_swin_official_checkpoint(data_root + 'swin_t.pth')
     config = root / 'det.py'
-    config.write_text(
-        f"_base_ = {os.path.join(ROOT, DET)!r}\ndata_root = {data_root!r}\n"
-        "test_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')\n"
-        "model = dict(backbone=dict(init_cfg=dict(checkpoint=data_root + 'swin_t.pth')))\n")
+    config.write_text(f'_base_ = {os.path.join(ROOT, DET)!r}\n' + data_overrides(data_root))
     return dict(root=root, config=str(config),
                 checkpoint=write_checkpoint(str(config), 'mmdet', str(root / 'det.pth')))
 

@@ -28,3 +28,16 @@ def scalars(work_dir: str):
     (run_dir, ) = [d for d in os.listdir(work_dir) if re.fullmatch(r'\d{8}_\d{6}', d)]
     with open(os.path.join(work_dir, run_dir, 'vis_data', 'scalars.json')) as f:
         return [json.loads(line) for line in f]
+
+
+def data_overrides(data_root: str) -> str:
+    """Config lines pointing the DINO demo config at the COCO-layout data under ``data_root``."""
+    return f'''
+data_root = {data_root!r}
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = dict(dataset=dict(data_root=data_root))
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+model = dict(backbone=dict(init_cfg=dict(checkpoint=data_root + 'swin_t.pth')))
+'''
