@@ -50,10 +50,16 @@ def main() -> None:
         print(f'exclude input image: {exclude_input}')
         print(f'  timm ViT-S            {plain / mib:8.2f} MiB')
         print(f'  timm ViT-S, grad cp   {cp / mib:8.2f} MiB')
-        for depth, indices in ((12, (11, )), (12, (3, 5, 7, 11)), (24, (23, ))):
-            ours = vit_saved_bytes(depth=depth, out_indices=indices, exclude_input=exclude_input)
-            print(f'  Dr2NetViT depth {depth:2d} out {indices}: {ours / mib:6.2f} MiB '
-                  f'({100 * ours / plain:.2f} % of timm, {100 * ours / cp:.2f} % of timm cp)')
+        settings = [(depth, indices, {}) for depth, indices in
+                    ((12, (11, )), (12, (3, 5, 7, 11)), (24, (23, )))]
+        settings += [(12, (11, ), dict(beta=0.7)), (12, (11, ), dict(stream_dtype='float64')),
+                     (24, (23, ), dict(stream_dtype='float64'))]
+        for depth, indices, options in settings:
+            ours = vit_saved_bytes(depth=depth, out_indices=indices, exclude_input=exclude_input,
+                                   **options)
+            print(f'  Dr2NetViT depth {depth:2d} out {indices} {options or "(defaults)"}: '
+                  f'{ours / mib:6.2f} MiB ({100 * ours / plain:.2f} % of timm, '
+                  f'{100 * ours / cp:.2f} % of timm cp)')
 
 
 if __name__ == '__main__':
