@@ -14,6 +14,11 @@ from importlib.util import find_spec
 
 from .version import __version__
 
+if find_spec('mmaction') is not None:
+    # mmaction2 1.2.0's wheel lacks a folder that `import mmaction.models` needs (see there)
+    from .mmaction_compat import install as _install_mmaction_compat
+    _install_mmaction_compat()
+
 if find_spec('mmengine') is not None:
     from . import models  # noqa: F401  (registers backbones)
     from . import engine  # noqa: F401  (registers hooks)

@@ -27,7 +27,7 @@ FIX = 'run `make install`'
 # (distribution name, import name); torch must stay first.
 STACK = [('torch', 'torch'), ('torchvision', 'torchvision'), ('mmengine', 'mmengine'),
          ('mmcv', 'mmcv'), ('mmdet', 'mmdet'), ('mmsegmentation', 'mmseg'),
-         ('timm', 'timm'), ('numpy', 'numpy')]
+         ('mmaction2', 'mmaction'), ('timm', 'timm'), ('numpy', 'numpy')]
 # What mmdet 3.3 and mmseg 1.2 accept (they assert it at import): [low, high)
 RANGES = {'mmcv': ('2.0.0', '2.2.0'), 'mmengine': ('0.7.1', '1.0.0')}
 
@@ -173,7 +173,7 @@ def main(argv=None):
         print(f"[env] OK: python {facts['python']}, torch {v['torch']}, "
               f"torchvision {v['torchvision']}, mmcv {v['mmcv']} (ops ok), "
               f"mmengine {v['mmengine']}, mmdet {v['mmdet']}, "
-              f"mmseg {v['mmsegmentation']}, timm {v['timm']}, numpy {v['numpy']}")
+              f"mmseg {v['mmsegmentation']}, mmaction2 {v['mmaction2']}, timm {v['timm']}, numpy {v['numpy']}")
     return 0
 
 
