@@ -14,10 +14,11 @@ PACKAGE = ROOT / 'dr2net_mm'
 # Lower layers never import higher ones (the root __init__, which imports the registering
 # packages, stands above them all).
 LAYERS = {'version': 0, 'checks': 0, 'core': 1, 'timm_models': 2, 'models': 2, 'engine': 3, 'points': 3,
-          'benchmark': 4, 'demo': 4, 'runner_utils': 4, 'env': 4, 'demo_data': 4, 'mmcv_ops': 4}
+          'benchmark': 4, 'demo': 4, 'runner_utils': 4, 'env': 4, 'demo_data': 4, 'mmcv_ops': 4,
+          'mmaction_compat': 0}
 # Deprecated aliases kept for old imports: the only modules allowed to reach up.
 UPWARD_ALIASES = {'dr2net_mm.points', 'dr2net_mm.points.model', 'dr2net_mm.points.demo_rooms'}
-OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain')
+OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain', 'mmaction')
 
 
 def module_names():
