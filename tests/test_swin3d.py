@@ -248,6 +248,14 @@ def test_with_cp_checkpoints_branches_in_reference_mode_only():
     assert cp_bytes < 0.5 * plain_bytes
     assert max_abs_diff(cp_outs, plain_outs) == 0
     assert all(torch.allclose(cp_grads[n], g, atol=1e-6) for n, g in plain_grads.items())
+    # Reversible: nothing per block to checkpoint, the flag changes nothing.
+    counts = []
+    for flag in (False, True):
+        model = Dr2NetSwin3D(**SMALL, with_cp=flag).train()
+        with count_saved_bytes(model.parameters()) as saved:
+            model(x)
+        counts.append(saved.total)
+    assert counts[0] == counts[1]
 
 
 # 4. Drop-in: arguments, registry, state dict, checkpoints ------------------------------------------
@@ -266,6 +274,7 @@ def test_same_arguments_defaults_and_state_dict_as_mmaction():
         assert [k for k in sd if k not in ('alpha', 'beta')] == list(ref_sd)
         assert all(sd[k].shape == v.shape for k, v in ref_sd.items())
     assert sd['alpha'].item() == 1.0 and sd['beta'].item() == 0.1
+    Dr2NetSwin3D(arch=ARCH).init_weights()  # pretrained2d=True, no file: from scratch (mmaction2 fails)
     assert [len(s.functions) for s in model.sequences] == [2, 2, 4, 2]
     assert all(s in set(model.modules()) for s in model.sequences)
 
@@ -303,9 +312,10 @@ def test_mmaction_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         expected = source(x)
     for kwargs in (dict(pretrained=str(tmp_path / 'recognizer.pth')),
+                   dict(pretrained=str(tmp_path / 'backbone.pth'), pretrained2d=True),  # detected
                    dict(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'backbone.pth')))):
-        model = Dr2NetSwin3D(**SMALL, out_indices=ALL_OUT, alpha=1.0, beta=0.0, reversible=False,
-                             **kwargs)
+        model = Dr2NetSwin3D(**dict(SMALL, **kwargs), out_indices=ALL_OUT, alpha=1.0, beta=0.0,
+                             reversible=False)
         model.init_weights()
         with torch.no_grad():
             assert all_equal(model.eval()(x), expected)
@@ -394,7 +404,9 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     path = str(tmp_path / 'wide.pth')
     torch.save({'state_dict': {'backbone.' + k: v for k, v in wide.state_dict().items()}}, path)
     model = Dr2NetSwin3D(**SMALL, pretrained=path)
-    with pytest.raises(PretrainedMismatchError, match='wide.pth'):
+    with pytest.raises(PretrainedMismatchError, match=r'wide\.pth.*the checkpoint is '
+                       r'embed_dims=32, blocks per stage \(1, 1, 2, 1\), the model is '
+                       r'embed_dims=16, blocks per stage \(1, 1, 2, 1\)'):
         model.init_weights()
 
 
