@@ -165,13 +165,16 @@ def describe(report, model):
             f'reconstruction errors {model.reconstruction_errors()}')
 
 
-@pytest.mark.parametrize('alpha,beta', [(1.0, 0.1), (0.3, 0.7)])
-def test_reversible_gradients_as_precise_as_ordinary_autograd(alpha, beta):
+@pytest.mark.parametrize('alpha,beta,out_indices,after', [(1.0, 0.1, ALL_OUT, False),
+                                                           (0.3, 0.7, (1, 3), True)])
+def test_reversible_gradients_as_precise_as_ordinary_autograd(alpha, beta, out_indices, after):
     """Drop path 0.2 (replayed in the rebuild), train mode, the constructor defaults (exact streams,
     one segment per stage): the reversible gradients of the input and of every parameter are as
-    precise as ordinary float32 autograd, and every stage rebuilt its streams bit for bit."""
+    precise as ordinary float32 autograd, and every stage rebuilt its streams bit for bit (outputs
+    before and after patch merging, which reversible training recomputes in backward)."""
     torch.manual_seed(0)
-    model = Dr2NetSwin3D(**SMALL, drop_path_rate=0.2, out_indices=ALL_OUT, alpha=alpha, beta=beta)
+    model = Dr2NetSwin3D(**SMALL, drop_path_rate=0.2, out_indices=out_indices,
+                         out_after_downsample=after, alpha=alpha, beta=beta)
     model.init_weights()
     model.train()
     report = gradient_error(model, clip(1, 3, 6, 56, 40))
