@@ -1,7 +1,7 @@
 """The models the benchmarks compare, as :class:`~dr2net_mm.benchmark.measure.Variant` lists: bare
 backbones (mmdet Swin / mmaction2 Video Swin / timm ViT against Dr²Net, with and without
-checkpointing) and whole mm models
-built from configs by one :func:`build_model` and trained with one :func:`training_loss`."""
+checkpointing) and whole mm models built from configs by one :func:`build_model` and trained with one
+:func:`training_loss`."""
 import copy
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -13,8 +13,8 @@ from .batches import detector_batch, image_batch, segmentor_batch, synthetic_poi
 from .measure import Variant
 
 __all__ = [
-    'swin_variants', 'swin3d_variants', 'vit_variants', 'build_model', 'training_loss', 'mm_model_variants',
-    'detector_variants', 'segmentor_variants', 'points_variants', 'swap_backbone',
+    'swin_variants', 'swin3d_variants', 'vit_variants', 'build_model', 'training_loss',
+    'mm_model_variants', 'detector_variants', 'segmentor_variants', 'points_variants', 'swap_backbone',
     'points_benchmark_inputs', 'points_training_loss'
 ]
 
