@@ -1,6 +1,7 @@
 """The models the benchmarks compare, as :class:`~dr2net_mm.benchmark.measure.Variant` lists: bare
-backbones (mmdet Swin / timm ViT against Dr²Net, with and without checkpointing) and whole mm models
-built from configs by one :func:`build_model` and trained with one :func:`training_loss`."""
+backbones (mmdet Swin / mmaction2 Video Swin / timm ViT against Dr²Net, with and without
+checkpointing) and whole mm models built from configs by one :func:`build_model` and trained with one
+:func:`training_loss`."""
 import copy
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -12,8 +13,8 @@ from .batches import detector_batch, image_batch, segmentor_batch, synthetic_poi
 from .measure import Variant
 
 __all__ = [
-    'swin_variants', 'vit_variants', 'build_model', 'training_loss', 'mm_model_variants',
-    'detector_variants', 'segmentor_variants', 'points_variants', 'swap_backbone',
+    'swin_variants', 'swin3d_variants', 'vit_variants', 'build_model', 'training_loss',
+    'mm_model_variants', 'detector_variants', 'segmentor_variants', 'points_variants', 'swap_backbone',
     'points_benchmark_inputs', 'points_training_loss'
 ]
 
@@ -73,6 +74,45 @@ def swin_variants(size: int, batch: int = 1, depths: Sequence[int] = (2, 2, 6, 2
     for name in extra:
         options = _stream_options('Swin', name)
         variants.append(Variant(name, seeded(lambda o=options: Dr2NetSwin(**o, **common)),
+                                forward_loss))
+    return variants
+
+
+def swin3d_variants(frames: int, size: int, batch: int = 1, arch: Union[str, dict] = 'tiny',
+                    window_size: Sequence[int] = (8, 7, 7), patch_size: Sequence[int] = (2, 4, 4),
+                    device: torch.device = torch.device('cpu'),
+                    extra: Sequence[str] = ()) -> List[Variant]:
+    """mmaction2 ``SwinTransformer3D`` (conventional, ``with_cp=True`` = checkpointing) vs
+    ``Dr2NetSwin3D`` at the start point (1, 0.1) with its defaults (``dr2net``: exact streams, one
+    segment per stage) and, in ``extra``, other streams (:data:`STREAM_OPTIONS`), on clips
+    ``(batch, 3, frames, size, size)``; ``arch`` as mmaction2 ('tiny', 'small', ... or a dict)."""
+    # (``import dr2net_mm``, which ran before this module, makes ``mmaction.models`` importable)
+    from mmaction.models.backbones.swin import SwinTransformer3D
+
+    from ..models.swin3d import Dr2NetSwin3D
+    common = dict(arch=copy.deepcopy(arch), window_size=tuple(window_size),
+                  patch_size=tuple(patch_size), pretrained2d=False, drop_path_rate=0.2)
+    x = torch.randn(batch, 3, frames, size, size,
+                    generator=torch.Generator().manual_seed(0)).to(device)
+
+    def forward_loss(model):
+        return _square_loss(model(x))
+
+    def seeded(factory):
+        def build():
+            torch.manual_seed(0)
+            return factory()
+        return build
+
+    variants = [
+        Variant('conventional', seeded(lambda: SwinTransformer3D(**common)), forward_loss),
+        Variant('checkpointing', seeded(lambda: SwinTransformer3D(with_cp=True, **common)),
+                forward_loss),
+        Variant('dr2net', seeded(lambda: Dr2NetSwin3D(**common)), forward_loss),
+    ]
+    for name in extra:
+        options = _stream_options('Video Swin', name)
+        variants.append(Variant(name, seeded(lambda o=options: Dr2NetSwin3D(**o, **common)),
                                 forward_loss))
     return variants
 

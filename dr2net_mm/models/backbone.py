@@ -68,13 +68,14 @@ class PretrainedMismatchError(ValueError):
 
 
 def describe_layout(state_dict: Mapping[str, Tensor]) -> str:
-    """The width and depth a backbone state dict implies: the patch embedding's output channels and
-    the number of blocks per stage (``stages.N.blocks.M.`` or ``blocks.M.`` keys)."""
+    """The width and depth a backbone state dict implies: the patch embedding's output channels (a
+    2D or 3D kernel) and the number of blocks per stage (``stages.N.blocks.M.``,
+    ``layers.N.blocks.M.`` or ``blocks.M.`` keys)."""
     widths = [v.shape[0] for k, v in state_dict.items()
-              if k.startswith('patch_embed.') and k.endswith('weight') and v.dim() == 4]
+              if k.startswith('patch_embed.') and k.endswith('weight') and v.dim() in (4, 5)]
     depths: Dict[int, int] = {}
     for key in state_dict:
-        match = re.match(r'(?:stages\.(\d+)\.)?blocks\.(\d+)\.', key)
+        match = re.match(r'(?:(?:stages|layers)\.(\d+)\.)?blocks\.(\d+)\.', key)
         if match:
             stage = int(match.group(1) or 0)
             depths[stage] = max(depths.get(stage, 0), int(match.group(2)) + 1)
