@@ -1,7 +1,13 @@
 """Backbones registered into MMEngine's root MODELS registry."""
+from importlib.util import find_spec
+
 from .backbone import PretrainedMismatchError
 from .plain_vit import PlainViT
 from .swin import Dr2NetSwin
 from .vit import Dr2NetViT
 
 __all__ = ['Dr2NetSwin', 'Dr2NetViT', 'PlainViT', 'PretrainedMismatchError']
+
+if find_spec('mmaction') is not None:  # the video backbones need mmaction2
+    from .video_vit import Dr2NetVideoViT, PlainVideoViT
+    __all__ += ['Dr2NetVideoViT', 'PlainVideoViT']
