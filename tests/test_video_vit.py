@@ -530,3 +530,25 @@ def test_set_coefficients_and_alpha_beta_round_trip():
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         Dr2NetVideoViT(**TINY, **kwargs)
+
+
+# 6. Benchmark variants (built and run once, tiny; not measured) -----------------------------------------
+def test_video_vit_benchmark_variants():
+    from dr2net_mm.benchmark import video_vit_variants
+    variants = video_vit_variants(frames=4, size=32, batch=1, embed_dims=48, depth=2, num_heads=3,
+                                  extra=('dr2net_f64', ))
+    assert [v.name for v in variants] == ['conventional', 'checkpointing', 'dr2net', 'dr2net_f64']
+    models = {v.name: v.build().train() for v in variants}
+    assert type(models['conventional']) is VisionTransformer
+    assert isinstance(models['checkpointing'], PlainVideoViT) and models['checkpointing'].with_cp
+    assert models['dr2net'].coefficients == (1.0, 0.1) and models['dr2net'].stream_dtype == 'exact'
+    assert models['dr2net_f64'].stream_dtype == torch.float64
+    assert all(k in models['dr2net'].state_dict() for k in models['conventional'].state_dict())
+    losses = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        losses[variant.name] = variant.forward_loss(models[variant.name])
+        losses[variant.name].backward()
+    assert torch.equal(losses['conventional'], losses['checkpointing'])  # same weights, same masks
+    with pytest.raises(ValueError, match='unknown extra VideoViT variant'):
+        video_vit_variants(extra=('nope', ))
