@@ -1,5 +1,6 @@
-"""Spec of Dr2NetVideoViT (dr2net_mm.models.video_vit): mmaction2's VideoMAE VisionTransformer with its
-blocks run as one reversible stage, its baseline PlainVideoViT, and the VideoMAE checkpoint converter."""
+"""Spec of Dr2NetVideoViT (dr2net_mm.models.video_vit): mmaction2's VideoMAE VisionTransformer with
+its blocks run as one reversible stage, its baseline PlainVideoViT, and the VideoMAE checkpoint
+converter (dr2net_mm.models.videomae_checkpoint)."""
 import copy
 import inspect
 import logging
@@ -274,7 +275,7 @@ def test_saved_bytes_are_flat_in_depth_and_beat_checkpointing():
         assert mb[f'{dtype} 12'] <= 0.1 * mb['conventional 12']
 
 
-# 4. Drop-in: signature, state dict, registry, checkpoints ------------------------------------------------
+# 4. Drop-in: signature, state dict, registry, checkpoints ----------------------------------------
 def test_same_arguments_defaults_and_state_dict_as_mmaction():
     ours = inspect.signature(Dr2NetVideoViT.__init__).parameters
     theirs = inspect.signature(VisionTransformer.__init__).parameters
@@ -532,7 +533,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, match):
         Dr2NetVideoViT(**TINY, **kwargs)
 
 
-# 6. Benchmark variants (built and run once, tiny; not measured) -----------------------------------------
+# 6. Benchmark variants (built and run once, tiny; not measured) ----------------------------------
 def test_video_vit_benchmark_variants():
     from dr2net_mm.benchmark import video_vit_variants
     variants = video_vit_variants(frames=4, size=32, batch=1, embed_dims=48, depth=2, num_heads=3,

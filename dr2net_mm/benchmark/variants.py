@@ -12,7 +12,8 @@ from .batches import detector_batch, image_batch, segmentor_batch, synthetic_poi
 from .measure import Variant
 
 __all__ = [
-    'swin_variants', 'vit_variants', 'video_vit_variants', 'build_model', 'training_loss', 'mm_model_variants',
+    'swin_variants', 'vit_variants', 'video_vit_variants', 'build_model', 'training_loss',
+    'mm_model_variants',
     'detector_variants', 'segmentor_variants', 'points_variants', 'swap_backbone',
     'points_benchmark_inputs', 'points_training_loss'
 ]

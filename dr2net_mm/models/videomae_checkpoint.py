@@ -31,7 +31,6 @@ import re
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
