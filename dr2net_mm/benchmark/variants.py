@@ -13,8 +13,9 @@ from .batches import detector_batch, image_batch, segmentor_batch, synthetic_poi
 from .measure import Variant
 
 __all__ = [
-    'swin_variants', 'swin3d_variants', 'vit_variants', 'build_model', 'training_loss',
-    'mm_model_variants', 'detector_variants', 'segmentor_variants', 'points_variants', 'swap_backbone',
+    'swin_variants', 'swin3d_variants', 'vit_variants', 'video_vit_variants', 'build_model',
+    'training_loss', 'mm_model_variants', 'detector_variants', 'segmentor_variants',
+    'points_variants', 'swap_backbone',
     'points_benchmark_inputs', 'points_training_loss'
 ]
 
@@ -158,6 +159,45 @@ def vit_variants(size: int, batch: int = 1, arch: str = 'vit_small_patch16_224',
     ]
     for name in extra:
         variants.append(Variant(name, dr2net(**_stream_options('ViT', name)), dr2net_loss))
+    return variants
+
+
+def video_vit_variants(frames: int = 16, size: int = 224, batch: int = 1, embed_dims: int = 384,
+                       depth: int = 12, num_heads: int = 6,
+                       device: torch.device = torch.device('cpu'),
+                       extra: Sequence[str] = ()) -> List[Variant]:
+    """mmaction2's VideoMAE ``VisionTransformer`` (conventional), ``PlainVideoViT(with_cp=True)``
+    (checkpointing: the same network and state dict, every block recomputed in backward) and
+    ``Dr2NetVideoViT`` at (1, 0.1) with its defaults (``dr2net``: exact streams, one segment) plus, in
+    ``extra``, other streams (:data:`STREAM_OPTIONS`). Input: a ``(batch, 3, frames, size, size)``
+    clip (tubelets 2×16×16); every variant returns mmaction2's mean-pooled ``fc_norm`` features."""
+    from mmaction.models.backbones.vit_mae import VisionTransformer
+
+    from ..models import Dr2NetVideoViT, PlainVideoViT
+    common = dict(img_size=size, patch_size=16, embed_dims=embed_dims, depth=depth,
+                  num_heads=num_heads, num_frames=frames, tubelet_size=2, drop_path_rate=0.1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
+
+    def forward_loss(model):
+        return _square_loss(model(x))
+
+    def seeded(factory):
+        def build():
+            torch.manual_seed(0)
+            return factory()
+        return build
+
+    variants = [
+        Variant('conventional', seeded(lambda: VisionTransformer(**common)), forward_loss),
+        Variant('checkpointing', seeded(lambda: PlainVideoViT(with_cp=True, **common)),
+                forward_loss),
+        Variant('dr2net', seeded(lambda: Dr2NetVideoViT(**common)), forward_loss),
+    ]
+    for name in extra:
+        options = _stream_options('VideoViT', name)
+        variants.append(Variant(name, seeded(lambda o=options: Dr2NetVideoViT(**o, **common)),
+                                forward_loss))
     return variants
 
 

@@ -10,4 +10,5 @@ __all__ = ['Dr2NetSwin', 'Dr2NetViT', 'PlainViT', 'PretrainedMismatchError']
 
 if find_spec('mmaction') is not None:  # the video backbones need mmaction2
     from .swin3d import Dr2NetSwin3D
-    __all__ += ['Dr2NetSwin3D']
+    from .video_vit import Dr2NetVideoViT, PlainVideoViT
+    __all__ += ['Dr2NetSwin3D', 'Dr2NetVideoViT', 'PlainVideoViT']

@@ -31,15 +31,16 @@ def pretrained_init_cfg(pretrained: Optional[str], init_cfg: Optional[dict]) -> 
 def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:
     """The backbone's tensors of a loaded checkpoint file, prefixes removed.
 
-    Takes ``checkpoint['state_dict']`` (mmengine/mmdet/mmseg/mmpretrain) or ``checkpoint['model']``
-    (official Swin, DeiT and MAE releases) or the mapping itself; strips a ``module.`` prefix (DDP);
+    Takes ``checkpoint['state_dict']`` (mmengine/mmdet/mmseg/mmpretrain), ``checkpoint['model']``
+    (official Swin, DeiT, MAE and VideoMAE releases), ``checkpoint['module']`` (DeepSpeed, e.g.
+    VideoMAE) or the mapping itself; strips a ``module.`` prefix (DDP);
     with ``prefix`` keeps only keys under it (stripped); otherwise, when some keys start with
     ``backbone.`` (a detector, segmentor or classifier checkpoint), keeps only those (stripped).
     """
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
     state_dict = checkpoint
-    for key in ('state_dict', 'model'):
+    for key in ('state_dict', 'model', 'module'):
         if isinstance(state_dict.get(key), Mapping):
             state_dict = state_dict[key]
             break
@@ -68,8 +69,8 @@ class PretrainedMismatchError(ValueError):
 
 
 def describe_layout(state_dict: Mapping[str, Tensor]) -> str:
-    """The width and depth a backbone state dict implies: the patch embedding's output channels (a
-    2D or 3D kernel) and the number of blocks per stage (``stages.N.blocks.M.``,
+    """The width and depth a backbone state dict implies: the patch (2-D) or tubelet (3-D)
+    embedding's output channels and the number of blocks per stage (``stages.N.blocks.M.``,
     ``layers.N.blocks.M.`` or ``blocks.M.`` keys)."""
     widths = [v.shape[0] for k, v in state_dict.items()
               if k.startswith('patch_embed.') and k.endswith('weight') and v.dim() in (4, 5)]
