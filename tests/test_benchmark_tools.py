@@ -51,6 +51,88 @@ def test_vit_benchmark_runs(tmp_path):
         < results['conventional']['saved_mb']
 
 
+def _video_report_checks(out, report, settings):
+    for ext in ('.json', '.md', '.png'):
+        assert os.path.getsize(out + ext) > 0
+    with open(out + '.json') as f:
+        saved = json.load(f)
+    assert saved['settings'] == json.loads(json.dumps(report['settings']))
+    assert list(saved['settings']) == settings
+    for label, results in saved['settings'].items():
+        results = {r['name']: r for r in results}
+        assert set(results) == {'conventional', 'checkpointing', 'dr2net'}, label
+        for r in results.values():
+            assert r['saved_mb'] > 0 and r['peak_mb'] > 0 and r['step_ms'] > 0, label
+        assert results['dr2net']['saved_mb'] < results['conventional']['saved_mb'], label
+        assert results['dr2net']['params_m'] == results['conventional']['params_m'], label
+    with open(out + '.md') as f:
+        assert '| dr2net |' in f.read()
+    return saved
+
+
+def test_swin3d_benchmark_measures_video_swin_per_frame_count(tmp_path):
+    """tools/benchmark.py swin3d: mmaction2 SwinTransformer3D, with_cp, Dr2NetSwin3D on clips,
+    one setting per --frames (here a custom arch: --depths / --embed-dims instead of --arch)."""
+    benchmark = tool('benchmark')
+    out = str(tmp_path / 'swin3d')
+    argv = ['swin3d', '--frames', '4', '--size', '32', '--window', '2x4x4', '--depths', '1-1-1-1',
+            '--embed-dims', '32', '--iters', '1', '--out', out]
+    report = benchmark['main'](argv)
+    saved = _video_report_checks(out, report, [
+        'Video Swin depths 1-1-1-1 embed 32 4×32×32, window 2×4×4, batch 1'])
+    assert saved['args']['arch'] is None and saved['args']['window'] == [2, 4, 4]
+    # several frame counts: one setting each (listed, not measured: the loop is swin's)
+    sweep = benchmark['settings'](benchmark['parse_args'](['swin3d', '--frames', '8', '16',
+                                                           '--batch', '2']))
+    assert list(sweep) == [f'Video Swin tiny {t}×224×224, window 8×7×7, batch 2' for t in (8, 16)]
+    assert all([v.name for v in variants] == ['conventional', 'checkpointing', 'dr2net']
+               for variants in sweep.values())
+
+
+def test_videomae_benchmark_with_resident_peaks(tmp_path):
+    """tools/benchmark.py videomae: mmaction2's VideoMAE VisionTransformer, PlainVideoViT with_cp,
+    Dr2NetVideoViT; with --rss each variant's resident peak from a fresh process."""
+    from dr2net_mm.benchmark import rss
+    out = str(tmp_path / 'videomae')
+    argv = ['videomae', '--frames', '4', '--size', '32', '--embed-dims', '48', '--depth', '2',
+            '--heads', '3', '--iters', '1', '--out', out]
+    report = tool('benchmark')['main'](argv + (['--rss'] if rss.available() else []))
+    _video_report_checks(out, report, [
+        'VideoMAE ViT 4×32×32, embed 48, depth 2, heads 3, tubelets 2×16×16, batch 1'])
+    if rss.available():
+        assert all(r['rss_peak_mb'] > 0 for r in next(iter(report['settings'].values())))
+
+
+def test_video_benchmark_defaults_and_bad_arguments(capsys):
+    parse_args = tool('benchmark')['parse_args']
+    args = parse_args(['swin3d'])
+    assert (args.frames, args.size, args.arch, args.window, args.batch) == ([32], 224, 'tiny',
+                                                                            (8, 7, 7), 1)
+    args = parse_args(['videomae'])
+    assert (args.frames, args.size, args.embed_dims, args.depth, args.heads) == ([16], 224, 384,
+                                                                                 12, 6)
+    args = parse_args(['swin3d', '--arch', 'small', '--frames', '16', '32', '--extra',
+                       'dr2net_f64_seg4'])
+    assert (args.arch, args.frames, args.extra) == ('small', [16, 32], ['dr2net_f64_seg4'])
+    # the image models keep their defaults
+    args = parse_args(['swin'])
+    assert (args.size, args.depths, args.embed_dims, args.frames) == (512, [[2, 2, 6, 2]], 96, None)
+    assert parse_args(['vit']).arch == 'vit_small_patch16_224'
+    for argv, message in [
+        (['swin3d', '--window', '8x7'], 'window must be 3 positive ints'),
+        (['swin3d', '--arch', 'tiny', '--depths', '2-2-6-2'], 'either --arch or a custom arch'),
+        (['swin3d', '--embed-dims', '16'], 'Swin needs at least 32'),
+        (['swin3d', '--extra', 'dr2net_f32'], '--extra dr2net_f32: swin3d has the extra'),
+        (['videomae', '--frames', '5'], 'frames must be even'),
+        (['videomae', '--embed-dims', '50'], 'need embed dims divisible by heads'),
+        (['videomae', '--depths', '2-2-6-2'], 'videomae takes one --depth'),
+        (['swin', '--frames', '8'], 'only swin3d and videomae take clips'),
+    ]:
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err, argv
+
+
 def test_segmentor_benchmark_reports_both_backbones_against_both_peers(tmp_path):
     """tools/benchmark.py seg: whole UPerNet training steps built from the repository's ADE20K
     configs (150-class heads), Swin-T and ViT-S, conventional / checkpointing / Dr²Net."""

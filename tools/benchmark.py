@@ -5,6 +5,13 @@
     python tools/benchmark.py dino --size 800x1333 --batch 1 --out results/dino
     python tools/benchmark.py seg --size 512 --batch 2 --out results/upernet
     python tools/benchmark.py points --points 24000 --batch 2 --out results/pix4point
+    python tools/benchmark.py swin3d --frames 32 --size 224 --iters 2 --warmup 1 --rss --out results/video_swin_t_32x224
+    python tools/benchmark.py videomae --frames 16 --size 224 --iters 3 --rss --out results/videomae_vit_s_16x224
+
+``swin3d`` is mmaction2's Video Swin (``SwinTransformer3D``, ``with_cp=True``, ``Dr2NetSwin3D``) and
+``videomae`` mmaction2's VideoMAE ViT (``VisionTransformer``, ``PlainVideoViT(with_cp=True)``,
+``Dr2NetVideoViT``), both on random clips of ``--frames`` frames of ``--size``² (one setting per
+frame count).
 
 Each run measures its variants one after another in one process and writes ``OUT.json`` (every
 number), ``OUT.md`` (a table per setting) and ``OUT.png`` (peak memory and step time per variant).
@@ -28,10 +35,13 @@ from mmengine.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# (importing dr2net_mm, as this does first, makes mmaction.models importable for the video variants)
 from dr2net_mm.benchmark import (MB, compare, detector_variants, markdown_table,  # noqa: E402
-                                 points_variants, segmentor_variants, swin_variants, vit_variants)
+                                 points_variants, segmentor_variants, swin3d_variants,
+                                 swin_variants, video_vit_variants, vit_variants)
 from dr2net_mm.benchmark.rss import available as rss_available  # noqa: E402
 from dr2net_mm.benchmark.rss import child_env, median_resident_peak_bytes  # noqa: E402
+from dr2net_mm.benchmark.variants import STREAM_OPTIONS  # noqa: E402
 from dr2net_mm.mmcv_ops import check_deform_attn_on  # noqa: E402
 
 DINO_CONFIGS = {
@@ -79,23 +89,69 @@ def parse_size(text: str):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
+def parse_window(text: str) -> tuple:
+    """'8x7x7' -> (8, 7, 7): a Video Swin window, frames x height x width."""
+    try:
+        window = tuple(int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'window must look like 8x7x7, got {text!r}') from None
+    if len(window) != 3 or min(window) < 1:
+        raise argparse.ArgumentTypeError(f'window must be 3 positive ints like 8x7x7, got {text!r}')
+    return window
+
+
 def size_label(size) -> str:
     return f'{size}²' if isinstance(size, int) else f'{size[0]}×{size[1]}'
 
 
+def clip_label(frames: int, size: int) -> str:
+    """T×H×W of a clip of ``frames`` frames of ``size``²."""
+    return f'{frames}×{size}×{size}'
+
+
+def swin_heads(embed_dims: int) -> tuple:
+    """Attention heads per stage of a Swin of width ``embed_dims`` (32 channels a head)."""
+    return (3, 6, 12, 24) if embed_dims == 96 else tuple(embed_dims // 32 * m for m in (1, 2, 4, 8))
+
+
+# what an option left out means, per model (None: the option is not used by that model)
+DEFAULTS = {
+    'size': dict(swin3d=224, videomae=224, default=512),
+    'frames': dict(swin3d=[32], videomae=[16]),
+    'arch': dict(vit='vit_small_patch16_224', swin3d='tiny'),
+    'embed_dims': dict(swin=96, videomae=384),
+    'depths': dict(swin=[[2, 2, 6, 2]]),
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg', 'points'])
-    parser.add_argument('--size', type=parse_size, default=512,
-                        help='input size: 512 (square) or, for dino, HxW such as 800x1333')
+    parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg', 'points', 'swin3d',
+                                          'videomae'])
+    parser.add_argument('--size', type=parse_size, default=None,
+                        help='input size: 512 (square) or, for dino, HxW such as 800x1333 '
+                        '(default 512; swin3d, videomae: 224, the frame size)')
+    parser.add_argument('--frames', type=int, nargs='+', default=None,
+                        help='swin3d, videomae: frames per clip, one setting each (default: '
+                        'swin3d 32, videomae 16)')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--iters', type=int, default=3, help='timed steps per variant')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--depths', type=parse_depths, nargs='+', default=[[2, 2, 6, 2]],
-                        help='Swin depth settings to sweep, e.g. 2-2-6-2 2-2-18-2')
-    parser.add_argument('--embed-dims', type=int, default=96, help='Swin width (T/S: 96, B: 128)')
-    parser.add_argument('--arch', default='vit_small_patch16_224', help='timm ViT architecture')
+    parser.add_argument('--depths', type=parse_depths, nargs='+', default=None,
+                        help='Swin depth settings to sweep, e.g. 2-2-6-2 2-2-18-2 (default '
+                        '2-2-6-2); swin3d: a custom arch instead of --arch')
+    parser.add_argument('--embed-dims', type=int, default=None,
+                        help='Swin width (T/S: 96, B: 128; default 96); swin3d: a custom arch '
+                        'instead of --arch; videomae: the ViT width (default 384, ViT-S)')
+    parser.add_argument('--arch', default=None,
+                        help='vit: timm ViT architecture (default vit_small_patch16_224); swin3d: '
+                        'mmaction2 arch tiny, small, base or large (default tiny)')
+    parser.add_argument('--window', type=parse_window, default=(8, 7, 7),
+                        help='swin3d: attention window, frames x height x width (default 8x7x7)')
+    parser.add_argument('--depth', type=int, default=12, help='videomae: blocks (default 12)')
+    parser.add_argument('--heads', type=int, default=6,
+                        help='videomae: attention heads (default 6)')
     parser.add_argument('--points', type=int, default=24000,
                         help='points: points per crop (the S3DIS config: 24000, 1536 tokens)')
     parser.add_argument('--segmentors', nargs='+', choices=sorted(SEG_CONFIGS),
@@ -104,7 +160,8 @@ def parse_args(argv=None):
                         help='backbone outputs (Swin default 0 1 2 3; ViT default -1)')
     parser.add_argument('--extra', nargs='*', default=None,
                         help='extra Dr²Net variants: dr2net_fp32 dr2net_f64 dr2net_f64_seg4 (swin, '
-                        'vit), dr2net_f64_seg4 (points, dino: float64 streams, segment_size=4)')
+                        'vit, swin3d, videomae), dr2net_f64_seg4 (points, dino: float64 streams, '
+                        'segment_size=4)')
     parser.add_argument('--out', default=None, help='output path without extension')
     parser.add_argument('--rss', action='store_true',
                         help='also measure each variant\'s resident high-water mark in a fresh '
@@ -112,6 +169,21 @@ def parse_args(argv=None):
     parser.add_argument('--rss-child', default=None, help=argparse.SUPPRESS)  # SETTING:VARIANT
     parser.add_argument('--rss-out', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    video = args.model in ('swin3d', 'videomae')
+    if args.model == 'swin3d' and args.arch is not None and (args.depths or args.embed_dims):
+        parser.error('swin3d: either --arch or a custom arch (--depths, --embed-dims), not both')
+    if args.model == 'swin3d' and args.depths and len(args.depths) > 1:
+        parser.error('--depths: swin3d takes one custom arch (it sweeps --frames)')
+    if args.model == 'videomae' and args.depths:
+        parser.error('--depths: videomae takes one --depth (blocks), --embed-dims and --heads')
+    if video and args.out_indices:
+        parser.error(f'--out-indices: {args.model} measures the backbone\'s default outputs')
+    if args.frames is not None and not video:
+        parser.error(f'--frames: only swin3d and videomae take clips; {args.model} does not')
+    custom_swin3d = args.model == 'swin3d' and bool(args.depths or args.embed_dims)
+    for key, defaults in DEFAULTS.items():
+        if getattr(args, key) is None and not (custom_swin3d and key == 'arch'):
+            setattr(args, key, defaults.get(args.model, defaults.get('default')))
     sizes = [args.size] if isinstance(args.size, int) else list(args.size)
     if min(sizes) < 32 or args.batch < 1 or args.iters < 1:
         parser.error(f'--size {args.size}, --batch {args.batch}, --iters {args.iters}: '
@@ -119,6 +191,18 @@ def parse_args(argv=None):
     if not isinstance(args.size, int) and args.model != 'dino':
         parser.error(f'--size {size_label(args.size)}: only dino takes HxW; {args.model} takes one '
                      'square size such as 512')
+    if args.model in ('swin', 'swin3d') and args.embed_dims is not None and args.embed_dims < 32:
+        parser.error(f'--embed-dims {args.embed_dims}: Swin needs at least 32 (one head of 32 '
+                     'channels in the first stage)')
+    if video and min(args.frames) < 1:
+        parser.error(f'--frames {" ".join(map(str, args.frames))}: need frames >= 1')
+    if args.model == 'videomae' and (any(f % 2 for f in args.frames) or args.size % 16):
+        parser.error(f'--frames {" ".join(map(str, args.frames))} --size {args.size}: videomae '
+                     'cuts clips into 2×16×16 tubelets, so frames must be even and size a '
+                     'multiple of 16')
+    if args.model == 'videomae' and (args.embed_dims % args.heads or args.depth < 1):
+        parser.error(f'--embed-dims {args.embed_dims} --heads {args.heads} --depth {args.depth}: '
+                     'need embed dims divisible by heads and depth >= 1')
     if args.model == 'points' and args.points < 2048:
         parser.error(f'--points {args.points}: the S3DIS configs tokenize crops into 1536 centres '
                      'and need at least 2048 points per crop')
@@ -126,6 +210,10 @@ def parse_args(argv=None):
     if args.model in ('points', 'dino') and unknown:
         parser.error(f'--extra {" ".join(unknown)}: {args.model} has one extra variant, '
                      'dr2net_f64_seg4')
+    unknown = sorted(set(args.extra or ()) - set(STREAM_OPTIONS))
+    if video and unknown:
+        parser.error(f'--extra {" ".join(unknown)}: {args.model} has the extra variants '
+                     f'{" ".join(sorted(STREAM_OPTIONS))}')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
                      'BatchNorm over 1x1 maps, which cannot train on one image)')
@@ -136,8 +224,7 @@ def settings(args) -> Dict[str, list]:
     """Setting label -> variants."""
     device = torch.device(args.device)
     if args.model == 'swin':
-        heads = (3, 6, 12, 24) if args.embed_dims == 96 else tuple(args.embed_dims // 32 * m
-                                                                    for m in (1, 2, 4, 8))
+        heads = swin_heads(args.embed_dims)
         extra = ('dr2net_fp32', ) if args.extra is None else tuple(args.extra)
         out_indices = tuple(args.out_indices) if args.out_indices else (0, 1, 2, 3)
         return {
@@ -152,6 +239,30 @@ def settings(args) -> Dict[str, list]:
             f'{args.arch}, {args.size}², batch {args.batch}, out_indices {out_indices}':
             vit_variants(args.size, args.batch, args.arch, out_indices, device,
                          tuple(args.extra or ()))
+        }
+    if args.model == 'swin3d':
+        if args.depths or args.embed_dims:  # a custom arch (checked in parse_args)
+            depths = args.depths[0] if args.depths else [2, 2, 6, 2]
+            embed_dims = args.embed_dims or 96
+            arch = dict(embed_dims=embed_dims, depths=depths,
+                        num_heads=list(swin_heads(embed_dims)))
+            name = f'depths {"-".join(map(str, depths))} embed {embed_dims}'
+        else:
+            arch = name = args.arch
+        window = '×'.join(map(str, args.window))
+        return {
+            f'Video Swin {name} {clip_label(frames, args.size)}, window {window}, batch '
+            f'{args.batch}': swin3d_variants(frames, args.size, args.batch, arch, args.window,
+                                             device=device, extra=tuple(args.extra or ()))
+            for frames in args.frames
+        }
+    if args.model == 'videomae':
+        return {
+            f'VideoMAE ViT {clip_label(frames, args.size)}, embed {args.embed_dims}, depth '
+            f'{args.depth}, heads {args.heads}, tubelets 2×16×16, batch {args.batch}':
+            video_vit_variants(frames, args.size, args.batch, args.embed_dims, args.depth,
+                               args.heads, device=device, extra=tuple(args.extra or ()))
+            for frames in args.frames
         }
     if args.model == 'seg':
         return {
