@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all test-compat demo demo-seg demo-points reproduce clean gpu-wheels
+.PHONY: install test test-all test-compat demo demo-seg demo-points demo-video reproduce clean gpu-wheels
 
 install:
 	bash tools/install.sh
@@ -52,3 +52,8 @@ clean:
 # Wheels (and mmcv's sdist) for tools/gpu_check.sh on an offline Python 3.12 GPU machine; checked.
 gpu-wheels:
 	$(PY) tools/gpu_wheels.py download .gpu_wheels
+
+# mmaction2 action recognition with a Dr²Net VideoMAE-layout ViT on generated clips (top-1 at the
+# end; `.venv/bin/python tools/demo_video.py --backbones vit swin` adds Dr²Net Video Swin)
+demo-video: install
+	$(PY) tools/demo_video.py

@@ -1,14 +1,16 @@
-"""`make demo-video`: mmaction2 action recognition with Dr²Net Video Swin-T and Dr²Net VideoMAE ViT-S,
-on generated clips, on a CPU.
+"""`make demo-video`: mmaction2 action recognition with a Dr²Net VideoMAE-layout video ViT (and, when
+asked, Dr²Net Video Swin), on generated clips, on a CPU.
 
-1. generates the demo clips (data/demo_clips: mp4 files of a shape moving left, right, up or down,
-   in mmaction2's VideoDataset layout) and random stand-ins for the pretrained weights: a 2D Swin-T
-   in the official release layout (inflated to 3D on loading, as mmaction2 does) and a VideoMAE ViT-S
-   in the official VideoMAE layout (converted on loading);
-2. trains configs/demo/video_dr2net_swin_t_demo.py with tools/train.py (mmaction2's Recognizer3D,
-   VideoDataset and AccMetric; AlphaBetaHook moves (α, β) from (1, 0.1) to (0.3, 0.7));
+1. generates the demo clips (data/demo_clips: 1024 training and 128 validation mp4 files of a shape
+   standing still, moving slowly, moving fast or blinking, in mmaction2's VideoDataset layout) and
+   random stand-ins for the pretrained weights: a VideoMAE encoder in the official pretraining
+   layout (converted on loading) and a 2D Swin in the official release layout (inflated to 3D on
+   loading, as mmaction2 does);
+2. trains configs/demo/videomae_dr2net_vit_s_demo.py with tools/train.py (mmaction2's
+   Recognizer3D, VideoDataset and AccMetric; AlphaBetaHook moves (α, β) from (1, 0.1) to
+   (0.3, 0.7));
 3. evaluates its checkpoint with tools/test.py (top-1 accuracy on the validation clips);
-4. the same for configs/demo/videomae_dr2net_vit_s_demo.py;
+4. with ``--backbones vit swin``, the same for configs/demo/video_dr2net_swin_t_demo.py;
 5. prints the accuracies and wall times, and writes them to WORK_DIR/demo_video.json.
 
     python tools/demo_video.py [--backbones swin vit] [--epochs N] [--work-dir DIR]
@@ -27,16 +29,18 @@ from dr2net_mm.demo.runs import run_logged, step  # noqa: E402
 DATA = 'data/demo_clips'
 CONFIGS = {'swin': 'configs/demo/video_dr2net_swin_t_demo.py',
            'vit': 'configs/demo/videomae_dr2net_vit_s_demo.py'}
-NAMES = {'swin': 'Dr²Net Video Swin-T', 'vit': 'Dr²Net VideoMAE ViT-S'}
+NAMES = {'swin': 'Dr²Net Video Swin (48 wide)', 'vit': 'Dr²Net VideoMAE-layout ViT (192 wide)'}
 SHOW = r'Epoch\(train\)\s+\[\d+\]\[\s*12/|Epoch\(val\)|Epoch\(test\)|acc/top1|Error|error:'
 TOP1 = re.compile(r'acc/top1: ([\d.]+)')
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--backbones', nargs='+', choices=sorted(CONFIGS), default=['swin', 'vit'])
+    # Video Swin started from random weights does not learn the demo task in its budget (README,
+    # Video): it runs only when asked for.
+    parser.add_argument('--backbones', nargs='+', choices=sorted(CONFIGS), default=['vit'])
     parser.add_argument('--epochs', type=int, default=None,
-                        help='override max_epochs (default: the configs\', 20; 12 iterations each)')
+                        help='override max_epochs (default: the configs\'; 128 iterations each)')
     parser.add_argument('--work-dir', default='work_dirs/demo_video')
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 2:
@@ -44,12 +48,15 @@ def main(argv=None):
     start = time.time()
     os.chdir(ROOT)
 
-    t = step('1/5 demo clips and stand-in pretrained backbones')
+    total = 2 + 2 * len(args.backbones)
+    t = step(f'1/{total} demo clips and stand-in pretrained backbones')
     from dr2net_mm.demo.clips import DEMO_ACTIONS, make_demo_clips
     from dr2net_mm.demo.data import write_swin_official_checkpoint, write_videomae_official_checkpoint
-    make_demo_clips(DATA)
-    write_swin_official_checkpoint(os.path.join(DATA, 'swin_tiny_official_random.pth'))
-    write_videomae_official_checkpoint(os.path.join(DATA, 'videomae_vit_s_official_random.pth'))
+    make_demo_clips(DATA, num_train=1024, num_val=128)
+    write_swin_official_checkpoint(os.path.join(DATA, 'swin_48x2222_official_random.pth'),
+                                   embed_dim=48, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16))
+    write_videomae_official_checkpoint(os.path.join(DATA, 'videomae_vit_192x4_official_random.pth'),
+                                       embed_dims=192, depth=4, num_heads=3)
     print(f'{DATA}: train/ and val/ clips of {len(DEMO_ACTIONS)} classes {DEMO_ACTIONS} and two '
           f'checkpoints ({time.time() - t:.0f} s)')
 
@@ -66,13 +73,13 @@ def main(argv=None):
                        f'param_scheduler.1.end={args.epochs}',
                        f'default_hooks.checkpoint.interval={args.epochs}',
                        f'custom_hooks.0.end_epoch={max(args.epochs // 2, 1)}']
-        t = step(f'{number}/5 train {CONFIGS[name]} (tools/train.py)')
+        t = step(f'{number}/{total} train {CONFIGS[name]} (tools/train.py)')
         run_logged([sys.executable, 'tools/train.py', CONFIGS[name], '--work-dir', work_dir,
                     *options], os.path.join(work_dir, 'train_output.log'), SHOW)
         train_s = time.time() - t
         with open(os.path.join(work_dir, 'last_checkpoint')) as f:
             checkpoint = f.read().strip()
-        t = step(f'{number + 1}/5 evaluate {checkpoint} (tools/test.py)')
+        t = step(f'{number + 1}/{total} evaluate {checkpoint} (tools/test.py)')
         output = run_logged([sys.executable, 'tools/test.py', CONFIGS[name], checkpoint,
                              '--work-dir', work_dir], os.path.join(work_dir, 'test_output.log'), SHOW)
         found = TOP1.findall(output)
@@ -82,7 +89,7 @@ def main(argv=None):
                              test_seconds=time.time() - t, checkpoint=checkpoint)
         number += 2
 
-    step('5/5 summary')
+    step(f'{total}/{total} summary')
     chance = 1 / len(DEMO_ACTIONS)
     for name, result in results.items():
         print(f'{NAMES[name]}: top-1 {result["top1"]:.3f} on the {len(DEMO_ACTIONS)}-class demo '

@@ -1,8 +1,9 @@
 """A deterministic action-recognition demo set: short clips of a moving shape, as mp4 files.
 
-The class of a clip is the direction its shape moves in (:data:`DEMO_ACTIONS`): no single frame tells
-it, only the motion does, so a model must use time. Each clip has a smooth two-colour background with
-noise, and one filled square or disk of a contrasting colour and random size that travels 20-36 pixels. The files
+The class of a clip is how its shape moves (:data:`DEMO_ACTIONS`: standing still, moving slowly,
+moving fast, blinking): no single frame tells it, only the change over time does, so a model must
+use time. Each clip has a smooth two-colour background with noise, and one filled square or disk of a
+contrasting colour and random size, moving in a random direction. The files
 and the annotation lists are in the layout of mmaction2's ``VideoDataset`` (``path label`` per line)::
 
     out_dir/train/000000.mp4 ...   out_dir/train_list.txt
@@ -24,17 +25,17 @@ from .data import already_written, write_stamp
 
 __all__ = ['DEMO_ACTIONS', 'make_demo_clips', 'draw_clip']
 
-# class index -> name; the direction (dx, dy) of the motion in image coordinates
-DEMO_ACTIONS = ('moving left', 'moving right', 'moving up', 'moving down')
-_DIRECTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+# class index -> name: how the shape moves (its direction is random)
+DEMO_ACTIONS = ('standing still', 'moving slowly', 'moving fast', 'blinking')
+# the distance travelled over the clip, as a share of the frame size, per class
+_TRAVEL = {0: (0.0, 0.0), 1: (0.12, 0.2), 2: (0.45, 0.6), 3: (0.0, 0.0)}
 _STAMP = 'demo_clips.json'
-_GENERATOR_VERSION = 1  # bump when draw_clip changes: sets on disk are then regenerated
+_GENERATOR_VERSION = 2  # bump when draw_clip changes: sets on disk are then regenerated
 
 
 def draw_clip(rng: np.random.Generator, label: int, frames: int, size: int) -> np.ndarray:
-    """One clip of class ``label``: ``frames`` × size × size × 3 uint8 (BGR), a shape moving in the
-    direction :data:`DEMO_ACTIONS` names."""
-    dx, dy = _DIRECTIONS[label]
+    """One clip of class ``label``: ``frames`` × size × size × 3 uint8 (BGR), a shape that moves as
+    :data:`DEMO_ACTIONS` names (blinking: visible for two frames, hidden for two)."""
     corners = rng.integers(0, 256, size=(2, 3)).astype(np.float32)
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :, None]
     if rng.random() < 0.5:
@@ -45,24 +46,24 @@ def draw_clip(rng: np.random.Generator, label: int, frames: int, size: int) -> n
     colour = np.clip(255 - corners.mean(0) + rng.integers(-40, 41, size=3), 0, 255)
     colour = tuple(int(c) for c in colour)
     side = int(rng.integers(size // 5, size // 3))
-    travel = float(rng.uniform(0.3, 0.55)) * size
-    # the path along the motion axis is centred; across it the shape sits anywhere
-    start_along = (size - side - travel) / 2 + float(rng.uniform(-0.1, 0.1)) * size
-    across = float(rng.uniform(0, size - side))
+    travel = float(rng.uniform(*_TRAVEL[label])) * size
+    angle = float(rng.uniform(0, 2 * np.pi))
+    dx, dy = np.cos(angle) * travel, np.sin(angle) * travel
+    # start where the whole path stays inside the frame
+    x_start = float(rng.uniform(max(0.0, -dx), size - side - max(0.0, dx)))
+    y_start = float(rng.uniform(max(0.0, -dy), size - side - max(0.0, dy)))
     disk = rng.random() < 0.5
     clip = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
-        along = start_along + travel * t / max(frames - 1, 1)
-        if dx + dy < 0:  # left or up: run the path backwards
-            along = size - side - along
-        x, y = (along, across) if dx else (across, along)
+        share = t / max(frames - 1, 1)
+        x0, y0 = int(round(x_start + dx * share)), int(round(y_start + dy * share))
         image = background + rng.normal(0, 6, size=(size, size, 3)).astype(np.float32)
         image = np.clip(image, 0, 255).astype(np.uint8)
-        x0, y0 = int(round(x)), int(round(y))
-        if disk:
-            cv2.circle(image, (x0 + side // 2, y0 + side // 2), side // 2, colour, -1)
-        else:
-            cv2.rectangle(image, (x0, y0), (x0 + side - 1, y0 + side - 1), colour, -1)
+        if label != 3 or t % 4 < 2:
+            if disk:
+                cv2.circle(image, (x0 + side // 2, y0 + side // 2), side // 2, colour, -1)
+            else:
+                cv2.rectangle(image, (x0, y0), (x0 + side - 1, y0 + side - 1), colour, -1)
         clip[t] = image
     return clip
 

@@ -15,9 +15,10 @@ and label PNGs holding ADE20K class ids (1..150, 0 = "other", which ``reduce_zer
 
 Same arguments → byte-identical files. ``python -m dr2net_mm.demo.data --kind coco|ade20k --out DIR``.
 
-``write_swin_official_checkpoint(path)`` and ``write_vit_timm_checkpoint(path)`` write a random
-Swin-T in the official release layout and a random ViT in timm's layout: the demos' stand-ins for
-pretrained weights (no download possible).
+``write_swin_official_checkpoint(path)``, ``write_vit_timm_checkpoint(path)`` and
+``write_videomae_official_checkpoint(path)`` write a random Swin-T in the official release layout, a
+random ViT in timm's layout and a random VideoMAE ViT-S in the official pretraining layout: the
+demos' stand-ins for pretrained weights (no download possible).
 """
 import argparse
 import json
@@ -229,10 +230,11 @@ def _save_atomically(obj, path: str) -> str:
 
 
 def write_swin_official_checkpoint(path: str, arch: str = 'swin_tiny_patch4_window7_224',
-                                   seed: int = 0) -> str:
+                                   seed: int = 0, **kwargs) -> str:
     """Save a randomly initialised timm Swin in the official release layout (``{'model': ...}``) to
     ``path``: the stand-in for the ImageNet checkpoint, loaded by ``convert_weights=True`` like the
-    real file. Skipped when ``path`` exists; written atomically."""
+    real file. ``kwargs`` change the architecture (timm's names, e.g. ``embed_dim``, ``depths``,
+    ``num_heads``). Skipped when ``path`` exists; written atomically."""
     if os.path.isfile(path):
         return path
     import timm
@@ -240,7 +242,7 @@ def write_swin_official_checkpoint(path: str, arch: str = 'swin_tiny_patch4_wind
 
     from ..models.swin_checkpoint import timm_to_official
     torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
     return _save_atomically({'model': timm_to_official(model.state_dict())}, path)
 
 
@@ -254,6 +256,44 @@ def write_vit_timm_checkpoint(path: str, arch: str = 'vit_small_patch16_224', se
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     return _save_atomically({'model': model.state_dict()}, path)
+
+
+def write_videomae_official_checkpoint(path: str, seed: int = 0, embed_dims: int = 384,
+                                       depth: int = 12, num_heads: int = 6) -> str:
+    """Save a randomly initialised VideoMAE encoder (default ViT-S: 384 wide, 12 blocks, 6 heads;
+    tubelet 2, patch 16) in the layout of the official VideoMAE *pretraining* release (``{'model': {'encoder.*': ...}}``, fc1/fc2
+    MLP names, ``patch_embed.proj``, no stored sinusoid position table) to ``path``: the stand-in for
+    the self-supervised weights, converted on loading like the real file. Skipped when ``path``
+    exists; written atomically."""
+    if os.path.isfile(path):
+        return path
+    import logging
+
+    import torch
+    from mmengine.logging import MMLogger
+
+    from .. import mmaction_compat
+    mmaction_compat.install()
+    from mmaction.models.backbones.vit_mae import VisionTransformer
+    torch.manual_seed(seed)
+    model = VisionTransformer(embed_dims=embed_dims, depth=depth, num_heads=num_heads)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    renames = (('patch_embed.projection.', 'patch_embed.proj.'), ('.mlp.layers.0.0.', '.mlp.fc1.'),
+               ('.mlp.layers.1.', '.mlp.fc2.'))
+    official = {}
+    for key, value in model.state_dict().items():
+        if key == 'pos_embed':  # the official encoder computes its sinusoid table, never stores it
+            continue
+        for old, new in renames:
+            key = key.replace(old, new)
+        official['encoder.' + key] = value
+    return _save_atomically({'model': official}, path)
 
 
 def main(argv=None):
