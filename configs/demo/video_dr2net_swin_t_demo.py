@@ -16,7 +16,8 @@ demo_pretrained = data_root + 'swin_48x2222_official_random.pth'
 arch = dict(embed_dims=48, depths=[2, 2, 2, 2], num_heads=[2, 4, 8, 16])
 
 model = dict(
-    backbone=dict(arch=arch, pretrained=demo_pretrained, pretrained2d=True,
+    # _delete_: the base's arch is a name ('tiny'); this one is a dict of its own
+    backbone=dict(arch=dict(_delete_=True, **arch), pretrained=demo_pretrained, pretrained2d=True,
                   window_size=(4, 4, 4)),
     cls_head=dict(num_classes=num_classes, in_channels=8 * arch['embed_dims']))
 
