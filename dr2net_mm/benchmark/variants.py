@@ -217,6 +217,10 @@ def build_model(config, default_scope: Optional[str] = None, seed: int = 0) -> n
     cfg.model.backbone.init_cfg = None
     if 'pretrained' in cfg.model:  # mmseg segmentors pass it to the backbone
         cfg.model.pretrained = None
+    if 'pretrained' in cfg.model.backbone:  # mmaction2's SwinTransformer3D loads it itself,
+        cfg.model.backbone.pretrained = None  # and with pretrained2d=True inflates even None
+        if 'pretrained2d' in cfg.model.backbone:
+            cfg.model.backbone.pretrained2d = False
     torch.manual_seed(seed)
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     # DINO allocates some parameters uninitialised (level_embed, ...): init_weights fills them,
