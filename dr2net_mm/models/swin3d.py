@@ -30,10 +30,12 @@ from typing import List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from einops import rearrange
 from mmaction.models.backbones.swin import (BasicLayer, SwinTransformer3D, SwinTransformerBlock3D,
-                                            compute_mask, get_window_size)
+                                            compute_mask, get_window_size, window_partition,
+                                            window_reverse)
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 
 from ..checks import check_bool, check_segment_size, parse_stream_dtype
 from ..core import ReversibleSequence
+from ..core.chunks import BranchPlan, draws_random, row_parts
 from .backbone import Dr2NetBackboneMixin
 from .swin3d_checkpoint import (DERIVED_BUFFERS, checkpoint_filter_fn, detect_checkpoint_format,
                                 inflate_2d_state_dict)
@@ -75,6 +78,52 @@ class Swin3DAttentionBranch(nn.Module):
             return cp.checkpoint(self.branch, x, mask, use_reentrant=False)
         return self.branch(x, mask)
 
+    def plan(self, x: Tensor, mask: Tensor, use_checkpoint: bool = False) -> Optional[BranchPlan]:
+        """The branch window by window (see ``dr2net_mm.core.chunks``): ``inputs`` are the shifted 3D
+        windows of ``norm1(x)`` ``(B·nW, Wd·Wh·Ww, C)``, ``body`` is the window attention of a run of
+        windows of one clip, ``merge`` reverses windows and shift, crops the padding and applies drop
+        path -- ``forward_part1`` step by step."""
+        block = self.block
+        attn = block.attn
+        if use_checkpoint or draws_random(attn):
+            return None
+        B, D, H, W, C = x.shape
+        window_size, shift_size = get_window_size((D, H, W), block.window_size, block.shift_size)
+        pads = [(w - n % w) % w for n, w in zip((D, H, W), window_size)]
+        h = F.pad(block.norm1(x), (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+        Dp, Hp, Wp = h.shape[1:4]
+        shifted = any(i > 0 for i in shift_size)
+        if shifted:
+            h = torch.roll(h, shifts=tuple(-i for i in shift_size), dims=(1, 2, 3))
+        windows = window_partition(h, window_size)
+        tokens = windows.shape[1]
+        n_windows = windows.shape[0] // B
+        window_mask = mask if shifted else None
+        row_elements = max(3 * tokens * C, attn.num_heads * tokens * tokens)  # qkv or attention
+        if len(row_parts(n_windows, row_elements)) == 1:  # whole clips per part
+            parts = row_parts(B * n_windows, row_elements, align=n_windows)
+        else:  # runs of windows inside each clip
+            parts = [slice(b * n_windows + p.start, b * n_windows + p.stop)
+                     for b in range(B) for p in row_parts(n_windows, row_elements)]
+        if len(parts) == 1:
+            return None  # the whole branch is one part: run it as it is
+
+        def body(h: Tensor, part: slice) -> Tensor:
+            if window_mask is None or (part.start % n_windows == 0 and h.shape[0] % n_windows == 0):
+                return attn(h, mask=window_mask)
+            start = part.start % n_windows
+            return attn(h, mask=window_mask[start:start + h.shape[0]])
+
+        def merge(out: Tensor) -> Tensor:
+            y = window_reverse(out.view(-1, *window_size, C), window_size, B, Dp, Hp, Wp)
+            if shifted:
+                y = torch.roll(y, shifts=tuple(shift_size), dims=(1, 2, 3))
+            if any(pads):
+                y = y[:, :D, :H, :W, :].contiguous()
+            return block.drop_path(y)
+
+        return BranchPlan(windows, parts, body, merge)
+
 
 class Swin3DMLPBranch(nn.Module):
     """``F(x) = forward_part2(x) = drop_path(mlp(norm2(x)))``: the MLP branch of a
@@ -88,6 +137,25 @@ class Swin3DMLPBranch(nn.Module):
         if use_checkpoint and x.requires_grad:
             return cp.checkpoint(self.block.forward_part2, x, use_reentrant=False)
         return self.block.forward_part2(x)
+
+    def plan(self, x: Tensor, mask: Tensor, use_checkpoint: bool = False) -> Optional[BranchPlan]:
+        """The branch token by token (see ``dr2net_mm.core.chunks``): ``body`` is norm and MLP on rows
+        of tokens, ``merge`` applies drop path per sample."""
+        block = self.block
+        if use_checkpoint or draws_random(block.mlp):
+            return None
+        shape, C = x.shape, x.shape[-1]
+
+        def body(h: Tensor, part: slice) -> Tensor:
+            return block.mlp(block.norm2(h))
+
+        def merge(out: Tensor) -> Tensor:
+            return block.drop_path(out.view(shape))
+
+        parts = row_parts(x.numel() // C, block.mlp.fc1.out_features)
+        if len(parts) == 1:
+            return None  # the whole branch is one part: run it as it is
+        return BranchPlan(x.reshape(-1, C), parts, body, merge)
 
 
 class Dr2NetSwin3DStage(BaseModule):
