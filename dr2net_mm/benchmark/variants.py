@@ -42,6 +42,32 @@ def _stream_options(model: str, name: str) -> dict:
     return STREAM_OPTIONS[name]
 
 
+def _with_cp_variants(label: str, model_cls, dr2net_cls, common: dict, x: Tensor,
+                      extra: Sequence[str]) -> List[Variant]:
+    """``model_cls(**common)`` (conventional), ``model_cls(with_cp=True, **common)``
+    (checkpointing), ``dr2net_cls(**common)`` (Dr²Net defaults) and the ``extra`` stream options of
+    ``dr2net_cls``, each built with seed 0 and trained on ``x`` with the square loss."""
+    def forward_loss(model):
+        return _square_loss(model(x))
+
+    def seeded(factory):
+        def build():
+            torch.manual_seed(0)
+            return factory()
+        return build
+
+    variants = [
+        Variant('conventional', seeded(lambda: model_cls(**common)), forward_loss),
+        Variant('checkpointing', seeded(lambda: model_cls(with_cp=True, **common)), forward_loss),
+        Variant('dr2net', seeded(lambda: dr2net_cls(**common)), forward_loss),
+    ]
+    for name in extra:
+        options = _stream_options(label, name)
+        variants.append(Variant(name, seeded(lambda o=options: dr2net_cls(**o, **common)),
+                                forward_loss))
+    return variants
+
+
 def swin_variants(size: int, batch: int = 1, depths: Sequence[int] = (2, 2, 6, 2),
                   embed_dims: int = 96, num_heads: Sequence[int] = (3, 6, 12, 24),
                   window_size: int = 7, out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -55,28 +81,8 @@ def swin_variants(size: int, batch: int = 1, depths: Sequence[int] = (2, 2, 6, 2
     from ..models import Dr2NetSwin
     common = dict(embed_dims=embed_dims, depths=tuple(depths), num_heads=tuple(num_heads),
                   window_size=window_size, out_indices=tuple(out_indices), drop_path_rate=0.2)
-    x = image_batch(batch, size, device)
-
-    def forward_loss(model):
-        return _square_loss(model(x))
-
-    def seeded(factory):
-        def build():
-            torch.manual_seed(0)
-            return factory()
-        return build
-
-    variants = [
-        Variant('conventional', seeded(lambda: SwinTransformer(**common)), forward_loss),
-        Variant('checkpointing', seeded(lambda: SwinTransformer(with_cp=True, **common)),
-                forward_loss),
-        Variant('dr2net', seeded(lambda: Dr2NetSwin(**common)), forward_loss),
-    ]
-    for name in extra:
-        options = _stream_options('Swin', name)
-        variants.append(Variant(name, seeded(lambda o=options: Dr2NetSwin(**o, **common)),
-                                forward_loss))
-    return variants
+    return _with_cp_variants('Swin', SwinTransformer, Dr2NetSwin, common,
+                             image_batch(batch, size, device), extra)
 
 
 def swin3d_variants(frames: int, size: int, batch: int = 1, arch: Union[str, dict] = 'tiny',
@@ -95,27 +101,7 @@ def swin3d_variants(frames: int, size: int, batch: int = 1, arch: Union[str, dic
                   patch_size=tuple(patch_size), pretrained2d=False, drop_path_rate=0.2)
     x = torch.randn(batch, 3, frames, size, size,
                     generator=torch.Generator().manual_seed(0)).to(device)
-
-    def forward_loss(model):
-        return _square_loss(model(x))
-
-    def seeded(factory):
-        def build():
-            torch.manual_seed(0)
-            return factory()
-        return build
-
-    variants = [
-        Variant('conventional', seeded(lambda: SwinTransformer3D(**common)), forward_loss),
-        Variant('checkpointing', seeded(lambda: SwinTransformer3D(with_cp=True, **common)),
-                forward_loss),
-        Variant('dr2net', seeded(lambda: Dr2NetSwin3D(**common)), forward_loss),
-    ]
-    for name in extra:
-        options = _stream_options('Video Swin', name)
-        variants.append(Variant(name, seeded(lambda o=options: Dr2NetSwin3D(**o, **common)),
-                                forward_loss))
-    return variants
+    return _with_cp_variants('Video Swin', SwinTransformer3D, Dr2NetSwin3D, common, x, extra)
 
 
 def vit_variants(size: int, batch: int = 1, arch: str = 'vit_small_patch16_224',
