@@ -272,8 +272,7 @@ def write_videomae_official_checkpoint(path: str, seed: int = 0, embed_dims: int
     import torch
     from mmengine.logging import MMLogger
 
-    from .. import mmaction_compat
-    mmaction_compat.install()
+    # (``import dr2net_mm``, which ran before this module, makes ``mmaction.models`` importable)
     from mmaction.models.backbones.vit_mae import VisionTransformer
     torch.manual_seed(seed)
     model = VisionTransformer(embed_dims=embed_dims, depth=depth, num_heads=num_heads)

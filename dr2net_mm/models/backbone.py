@@ -107,7 +107,8 @@ class Dr2NetBackboneMixin:
     A backbone defines ``sequences`` (the :class:`ReversibleSequence` of each of its stages, in
     order) and the two checkpoint functions ``detect_format(state_dict) -> str`` and
     ``filter_checkpoint(checkpoint, model, prefix, logger) -> state_dict``, and calls
-    :meth:`_register_coefficients` once in ``__init__``, after building its stages.
+    :meth:`_register_coefficients` once in ``__init__``, after building its stages. It may name the
+    buffers it computes itself (:meth:`_derived_buffers`): a state dict without them still loads.
 
     (α, β) are validated in one place, by each stage (:func:`~dr2net_mm.core.check_coefficients`:
     [0, 1], β > 0 when reversible); this class only copies the validated values to its buffers.
@@ -171,6 +172,24 @@ class Dr2NetBackboneMixin:
 
     def _any_reversible(self) -> bool:
         return any(stage.reversible for stage in self.sequences)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # α/β may be absent (an mmdet / mmseg / mmaction2 / timm checkpoint): the current values
+        # stay. So may the buffers the model derives itself (:meth:`_derived_buffers`): its own stay.
+        coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
+        for name, buffer in self._derived_buffers():
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = buffer
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if coefficients is not None:
+            self._set_coefficients(*coefficients)
+
+    def _derived_buffers(self) -> List[Tuple[str, Tensor]]:
+        """(name, buffer) of the buffers a checkpoint may lack because the model computes them
+        (relative position indices, a fixed sinusoid table, ...); none by default."""
+        return []
 
     def _take_coefficients(self, state_dict: dict, prefix: str,
                            error_msgs: List[str]) -> Optional[Tuple[float, float]]:
@@ -240,6 +259,16 @@ class Dr2NetBackboneMixin:
         return all(stage.reconstruction_ok() for stage in self.sequences)
 
     # --------------------------------------------------------------------------- weights
+    def load_pretrained_cfg(self, cfg: Mapping[str, Any]) -> LoadReport:
+        """:meth:`load_pretrained` from an ``init_cfg=dict(type='Pretrained', checkpoint=...,
+        prefix=None, map_location='cpu', allow_partial=False)``."""
+        if 'checkpoint' not in cfg:
+            raise ValueError(f"{type(self).__name__}: init_cfg=dict(type='Pretrained') needs a "
+                             f'checkpoint, got {dict(cfg)!r}')
+        return self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
+                                    map_location=cfg.get('map_location', 'cpu'),
+                                    allow_partial=cfg.get('allow_partial', False))
+
     def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], prefix: Optional[str] = None,
                         map_location: str = 'cpu', allow_partial: bool = False) -> LoadReport:
         """Load pretrained weights from a file name/URL or a loaded checkpoint dict; logs and returns

@@ -343,21 +343,11 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
         """The reversible sequence of every stage, in order."""
         return [stage.sequence for stage in self.stages]
 
-    # --------------------------------------------------------------------------- state dict
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # α/β may be absent (an mmdet checkpoint keeps the current values), so may derived buffers
-        # (timm and converted checkpoints: the model's own are right by construction).
-        coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
-        for name, buffer in self.named_buffers():
-            if name.endswith(DERIVED_BUFFERS) and prefix + name not in state_dict:
-                state_dict[prefix + name] = buffer
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if coefficients is not None:
-            self._set_coefficients(*coefficients)
-
     # --------------------------------------------------------------------------- weights
+    def _derived_buffers(self) -> List[Tuple[str, Tensor]]:
+        # relative position indices and attention masks (timm and converted checkpoints lack them)
+        return [(n, b) for n, b in self.named_buffers() if n.endswith(DERIVED_BUFFERS)]
+
     def init_weights(self) -> None:
         """From scratch as mmdet (``init_cfg=None``), or from ``init_cfg=dict(type='Pretrained',
         checkpoint=..., prefix=None)`` in any layout :func:`checkpoint_filter_fn` accepts."""
@@ -368,9 +358,7 @@ class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer):
         if isinstance(cfg, (list, tuple)) or not isinstance(cfg, Mapping) or 'checkpoint' not in cfg:
             raise ValueError(f'{type(self).__name__} supports init_cfg=None or '
                              f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
-        self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                             map_location=cfg.get('map_location', 'cpu'),
-                             allow_partial=cfg.get('allow_partial', False))
+        self.load_pretrained_cfg(cfg)
 
     # --------------------------------------------------------------------------- forward
     def train(self, mode: bool = True) -> 'Dr2NetSwin':

@@ -330,21 +330,11 @@ class Dr2NetSwin3D(Dr2NetBackboneMixin, SwinTransformer3D):
         """The reversible sequence of every stage, in order."""
         return [layer.sequence for layer in self.layers]
 
-    # --------------------------------------------------------------------------- state dict
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # α/β may be absent (an mmaction2 checkpoint keeps the current values), so may derived
-        # buffers (converted checkpoints: the model's own are right by construction).
-        coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
-        for name, buffer in self.named_buffers():
-            if name.endswith(DERIVED_BUFFERS) and prefix + name not in state_dict:
-                state_dict[prefix + name] = buffer
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if coefficients is not None:
-            self._set_coefficients(*coefficients)
-
     # --------------------------------------------------------------------------- weights
+    def _derived_buffers(self) -> List[Tuple[str, Tensor]]:
+        # relative position indices (converted checkpoints lack them)
+        return [(n, b) for n, b in self.named_buffers() if n.endswith(DERIVED_BUFFERS)]
+
     def init_weights(self) -> None:
         """``pretrained=PATH``: load it (2D Swin inflated, 3D loaded; see
         :func:`~dr2net_mm.models.swin3d_checkpoint.checkpoint_filter_fn`);
@@ -356,9 +346,7 @@ class Dr2NetSwin3D(Dr2NetBackboneMixin, SwinTransformer3D):
             return
         cfg = self.init_cfg
         if isinstance(cfg, Mapping) and cfg.get('type') == 'Pretrained':
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'),
-                                 allow_partial=cfg.get('allow_partial', False))
+            self.load_pretrained_cfg(cfg)
             return
         BaseModule.init_weights(self)
 

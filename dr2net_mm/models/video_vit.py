@@ -31,7 +31,7 @@ block. The tubelet convolution keeps the caller's clip for its weight gradient (
 Exact streams rebuild bit for bit at any (α, β), so :meth:`reconstruction_errors` is exactly 0.
 """
 import logging
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,51 +62,53 @@ _DEFAULT_INIT_CFG = [
 # ------------------------------------------------------------------------------------------------
 # The residual branches of an mmaction2 VideoMAE Block
 # ------------------------------------------------------------------------------------------------
-class VideoMAEAttentionBranch(nn.Module):
-    """``F(x) = drop_path(gamma_1 · attn(norm1(x)))`` (``gamma_1 ·`` only where the block has it): the
-    attention branch of an mmaction2 VideoMAE ``Block`` without its residual add.
+class _ScaledBranch(nn.Module):
+    """``F(x) = drop_path(gamma · layer(norm(x)))`` (``gamma ·`` only where the block has it), a
+    residual branch of an mmaction2 VideoMAE ``Block`` without its residual add. ``x``: ``(B, N, C)``;
+    returns ``(B, N, C)``. ``use_checkpoint``: recompute the branch in backward
+    (``torch.utils.checkpoint``), used by ``with_cp`` in reference mode only."""
+    gamma: Optional[nn.Parameter]
 
-    Holds references to the block's ``norm1``, ``attn``, ``drop_path`` and ``gamma_1`` (their
-    parameters keep their names in the backbone). ``x``: ``(B, N, C)``; returns ``(B, N, C)``.
-    ``use_checkpoint``: recompute the branch in backward (``torch.utils.checkpoint``), used by
-    ``with_cp`` in reference mode only."""
+    def layer(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.layer(x)
+        if self.gamma is not None:
+            out = self.gamma * out
+        return self.drop_path(out)
+
+    def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
+        if use_checkpoint and x.requires_grad:
+            return cp.checkpoint(self.branch, x, use_reentrant=False)
+        return self.branch(x)
+
+
+class VideoMAEAttentionBranch(_ScaledBranch):
+    """``F(x) = drop_path(gamma_1 · attn(norm1(x)))``: the attention branch. Holds references to the
+    block's ``norm1``, ``attn``, ``drop_path`` and ``gamma_1`` (their parameters keep their names in
+    the backbone)."""
 
     def __init__(self, block: Block):
         super().__init__()
         self.norm1, self.attn, self.drop_path = block.norm1, block.attn, block.drop_path
         self.gamma = getattr(block, 'gamma_1', None)
 
-    def branch(self, x: Tensor) -> Tensor:
-        out = self.attn(self.norm1(x))
-        if self.gamma is not None:
-            out = self.gamma * out
-        return self.drop_path(out)
-
-    def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
-        if use_checkpoint and x.requires_grad:
-            return cp.checkpoint(self.branch, x, use_reentrant=False)
-        return self.branch(x)
+    def layer(self, x: Tensor) -> Tensor:
+        return self.attn(self.norm1(x))
 
 
-class VideoMAEMLPBranch(nn.Module):
-    """``F(x) = drop_path(gamma_2 · mlp(norm2(x)))``: the MLP branch of an mmaction2 VideoMAE ``Block``
-    (``mlp`` is mmcv's ``FFN`` built with ``add_identity=False``, so it returns the branch alone)."""
+class VideoMAEMLPBranch(_ScaledBranch):
+    """``F(x) = drop_path(gamma_2 · mlp(norm2(x)))``: the MLP branch (``mlp`` is mmcv's ``FFN`` built
+    with ``add_identity=False``, so it returns the branch alone)."""
 
     def __init__(self, block: Block):
         super().__init__()
         self.norm2, self.mlp, self.drop_path = block.norm2, block.mlp, block.drop_path
         self.gamma = getattr(block, 'gamma_2', None)
 
-    def branch(self, x: Tensor) -> Tensor:
-        out = self.mlp(self.norm2(x))
-        if self.gamma is not None:
-            out = self.gamma * out
-        return self.drop_path(out)
-
-    def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
-        if use_checkpoint and x.requires_grad:
-            return cp.checkpoint(self.branch, x, use_reentrant=False)
-        return self.branch(x)
+    def layer(self, x: Tensor) -> Tensor:
+        return self.mlp(self.norm2(x))
 
 
 def _check_blocks(blocks) -> None:
@@ -229,32 +231,18 @@ class Dr2NetVideoViT(Dr2NetBackboneMixin, VisionTransformer):
         """The reversible sequences (one: all blocks)."""
         return [self.sequence]
 
-    # --------------------------------------------------------------------------- state dict
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # α/β may be absent (an mmaction2 checkpoint keeps the current values); so may the fixed
-        # sinusoid pos_embed (official VideoMAE files do not store it): the model's own is right.
-        coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
-        if not isinstance(self.pos_embed, nn.Parameter) and prefix + 'pos_embed' not in state_dict:
-            state_dict[prefix + 'pos_embed'] = self.pos_embed
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if coefficients is not None:
-            self._set_coefficients(*coefficients)
-
     # --------------------------------------------------------------------------- weights
+    def _derived_buffers(self) -> List[Tuple[str, Tensor]]:
+        # a fixed sinusoid pos_embed (a buffer; official VideoMAE files do not store it)
+        return [] if isinstance(self.pos_embed, nn.Parameter) else [('pos_embed', self.pos_embed)]
+
     def init_weights(self) -> None:
         """mmaction2's initialisation (the default ``init_cfg``), or ``init_cfg=dict(
         type='Pretrained', checkpoint=..., prefix=None)`` in any layout :func:`checkpoint_filter_fn`
         accepts (official VideoMAE, its pretraining files, mmaction2 recognizers and backbones)."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise ValueError(f"{type(self).__name__}: init_cfg=dict(type='Pretrained') needs a "
-                                 f'checkpoint, got {cfg!r}')
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'),
-                                 allow_partial=cfg.get('allow_partial', False))
+            self.load_pretrained_cfg(cfg)
             self._is_init = True
             return
         super().init_weights()

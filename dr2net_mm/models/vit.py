@@ -202,16 +202,6 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
         """The reversible sequences (one: all blocks)."""
         return [self.sequence]
 
-    # --------------------------------------------------------------------------- state dict
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # α/β may be absent (a timm / mmseg checkpoint): keep the current values then.
-        coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if coefficients is not None:
-            self._set_coefficients(*coefficients)
-
     # --------------------------------------------------------------------------- weights
     def init_weights(self) -> None:
         """Keep timm's random initialisation (``init_cfg=None``) or load ``init_cfg=dict(
@@ -223,9 +213,7 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
                     'checkpoint' not in cfg:
                 raise ValueError(f'{type(self).__name__} supports init_cfg=None or '
                                  f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'),
-                                 allow_partial=cfg.get('allow_partial', False))
+            self.load_pretrained_cfg(cfg)
         self._is_init = True
 
     def feature_size(self, height: int, width: int) -> Tuple[int, int]:
