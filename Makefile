@@ -24,7 +24,7 @@ test-all: install
 	$(call RUN_PYTEST,)
 
 # The stock mmdet 3.3 stack (torch 2.1.2, numpy 1.26, mmcv 2.1.0, ...) in .venv-compat: engine,
-# backbone, hook and packaging tests, one tools/train.py iteration. Not part of `make test` / CI.
+# backbone, hook and packaging tests, one tools/train.py iteration. CI runs it after `make test`.
 test-compat:
 	bash tools/test_compat.sh
 

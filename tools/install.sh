@@ -9,8 +9,9 @@
 #                            requirements/constraints-compat.txt)
 #   PYTHON                   interpreter used to create the venv (default: python3)
 #   TORCH_INDEX_URL          pip index for torch/torchvision (default: the configured registry)
-#   DR2NET_WHEEL_CACHE       colon-separated dirs holding prebuilt mmcv wheels
-#                            (default: <repo>/../shared/wheels); ~/.cache/dr2net_mm/wheels/
+#   DR2NET_WHEEL_CACHE       colon-separated dirs holding prebuilt mmcv wheels, each with its
+#                            torch-<version>/ subdirs (default: <repo>/../shared/wheels);
+#                            ~/.cache/dr2net_mm/wheels/
 #                            torch-<version>/ is always searched too, and receives our builds
 #   DR2NET_MMCV_FROM_SOURCE=1  ignore installed mmcv and caches; build mmcv from the sdist
 #   DR2NET_MMCV_DRY_RUN=1    if mmcv must be built: stop after downloading + patching the sdist
@@ -151,8 +152,13 @@ install_mmcv_wheel() {  # <wheel>: install, verify the ops, undo if they do not 
 }
 
 find_cached_mmcv() {  # install the first matching cached wheel whose ops work
-    local dirs=() dir whl declared
+    local dirs=() dir sub whl declared
     IFS=: read -r -a dirs <<<"${DR2NET_WHEEL_CACHE:-$(dirname "$ROOT")/shared/wheels}"
+    # each cache dir and its torch-<version>/ subdirs (shared/wheels/torch-2.1.2: the compat stack)
+    local roots=("${dirs[@]}")
+    for dir in "${roots[@]}"; do
+        for sub in "$dir"/torch-*/; do [[ -d "$sub" ]] && dirs+=("${sub%/}"); done
+    done
     for dir in "${dirs[@]}" "$LOCAL_CACHE"; do
         [[ -d "$dir" ]] || continue
         for whl in "$dir"/mmcv-"$MMCV_V"-*.whl; do

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make test-compat`: the second tested stack, the stock mmdet 3.3 one (torch 2.1.2, numpy 1.26,
 # mmcv 2.1.0 built against torch 2.1.2, ...; requirements/constraints-compat.txt), in its own venv
-# (default .venv-compat). Installs it with tools/install.sh (the first run builds mmcv: 11-20 min on
-# 2 cores), then runs the engine, backbone, hook and packaging tests and one tools/train.py
-# iteration of the demo DINO config there. Not part of `make test`.
+# (default .venv-compat). Installs it with tools/install.sh, then runs the engine, backbone, hook and
+# packaging tests and one tools/train.py iteration of the demo DINO config there. The mmcv wheel for
+# torch 2.1.2 comes from ../shared/wheels/torch-2.1.2/ when present (without it the first run builds
+# mmcv: 11-20 min on 2 cores). Not part of `make test`; .ci/run runs it after `make test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

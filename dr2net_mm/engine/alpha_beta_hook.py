@@ -60,6 +60,14 @@ def coefficient_setters(model: nn.Module) -> List[nn.Module]:
     return found
 
 
+def total_norm(tensors: List[Tensor]) -> Tensor:
+    """The 2-norm of all ``tensors`` together, as a 0-dim float32 tensor (no host sync): non-finite
+    when any element is. ``torch.nn.utils.get_total_norm`` does this from torch 2.6 on; the package
+    supports torch >= 2.1, so it is written here with ``vector_norm`` (torch >= 1.10)."""
+    norms = [torch.linalg.vector_norm(t.detach()).to(torch.float32) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+
+
 def log10_error(error: float) -> float:
     """log10 of a reconstruction error, floored at 1e-30 (so exactly 0 reads -30); NaN stays NaN."""
     return math.log10(max(error, 1e-30)) if error == error else error
@@ -317,7 +325,7 @@ class AlphaBetaHook(Hook):
         grads = [p.grad for group in optimizer.param_groups for p in group['params']
                  if p.grad is not None]
         grads_bad = torch.zeros(()) if not grads else \
-            (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).to(torch.float32)
+            (~torch.isfinite(total_norm(grads))).to(torch.float32)
         flag = torch.stack([flag.cpu(), 2 * grads_bad.cpu()])
         if dist.is_distributed():
             flag = flag.to(grads[0].device if grads else 'cpu')
