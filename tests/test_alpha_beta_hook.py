@@ -23,7 +23,7 @@ from torch import nn
 import dr2net_mm  # noqa: F401  (registers AlphaBetaHook)
 from dr2net_mm.core import ReversibleSequence
 from dr2net_mm.core.fixed_point import nearest_beta
-from dr2net_mm.engine import AlphaBetaHook
+from dr2net_mm.engine import AlphaBetaHook, ReversibleGuardHook
 from dr2net_mm.engine.alpha_beta_hook import coefficient_setters
 from dr2net_mm.runner_utils import NO_WEIGHTS_ONLY_ENV, WEIGHTS_ONLY_ENV, OwnCheckpointRunner
 from toys import MLPBranch
@@ -360,6 +360,35 @@ def test_only_the_resume_unpickles_in_full(tmp_path, monkeypatch):
             plain.train()
 
 
+class ShardedCheckpointRunner(OwnCheckpointRunner):
+    """Saves every checkpoint as a directory of shards, as DeepSpeed/FSDP runs do."""
+
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        folder = os.path.join(out_dir, filename)
+        os.makedirs(folder)
+        for shard in ('shard_0.pt', 'shard_1.pt'):
+            torch.save(weights(self.model), os.path.join(folder, shard))
+
+
+def test_safe_checkpoints_keep_max_keep_ckpts_checkpoint_directories(tmp_path):
+    """SafeCheckpointHook with checkpoints that are directories: each is published whole, the ones
+    beyond max_keep_ckpts are removed with their files (as mmengine's CheckpointHook does), and an
+    incomplete one left by an interrupted run is cleaned up."""
+    stale = tmp_path / 'iter_9.pth.tmp'
+    stale.mkdir()
+    (stale / 'shard_0.pt').write_bytes(b'cut off')
+    runner = make_runner(tmp_path, ToyClassifier(depth=2), max_iters=5,
+                         runner_class=ShardedCheckpointRunner,
+                         default_hooks=dict(checkpoint=dict(type='SafeCheckpointHook', by_epoch=False,
+                                                            interval=1, max_keep_ckpts=2)))
+    runner.train()
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('iter_'))
+    assert kept == ['iter_4.pth', 'iter_5.pth']
+    for name in kept:
+        assert sorted(os.listdir(tmp_path / name)) == ['shard_0.pt', 'shard_1.pt']
+    assert (tmp_path / 'last_checkpoint').read_text() == str(tmp_path / 'iter_5.pth')
+
+
 def _error_aware_hook(**kwargs):
     cfg = dict(type='AlphaBetaHook', interval=2, target_error=1e-3, patience=2, path_steps=10,
                max_error=1e-1)
@@ -379,7 +408,7 @@ def test_resume_error_aware_state(tmp_path):
                        ckpt_interval=9)
     full.train()
     hook_full = the_hook(full)
-    assert hook_full.stopped and hook_full.skipped_steps > 0  # the run exercises walk and guard
+    assert hook_full.search.stopped and hook_full.skipped_steps > 0  # the run exercises walk and guard
     state = torch.load(tmp_path / 'full' / 'iter_9.pth', weights_only=False)['meta']['alpha_beta_hook']
     assert state['iter'] == 9 and state['window_error'] is not None and not state['stopped']
 
@@ -389,8 +418,38 @@ def test_resume_error_aware_state(tmp_path):
     resumed.train()
     hook_resumed = the_hook(resumed)
     assert resumed_model.body.seen == full_model.body.seen[9:]
-    for name in ('step', 'stopped', 'end_point', 'end_point_iter', 'skipped_steps', 'good_windows'):
+    for name in ('step', 'stopped', 'end_point_iter', 'good_windows'):
+        assert getattr(hook_resumed.search, name) == getattr(hook_full.search, name), name
+    for name in ('end_point', 'skipped_steps'):
         assert getattr(hook_resumed, name) == getattr(hook_full, name), name
+    assert_same_weights(weights(resumed.model), weights(full.model))
+
+
+def test_resume_reads_a_checkpoint_written_before_the_guard_split(tmp_path):
+    """Checkpoints written before ReversibleGuardHook existed hold the guard's counter in
+    checkpoint['meta']['alpha_beta_hook'] (state version 1) and no 'reversible_guard' entry: a resume
+    from one continues exactly like the uninterrupted run, counter included."""
+
+    def model():
+        return ToyClassifier(depth=12, stream_dtype=torch.float32)
+
+    full = make_runner(tmp_path / 'full', model(), _error_aware_hook(), max_iters=10, ckpt_interval=5)
+    full.train()
+    checkpoint = torch.load(tmp_path / 'full' / 'iter_5.pth', weights_only=False)
+    meta = checkpoint['meta']
+    guard_state = meta.pop('reversible_guard')
+    assert guard_state['skipped_steps'] > 0  # there is a counter to carry over
+    meta['alpha_beta_hook'].update(version=1, skipped_steps=guard_state['skipped_steps'])
+    old = tmp_path / 'old_layout.pth'
+    torch.save(checkpoint, old)
+
+    resumed_model = model()
+    resumed = make_runner(tmp_path / 'resumed', resumed_model, _error_aware_hook(), max_iters=10,
+                          load_from=str(old), resume=True)
+    resumed.train()
+    assert resumed_model.body.seen == full.model.body.seen[5:]
+    assert the_hook(resumed).skipped_steps == the_hook(full).skipped_steps
+    assert the_hook(resumed).search.state_dict() == the_hook(full).search.state_dict()
     assert_same_weights(weights(resumed.model), weights(full.model))
 
 
@@ -489,17 +548,17 @@ def test_error_aware_stops_below_target_swin(tmp_path):
     runner = make_runner(tmp_path, model, hook, max_iters=24, dataset=data, log_level='INFO')
     runner.train()
     h = the_hook(runner)
-    assert h.stopped and h.end_point is not None and 0 < h.step < h.num_steps
-    assert h.end_point == h.point_at_step(h.step) == h.current
+    assert h.search.stopped and h.end_point is not None and 0 < h.search.step < h.num_steps
+    assert h.end_point == h.point_at_step(h.search.step) == h.current
     assert model.backbone.coefficients == nearest_beta(h.end_point)
     rows = [r for r in read_scalars(runner) if 'alpha' in r]
     errors = [r['reconstruction_error'] for r in rows]
     points = [(r['alpha'], r['beta']) for r in rows]
-    stop = h.end_point_iter  # iterations [stop - patience·η, stop) ran at the end point, below target
+    stop = h.search.end_point_iter  # iterations [stop - patience·η, stop) ran at the end point, below target
     assert all(p == pytest.approx(h.end_point) for p in points[stop - 4:])
     assert max(errors[stop - 4:stop]) < target
     # the previous point's window was not below target (that is why the walk moved on)
-    previous = h.point_at_step(h.step - 1)
+    previous = h.point_at_step(h.search.step - 1)
     assert any(e >= target for e, p in zip(errors, points) if p == pytest.approx(previous))
     log = open(glob.glob(os.path.join(runner.log_dir, '*.log'))[0]).read()
     assert 'error-aware end point' in log
@@ -575,7 +634,93 @@ def test_guard_off(tmp_path):
     runner = make_runner(tmp_path, model, dict(type='AlphaBetaHook', end_iter=10, guard=False),
                          max_iters=2)
     runner.train()
-    assert the_hook(runner).skipped_steps == 0 and not the_hook(runner)._handles
+    assert the_hook(runner).skipped_steps == 0 and not the_hook(runner).guard_hook._handles
+
+
+class CountGuards(Hook):
+    """Test probe: how many step pre-hooks the optimizer and forward hooks the data preprocessor carry
+    during training (one guard installs one of each)."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.counts = []
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        self.counts.append((len(runner.optim_wrapper.optimizer._optimizer_step_pre_hooks),
+                            len(model.data_preprocessor._forward_hooks)))
+
+
+def the_guard(runner) -> ReversibleGuardHook:
+    return next(h for h in runner.hooks if isinstance(h, ReversibleGuardHook))
+
+
+def test_guard_hook_alone_skips_bad_steps_and_logs_without_a_schedule(tmp_path):
+    """A config may list only ReversibleGuardHook: nothing sets (α, β), the errors and skips are
+    logged, the step after a bad reversible backward is dropped and the others are not."""
+    model = ToyClassifier()
+    snapshots = Snapshots()
+    runner = make_runner(tmp_path, model, dict(type='ReversibleGuardHook'), max_iters=4,
+                         extra_hooks=[ForceThreshold([1]), snapshots])
+    runner.train()
+    assert not any(isinstance(h, AlphaBetaHook) for h in runner.hooks)
+    assert model.body.calls == [] and set(model.body.seen) == {START}  # the stage's own (1, 0.1)
+    assert the_guard(runner).skipped_steps == 1
+    assert_same_weights(snapshots.before[1], snapshots.after[1])
+    for t in (0, 2, 3):
+        assert_weights_changed(snapshots.before[t], snapshots.after[t])
+    rows = [r for r in read_scalars(runner) if 'skipped_steps' in r]
+    assert [r['skipped_steps'] for r in rows] == [0, 1, 1, 1]
+    assert all(0 <= r['reconstruction_error'] < 1e-4 and 'alpha' not in r for r in rows)
+    assert all(r['reconstruction_error_log10'] < -4 for r in rows)
+
+
+def test_guard_listed_with_alpha_beta_hook_is_installed_once(tmp_path):
+    """AlphaBetaHook (guard=True) plus a listed ReversibleGuardHook: one step pre-hook, one
+    preprocessor hook; the listed guard does the work (its max_error applies) and AlphaBetaHook
+    reports its counter. Alone, AlphaBetaHook's own guard installs the same one of each."""
+    counts = {}
+    for name, hooks in (('alone', []), ('both', [dict(type='ReversibleGuardHook', max_error=1e-2)])):
+        probe = CountGuards()
+        runner = make_runner(tmp_path / name, ToyClassifier(depth=12, stream_dtype=torch.float32),
+                             dict(type='AlphaBetaHook', end_iter=10, max_error=1e-2), max_iters=4,
+                             extra_hooks=[*hooks, probe])
+        runner.train()
+        counts[name] = (probe.counts, the_hook(runner).skipped_steps)
+        if name == 'both':
+            hook, guard = the_hook(runner), the_guard(runner)
+            assert hook.guard_hook is guard and hook.own_guard.skipped_steps == 0
+            assert hook.skipped_steps == guard.skipped_steps > 0
+    assert counts['alone'][0] == counts['both'][0] == [(1, 1)] * 4
+    assert counts['alone'][1] == counts['both'][1]
+
+
+def test_error_aware_mode_reads_a_listed_guard(tmp_path):
+    """The walk with a listed ReversibleGuardHook is the walk with AlphaBetaHook's own guard."""
+    runs = {}
+    for name, hooks in (('own', []), ('listed', [dict(type='ReversibleGuardHook', max_error=1e-1)])):
+        model = ToyClassifier(depth=12, stream_dtype=torch.float32)
+        runner = make_runner(tmp_path / name, model, _error_aware_hook(), max_iters=12,
+                             extra_hooks=hooks)
+        runner.train()
+        runs[name] = (model.body.seen, the_hook(runner).search.state_dict(),
+                      the_hook(runner).skipped_steps)
+    assert runs['own'] == runs['listed']
+    assert runs['own'][1]['step'] > 0  # the walk moved
+
+
+def test_guard_listed_after_an_error_aware_hook_is_refused(tmp_path):
+    runner = make_runner(tmp_path, ToyClassifier(depth=2), _error_aware_hook(), max_iters=2,
+                         extra_hooks=[dict(type='ReversibleGuardHook', priority='LOW')])
+    with pytest.raises(ValueError, match="runs after AlphaBetaHook.*'ABOVE_NORMAL'"):
+        runner.train()
+
+
+def test_guard_hook_listed_twice_is_refused(tmp_path):
+    runner = make_runner(tmp_path, ToyClassifier(depth=2), dict(type='ReversibleGuardHook'),
+                         max_iters=2, extra_hooks=[dict(type='ReversibleGuardHook')])
+    with pytest.raises(ValueError, match='lists ReversibleGuardHook 2 times'):
+        runner.train()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -621,7 +766,7 @@ def test_coefficients_at_edges():
     for t in (1, 2, 3):
         assert exp.coefficients_at(t)[0] > lin.coefficients_at(t)[0] > log.coefficients_at(t)[0]
         p = t / 4
-        assert log._curve(exp._curve(p)) == pytest.approx(p, abs=1e-12)
+        assert log.path.curve(exp.path.curve(p)) == pytest.approx(p, abs=1e-12)
     # alpha_first: α done at half the way, β untouched until then
     hook = AlphaBetaHook(end_iter=10, schedule='alpha_first')
     assert hook.coefficients_at(5) == (0.3, 0.1) and hook.coefficients_at(7)[0] == 0.3

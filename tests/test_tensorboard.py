@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dr2net_mm.demo.data import make_demo_ade20k, write_vit_timm_checkpoint
-from dr2net_mm.engine.alpha_beta_hook import log10_error
+from dr2net_mm.engine.reversible_guard import log10_error
 from tool_runs import ROOT, run_tool as run
 
 TENSORBOARD = 'visualizer.vis_backends=LocalVisBackend,TensorboardVisBackend'

@@ -5,7 +5,8 @@
 * **atomic files**: each checkpoint is written to ``NAME.tmp``, flushed to disk (fsync) and renamed
   to ``NAME`` only when complete; ``last_checkpoint`` is rewritten the same way after the rename, so
   it only ever names a complete file; checkpoints beyond ``max_keep_ckpts`` are removed after that
-  (MMEngine removes the old one before writing the new one);
+  (MMEngine removes the old one before writing the new one). A checkpoint saved as a directory
+  (DeepSpeed/FSDP sharded checkpoints) is published and removed the same way, as a whole;
 * **random streams**: ``checkpoint['meta']['rng_states']`` holds the Python, NumPy, torch CPU and
   CUDA generator states and the training sampler's seed; a resumed run restores them where the
   uninterrupted run was (for iteration-based loops: after MMEngine's advance over the batches
@@ -22,6 +23,7 @@ import logging
 import os
 import os.path as osp
 import random
+import shutil
 import zipfile
 from typing import Optional
 
@@ -100,11 +102,26 @@ def _fsync_dir(path: str) -> None:
 
 
 def _publish(tmp: str, path: str) -> None:
-    """Flush ``tmp`` to disk and rename it to ``path`` (atomic on one file system)."""
-    with open(tmp, 'rb') as f:
-        os.fsync(f.fileno())
+    """Flush ``tmp`` to disk and rename it to ``path`` (atomic on one file system). ``tmp`` may be a
+    directory (a sharded checkpoint): its files are flushed, and an old ``path`` directory is removed
+    first (a rename does not replace a non-empty directory)."""
+    files = [tmp] if osp.isfile(tmp) else \
+        [osp.join(folder, name) for folder, _, names in os.walk(tmp) for name in names]
+    for name in files:
+        with open(name, 'rb') as f:
+            os.fsync(f.fileno())
+    if osp.isdir(path):
+        shutil.rmtree(path)
     os.replace(tmp, path)
     _fsync_dir(osp.dirname(osp.abspath(path)))
+
+
+def _remove_checkpoint(path: str) -> None:
+    """Remove a checkpoint file, or a checkpoint directory (a sharded checkpoint) with its files."""
+    if osp.isfile(path):
+        os.remove(path)
+    elif osp.isdir(path):
+        shutil.rmtree(path)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -150,6 +167,13 @@ class SafeCheckpointHook(CheckpointHook):
         self._val_rng = None
 
     # ------------------------------------------------------------------------------ saving
+    # Follows CheckpointHook._save_checkpoint_with_step of mmengine 0.10.7 (mmengine/hooks/
+    # checkpoint_hook.py, lines 413-461): the same keep_ckpt_ids bookkeeping (a second save at the same
+    # step keeps the list), last_ckpt and keep_ckpt_ids in the message hub, the same
+    # runner.save_checkpoint arguments, last_checkpoint written on the main process only, and an
+    # outdated checkpoint removed as a file or, when it is a directory, as a directory tree (mmengine's
+    # isfile/remove, isdir/rmtree). Only the order differs: write NAME.tmp, publish it as NAME, rewrite
+    # last_checkpoint, and only then remove the outdated checkpoint (mmengine removes it first).
     def _save_checkpoint_with_step(self, runner, step, meta):
         if not isinstance(self.file_backend, LocalBackend):
             return super()._save_checkpoint_with_step(runner, step, meta)
@@ -171,9 +195,7 @@ class SafeCheckpointHook(CheckpointHook):
         _publish(self.last_ckpt + TMP_SUFFIX, self.last_ckpt)
         _write_text(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for old in outdated:
-            path = osp.join(self.out_dir, self.filename_tmpl.format(old))
-            if osp.isfile(path):
-                os.remove(path)
+            _remove_checkpoint(osp.join(self.out_dir, self.filename_tmpl.format(old)))
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.setdefault('meta', {})
@@ -192,7 +214,7 @@ class SafeCheckpointHook(CheckpointHook):
             for stale in glob.glob(osp.join(self.out_dir, '*' + TMP_SUFFIX)):
                 print_log(f'removing {stale}, a checkpoint left incomplete by an interrupted run',
                           logger='current', level=logging.WARNING)
-                os.remove(stale)
+                _remove_checkpoint(stale)
         states, self._loaded_rng = self._loaded_rng, None
         if runner.iter == 0 and runner.epoch == 0:
             return  # a fresh run (or load_from without resume)
