@@ -84,15 +84,17 @@ def test_every_relative_link_and_anchor_resolves(path):
 
 
 def test_a_broken_file_link_or_anchor_is_reported(tmp_path):
-    (tmp_path / 'other.md').write_text('# Other\n\n## Kept section\n\n## Kept section\n')
-    (tmp_path / 'page.md').write_text(
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    (tmp_path / 'outside.md').write_text('# Outside\n')
+    (repo / 'other.md').write_text('# Other\n\n## Kept section\n\n## Kept section\n')
+    (repo / 'page.md').write_text(
         '# Page\n\n## Local part\n\n'
         'Good: [a](other.md), [b](other.md#kept-section), [c](other.md#kept-section-1), '
         '[d](#local-part), ![e](other.md), [f](https://example.com/none.md), `[g](missing.md)`.\n\n'
         'Bad: [h](missing.md), [i](other.md#gone), [j](#nowhere), [k](../outside.md).\n\n'
         '```\n[l](also_missing.md)\n```\n')
-    (tmp_path.parent / 'outside.md').write_text('# Outside\n')
-    problems = broken_links(tmp_path / 'page.md', root=tmp_path)
+    problems = broken_links(repo / 'page.md', root=repo)
     assert [line.split(': ')[1] for line in problems] == [
         'missing.md', 'other.md#gone', '#nowhere', '../outside.md']
 
@@ -109,7 +111,7 @@ def test_pyproject_cites_docs_that_exist():
         assert not anchor or anchor in anchors(ROOT / file_part), reference
 
 
-def test_readme_is_short():
+def test_readme_stays_within_300_lines():
     lines = README.read_text(encoding='utf-8').count('\n')
     assert lines <= MAX_README_LINES, (f'README.md has {lines} lines, more than {MAX_README_LINES}: '
                                        'move detail into docs/')
