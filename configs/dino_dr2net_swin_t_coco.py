@@ -5,7 +5,7 @@
 _base_ = './dino_swin_t_coco.py'
 
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
-# crash-safe checkpoints that also carry the random states (exact resume; README, Reliability)
+# crash-safe checkpoints that also carry the random states (exact resume; docs/reliability.md)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 model = dict(
@@ -16,7 +16,7 @@ model = dict(
         reversible=True,
         # Exact streams (the default): every stage rebuilds its streams bit for bit at any (α, β),
         # so one segment per stage gives fp32 autograd's own gradient error already at the start
-        # point (1, 0.1). The float64 alternative needs segment_size=4 there. See README, Precision.
+        # point (1, 0.1). The float64 alternative needs segment_size=4 there. See docs/precision.md.
         stream_dtype='exact'))
 
 custom_hooks = [

@@ -25,7 +25,7 @@ model = dict(
     type='Pix4PointSegmentor',
     backbone=dict(
         type='Dr2NetViT', arch='vit_small_patch16_224', drop_path_rate=0.1, alpha=1.0, beta=0.1,
-        stream_dtype='exact',  # bit-exact rebuilds: one segment is precise at (1, 0.1), see README
+        stream_dtype='exact',  # bit-exact; one segment is precise at (1, 0.1): docs/precision.md
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     num_classes=13,
     in_channels=4,  # r g b / 255 and height above the floor

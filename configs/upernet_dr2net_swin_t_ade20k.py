@@ -6,7 +6,7 @@
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
-# crash-safe checkpoints that also carry the random states (exact resume; README, Reliability)
+# crash-safe checkpoints that also carry the random states (exact resume; docs/reliability.md)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 model = dict(
@@ -16,7 +16,7 @@ model = dict(
         beta=0.1,
         reversible=True,
         # exact streams: fp32-autograd precision already at (1, 0.1) in one segment per stage; see
-        # configs/dino_dr2net_swin_t_coco.py and README, Precision.
+        # configs/dino_dr2net_swin_t_coco.py and docs/precision.md.
         stream_dtype='exact'))
 
 custom_hooks = [

@@ -5,7 +5,7 @@
 _base_ = 'mmseg::vit/vit_deit-s16_mln_upernet_8xb2-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
-# crash-safe checkpoints that also carry the random states (exact resume; README, Reliability)
+# crash-safe checkpoints that also carry the random states (exact resume; docs/reliability.md)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
 
 # MAE's release layout ({'model': timm-style state dict}); its decoder and mask token are dropped on
@@ -29,7 +29,7 @@ model = dict(
         beta=0.1,
         reversible=True,
         # exact streams: bit-exact rebuilds, fp32-autograd precision at (1, 0.1) in one segment
-        # (README, Precision)
+        # (docs/precision.md)
         stream_dtype='exact',
         init_cfg=dict(type='Pretrained', checkpoint=mae_checkpoint)))
 

@@ -5,5 +5,5 @@
 _base_ = 'mmaction::recognition/swin/swin-tiny-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_kinetics400-rgb.py'
 
 custom_imports = dict(imports=['dr2net_mm'], allow_failed_imports=False)
-# crash-safe checkpoints that also carry the random states (exact resume; README, Reliability)
+# crash-safe checkpoints that also carry the random states (exact resume; docs/reliability.md)
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

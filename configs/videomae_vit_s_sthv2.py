@@ -13,7 +13,7 @@ default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook', interval=5, max_keep_ckpts=3),
     logger=dict(interval=100))
 
-# VideoMAE's self-supervised ViT-S (official release, converted on loading; see README, Video)
+# VideoMAE's self-supervised ViT-S (official release, converted on loading; see docs/video.md)
 pretrained = 'checkpoints/videomae_vit_s_sthv2_pretrain_800e.pth'
 model = dict(
     backbone=dict(

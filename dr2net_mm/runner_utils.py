@@ -164,10 +164,18 @@ def _datasets(dataset: dict) -> Iterator[dict]:
         yield from _datasets(inner)
 
 
+# data_prefix keys whose folder every pipeline reads (images, videos, point-cloud rooms). Other keys
+# (e.g. mmdet's `seg`: panoptic PNGs that only a panoptic pipeline loads) may be unused by a config, so a
+# missing one is a warning: mmdet's and mmseg's own train.py do not check them either.
+READ_PREFIXES = ('img', 'img_path', 'video', 'rooms')
+
+
 def missing_data_paths(cfg: Config, loaders: Tuple[str, ...] = ('train_dataloader',
-                                                                 'val_dataloader')) -> List[str]:
-    """Files/folders named by the datasets of ``loaders`` that do not exist (annotation files and
-    image folders under ``data_root``)."""
+                                                                 'val_dataloader'),
+                       required: bool = True) -> List[str]:
+    """Files/folders named by the datasets of ``loaders`` that do not exist, under ``data_root``:
+    with ``required`` the annotation files and the :data:`READ_PREFIXES` folders, otherwise the
+    other ``data_prefix`` folders."""
     missing = []
     for loader in loaders:
         loader_cfg = cfg.get(loader)
@@ -175,11 +183,10 @@ def missing_data_paths(cfg: Config, loaders: Tuple[str, ...] = ('train_dataloade
             continue
         for dataset in _datasets(loader_cfg.get('dataset')):
             root = dataset.get('data_root') or ''
-            paths = []
-            if dataset.get('ann_file'):
-                paths.append(dataset['ann_file'])
+            paths = [dataset['ann_file']] if required and dataset.get('ann_file') else []
             prefix = dataset.get('data_prefix') or {}
-            paths += [p for p in prefix.values() if isinstance(p, str) and p]
+            paths += [p for key, p in prefix.items() if isinstance(p, str) and p
+                      and (key in READ_PREFIXES) == required]
             for path in paths:
                 full = path if osp.isabs(path) or '://' in path else osp.join(root, path)
                 if '://' not in full and not osp.exists(full):
@@ -188,7 +195,14 @@ def missing_data_paths(cfg: Config, loaders: Tuple[str, ...] = ('train_dataloade
 
 
 def require_data(cfg: Config, loaders: Tuple[str, ...]) -> None:
-    """Exit with a clear message (no traceback) when the config's dataset files are missing."""
+    """Exit with a clear message (no traceback) when the config's annotation files or image/video
+    folders are missing; warn about other missing ``data_prefix`` folders."""
+    from mmengine.logging import print_log
+    unchecked = missing_data_paths(cfg, loaders, required=False)
+    if unchecked:
+        print_log('data_prefix folders not found (fine if the pipeline does not read them, e.g. '
+                  'panoptic maps for an instance-segmentation pipeline): ' + ', '.join(unchecked),
+                  logger='current', level=logging.WARNING)
     missing = missing_data_paths(cfg, loaders)
     if missing:
         lines = '\n  '.join(missing)

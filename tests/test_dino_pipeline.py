@@ -126,3 +126,28 @@ def test_missing_dataset_gives_a_clear_error(tmp_path):
     assert 'dataset not found' in proc.stderr and 'data/coco/annotations/instances_train2017.json' \
         in proc.stderr and 'make demo' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_data_check_requires_only_folders_the_pipeline_reads(tmp_path):
+    """mmdet's stock Mask2Former instance config inherits the panoptic config's `seg` prefix
+    (annotations/panoptic_train2017/), which its pipeline never reads: tools/train.py warns about it
+    and goes on, as mmdet's own train.py does; a missing image folder still stops it."""
+    from dr2net_mm.runner_utils import load_config, missing_data_paths, require_data
+    root = tmp_path / 'coco'
+    for folder in ('annotations', 'train2017', 'val2017'):
+        (root / folder).mkdir(parents=True)
+    for split in ('train', 'val'):
+        (root / f'annotations/instances_{split}2017.json').write_text('{}')
+    mmdet_configs = os.path.join(os.path.dirname(__import__('mmdet').__file__), '.mim', 'configs')
+    cfg = load_config(os.path.join(mmdet_configs, 'mask2former',
+                                   'mask2former_swin-t-p4-w7-224_8xb2-lsj-50e_coco.py'),
+                      {'train_dataloader.dataset.data_root': f'{root}/',
+                       'val_dataloader.dataset.data_root': f'{root}/'}, str(tmp_path / 'work'))
+    assert missing_data_paths(cfg) == []
+    assert missing_data_paths(cfg, required=False) == [
+        f'train_dataloader: {root}/annotations/panoptic_train2017/',
+        f'val_dataloader: {root}/annotations/panoptic_val2017/']
+    require_data(cfg, ('train_dataloader', 'val_dataloader'))  # warns, does not exit
+    (root / 'val2017').rmdir()
+    with pytest.raises(SystemExit, match=f'val_dataloader: {root}/val2017/'):
+        require_data(cfg, ('train_dataloader', 'val_dataloader'))

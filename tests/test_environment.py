@@ -126,7 +126,7 @@ def test_constraints_match_installed_versions():
 
 
 def test_mmdet_config_inheritance(tmp_path):
-    # What the README tells users to write; needs pkg_resources (see constraints.txt).
+    # What docs/configs.md tells users to write; needs pkg_resources (see constraints.txt).
     from mmengine import Config
     cfg_file = tmp_path / 'cfg.py'
     cfg_file.write_text("_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'\n"

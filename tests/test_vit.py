@@ -253,7 +253,7 @@ def test_saved_activations_are_under_40_percent_of_timm_checkpointing(saved_byte
     the training step anyway) excluded. Met by float64 streams in one segment (imprecise at the
     start point) and by the default exact streams at the end point β = 0.7; missed by exact streams
     at the start point β = 0.1, whose buffer adds log2(10) bits per element and branch (about 50%,
-    see the README)."""
+    see docs/results.md)."""
     cp_activations = saved_bytes_512['timm_cp'][1]
     for key in ('ours_float64', 'ours_end_point'):
         assert saved_bytes_512[key][1] <= 0.40 * cp_activations

@@ -5,7 +5,7 @@
 # depths 2-2-2-2, a 4x4x4 window): the backbone starts from a 2D Swin in the official release layout,
 # inflated to 3D as mmaction2 does (a random stand-in for the ImageNet file: nothing can be
 # downloaded). Started from random weights, Video Swin barely learns this task in the demo's
-# budget (top-1 0.359 against chance 0.25; README, Video); `tools/demo_video.py --backbones vit
+# budget (top-1 0.359 against chance 0.25; docs/video.md); `tools/demo_video.py --backbones vit
 # swin` runs it.
 _base_ = '../video_dr2net_swin_t_k400.py'
 
