@@ -2,6 +2,7 @@
 import logging
 import os
 import os.path as osp
+import pickle
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
@@ -20,11 +21,13 @@ WEIGHTS_ONLY_ENV = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
 @contextmanager
 def unpickling_in_full() -> Iterator[None]:
     """Within the block, ``torch.load`` calls that do not choose ``weights_only`` unpickle
-    everything, as before torch 2.6. Needed for MMEngine's own checkpoints: besides tensors they
-    pickle the message hub's ``HistoryBuffer`` objects with bound methods (``builtins.getattr``)
-    and numpy scalars, which torch's weights-only loader refuses, and which no allow-list can
-    make safe (allowing ``getattr`` would allow anything). MMEngine 0.10 passes no
-    ``weights_only``. A ``TORCH_FORCE_(NO_)WEIGHTS_ONLY_LOAD`` set by the user wins."""
+    everything, as before torch 2.6. Still needed for checkpoints written by MMEngine's own
+    ``CheckpointHook`` (mmdet's or mmseg's ``train.py``, or this package before its checkpoints
+    became weights-only loadable): besides tensors they pickle the message hub's ``HistoryBuffer``
+    objects and numpy arrays (rebuilt through ``builtins.getattr``), which torch's weights-only
+    loader refuses and no allow-list can make safe (allowing ``getattr`` would allow anything).
+    MMEngine 0.10 passes no ``weights_only``. A ``TORCH_FORCE_(NO_)WEIGHTS_ONLY_LOAD`` set by the
+    user wins."""
     if NO_WEIGHTS_ONLY_ENV in os.environ or WEIGHTS_ONLY_ENV in os.environ:
         yield
         return
@@ -36,15 +39,28 @@ def unpickling_in_full() -> Iterator[None]:
 
 
 class OwnCheckpointRunner(Runner):
-    """MMEngine's Runner, except that the checkpoint it resumes from or is told to load
-    (``load_from``) is unpickled in full (see :func:`unpickling_in_full`). ``tools/train.py`` uses
-    it only to resume (a checkpoint a run wrote), ``tools/test.py`` for the checkpoint it
-    evaluates. Every other load (pretrained backbone weights, ``load_from`` of a new training)
-    keeps torch's default, weights-only since torch 2.6. Load only checkpoints you trust."""
+    """MMEngine's Runner, except for the checkpoint it resumes from or is told to load
+    (``load_from``): loaded with torch's default first (weights-only since torch 2.6, which reads
+    every checkpoint ``SafeCheckpointHook`` writes); one that torch refuses as not weights-only
+    (written by MMEngine's own ``CheckpointHook``) is then unpickled in full, with a warning (see
+    :func:`unpickling_in_full`). ``tools/train.py`` uses it only to resume (a checkpoint a run
+    wrote), ``tools/test.py`` for the checkpoint it evaluates. Every other load (pretrained
+    backbone weights, ``load_from`` of a new training) keeps torch's default. Load only
+    checkpoints you trust."""
 
     def load_or_resume(self) -> None:
-        with unpickling_in_full():
+        try:
             super().load_or_resume()
+        except pickle.UnpicklingError as error:
+            if 'Weights only load failed' not in str(error):
+                raise
+            from mmengine.logging import print_log
+            print_log(f'{self._load_from}: torch refuses it as not weights-only (a checkpoint of '
+                      'MMEngine\'s own CheckpointHook: numpy arrays, HistoryBuffer objects); '
+                      'loading it in full, as torch < 2.6 did. Load only checkpoints you trust.',
+                      logger='current', level=logging.WARNING)
+            with unpickling_in_full():
+                super().load_or_resume()
 
 
 def add_runner_arguments(parser, cfg_example: str) -> None:
@@ -218,13 +234,29 @@ def require_data(cfg: Config, loaders: Tuple[str, ...]) -> None:
 
 
 def require_checkpoint_file(path: str, option: str) -> None:
-    """Exit with a message naming ``path`` when it is missing, truncated or not a checkpoint."""
-    from .engine.checkpoints import checkpoint_problem
+    """Exit with a message naming ``path`` when it is missing, damaged, or not a checkpoint a
+    training run wrote (``--resume PATH``)."""
+    from .engine.checkpoint_files import checkpoint_problem
     problem = checkpoint_problem(path)
     if problem is not None:
         raise SystemExit(f'{option}: cannot use checkpoint {path}: {problem}. Give a complete '
                          'checkpoint file (with --resume and no path, the newest complete one of the '
                          'work dir is taken).')
+
+
+def checkpoint_layout_of(cfg: Config) -> Tuple[str, str]:
+    """(folder, filename template) of the config's checkpoint hook (``default_hooks.checkpoint``)."""
+    from .engine.checkpoint_files import checkpoint_layout
+    return checkpoint_layout((cfg.get('default_hooks') or {}).get('checkpoint'), cfg.work_dir)
+
+
+def remove_stale_tmp_files(cfg: Config) -> None:
+    """Remove the ``.tmp`` files an interrupted or failed save left in the work dir and the
+    checkpoint folder, before the Runner is built: on a full disk, building it (log files, the
+    config dump) would fail first."""
+    from .engine.checkpoint_files import remove_stale_tmp
+    folder, _ = checkpoint_layout_of(cfg)
+    remove_stale_tmp(*[path for path in {cfg.work_dir, folder} if '://' not in path])
 
 
 def use_safe_checkpoints(cfg: Config) -> None:
@@ -236,18 +268,20 @@ def use_safe_checkpoints(cfg: Config) -> None:
 
 
 def set_resume(cfg: Config, resume: Optional[str]) -> None:
-    """``--resume`` (``'auto'``: the newest complete checkpoint of the work dir, or a fresh start
-    with a warning when there is none) or ``--resume PATH`` (checked first)."""
+    """``--resume`` (``'auto'``: the newest whole checkpoint of the run by step number, see
+    :func:`~dr2net_mm.engine.checkpoint_files.find_resume_checkpoint`, or a fresh start with a
+    warning when there is none) or ``--resume PATH`` (checked first)."""
     from mmengine.logging import print_log
 
-    from .engine.checkpoints import find_resume_checkpoint
+    from .engine.checkpoint_files import find_resume_checkpoint
     if resume is None:
         return
     if resume != 'auto':
         require_checkpoint_file(resume, '--resume')
         cfg.resume, cfg.load_from = True, resume
         return
-    found = find_resume_checkpoint(cfg.work_dir)
+    folder, template = checkpoint_layout_of(cfg)
+    found = find_resume_checkpoint(cfg.work_dir, template, folder)
     if found is None:
         print_log(f'--resume: no complete checkpoint in {cfg.work_dir}; training starts at '
                   'iteration 0', logger='current', level=logging.WARNING)

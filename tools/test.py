@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
 from dr2net_mm.runner_utils import (  # noqa: E402
     OwnCheckpointRunner, add_runner_arguments, coefficients_summary, finish_distributed,
-    load_config, parse_runner_arguments, require_checkpoint_file, require_data,
-    setup_cpu_distributed)
+    load_config, parse_runner_arguments, require_data, setup_cpu_distributed)
+from dr2net_mm.engine.checkpoint_files import checkpoint_problem  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -130,9 +130,19 @@ def add_output(cfg, args, scope: str) -> None:
     cfg.test_evaluator = list(evaluators) + [dict(type=dump, out_file_path=args.out)]
 
 
+def require_evaluable(path: str) -> None:
+    """Exit with a message naming ``path`` when it is missing, damaged or not loadable by torch
+    (model weights alone are fine: MMEngine evaluates a bare state dict too)."""
+    problem = checkpoint_problem(path, required=())
+    if problem is not None:
+        raise SystemExit(f'tools/test.py: {path} cannot be evaluated: {problem}. Give a whole '
+                         'checkpoint file (the last_checkpoint file of a work dir names the newest '
+                         'one of its run).')
+
+
 def main(argv=None):
     args = parse_args(argv)
-    require_checkpoint_file(args.checkpoint, 'test')
+    require_evaluable(args.checkpoint)
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     scope = scope_of(cfg)
@@ -148,7 +158,8 @@ def main(argv=None):
         loaders += ('train_dataloader', )
     require_data(cfg, loaders)
     setup_cpu_distributed(cfg)
-    # CHECKPOINT is one tools/train.py wrote (MMEngine's format): unpickled in full.
+    # CHECKPOINT is one a run wrote: weights-only, or in full for one of MMEngine's own
+    # CheckpointHook (see OwnCheckpointRunner).
     runner = OwnCheckpointRunner.from_cfg(cfg)
     runner.test()
     finish_distributed()

@@ -14,11 +14,12 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dr2net_mm  # noqa: E402,F401  (registers Dr2NetSwin, Dr2NetViT, AlphaBetaHook)
+from dr2net_mm.engine.checkpoints import CheckpointSaveError  # noqa: E402
 from dr2net_mm.models import PretrainedMismatchError  # noqa: E402
 from dr2net_mm.runner_utils import (  # noqa: E402
     OwnCheckpointRunner, add_runner_arguments, finish_distributed, load_config,
-    parse_runner_arguments, require_amp_device, require_data, set_resume, setup_cpu_distributed,
-    use_safe_checkpoints)
+    parse_runner_arguments, remove_stale_tmp_files, require_amp_device, require_data, set_resume,
+    setup_cpu_distributed, use_safe_checkpoints)
 
 
 def parse_args(argv=None):
@@ -53,15 +54,19 @@ def main(argv=None):
         cfg.auto_scale_lr.enable = True
     require_amp_device(cfg)
     use_safe_checkpoints(cfg)
+    remove_stale_tmp_files(cfg)  # before the Runner: on a full disk, building it needs the space
     set_resume(cfg, args.resume)
     require_data(cfg, ('train_dataloader', 'val_dataloader'))
     setup_cpu_distributed(cfg)
-    # Resuming reads a checkpoint a run wrote: unpickled in full; anything else torch's way.
+    # Resuming reads a checkpoint a run wrote: weights-only, or in full for one of MMEngine's own
+    # CheckpointHook (see OwnCheckpointRunner); anything else torch's way.
     runner = (OwnCheckpointRunner if cfg.get('resume') else Runner).from_cfg(cfg)
     try:
         runner.train()
     except PretrainedMismatchError as error:
         raise SystemExit(f'pretrained weights refused: {error}')
+    except CheckpointSaveError as error:
+        raise SystemExit(str(error))
     finish_distributed()
 
 

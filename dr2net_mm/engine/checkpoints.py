@@ -1,30 +1,39 @@
 """Crash-safe checkpoints and exact resume: :class:`SafeCheckpointHook`, :func:`find_resume_checkpoint`.
 
-``SafeCheckpointHook`` is MMEngine's ``CheckpointHook`` (same arguments) with three changes:
+``SafeCheckpointHook`` is MMEngine's ``CheckpointHook`` (same arguments, plus ``on_save_error``) with
+these changes:
 
 * **atomic files**: each checkpoint is written to ``NAME.tmp``, flushed to disk (fsync) and renamed
   to ``NAME`` only when complete; ``last_checkpoint`` is rewritten the same way after the rename, so
   it only ever names a complete file; checkpoints beyond ``max_keep_ckpts`` are removed after that
-  (MMEngine removes the old one before writing the new one). A checkpoint saved as a directory
-  (DeepSpeed/FSDP sharded checkpoints) is published and removed the same way, as a whole;
+  (MMEngine removes the old one before writing the new one), and so are older files of the run's
+  name template that an interrupted run left behind (orphans). A checkpoint saved as a directory
+  (DeepSpeed/FSDP sharded checkpoints) is published and removed the same way, as a whole. The disk
+  needs room for ``max_keep_ckpts + 1`` checkpoints;
+* **a failed save** (disk full or any other ``OSError``) removes its ``.tmp``, leaves the previous
+  checkpoint and ``last_checkpoint`` as they were and logs the path, the bytes needed and the bytes
+  free; ``on_save_error='stop'`` (default) then ends the run (:class:`CheckpointSaveError`),
+  ``'warn'`` trains on and tries again at the next interval;
 * **random streams**: ``checkpoint['meta']['rng_states']`` holds the Python, NumPy, torch CPU and
   CUDA generator states and the training sampler's seed; a resumed run restores them where the
   uninterrupted run was (for iteration-based loops: after MMEngine's advance over the batches
   already trained on), so it continues bit for bit;
+* **weights-only loadable**: numpy values and the message hub's ``HistoryBuffer`` objects are saved
+  as tensors and plain values (:mod:`.plain_state`) and turned back when the checkpoint is loaded,
+  so ``torch.load(path)`` with torch's default ``weights_only=True`` (torch >= 2.6) reads it, e.g. in
+  mmdet's and mmseg's own ``tools/test.py``;
 * **validation leaves training's random streams alone**: their states are put back after every
   validation run, so a run with validation in between equals one resumed without it.
 
-:func:`find_resume_checkpoint` is the auto-resume of ``tools/train.py --resume``: the file
-``last_checkpoint`` names, or else the newest complete ``*.pth`` of the work dir; truncated or
-missing candidates are skipped with a warning.
+:func:`find_resume_checkpoint` (in :mod:`.checkpoint_files`) is the auto-resume of
+``tools/train.py --resume``: the run's checkpoint files by step number, skipping with a warning the
+ones that do not load.
 """
-import glob
 import logging
 import os
 import os.path as osp
 import random
 import shutil
-import zipfile
 from typing import Optional
 
 import numpy as np
@@ -35,11 +44,20 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-__all__ = ['SafeCheckpointHook', 'find_resume_checkpoint', 'checkpoint_problem', 'rng_states',
-           'set_rng_states']
+from .checkpoint_files import (POINTER, TMP_SUFFIX, checkpoint_problem, checkpoint_steps,
+                               find_resume_checkpoint, remove_checkpoint, remove_stale_tmp)
+from .plain_state import from_plain, to_plain
+
+__all__ = ['SafeCheckpointHook', 'CheckpointSaveError', 'find_resume_checkpoint',
+           'checkpoint_problem', 'rng_states', 'set_rng_states']
 
 RNG_KEY = 'rng_states'  # checkpoint['meta'][RNG_KEY]
-TMP_SUFFIX = '.tmp'
+SAVE_ERROR_CHOICES = ('stop', 'warn')
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (``on_save_error='stop'``); the message says why and what
+    is left on disk. ``tools/train.py`` ends with it, without a traceback."""
 
 
 def rng_states() -> dict:
@@ -58,39 +76,6 @@ def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states['torch'].cpu())
     if 'cuda' in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([state.cpu() for state in states['cuda']])
-
-
-def checkpoint_problem(path: str) -> Optional[str]:
-    """Why ``path`` is not a complete checkpoint file (None when it looks complete). Cheap: reads the
-    zip directory at the end of the file (torch.save's format), not the tensors."""
-    if not osp.isfile(path):
-        return 'the file does not exist'
-    if zipfile.is_zipfile(path):
-        return None
-    with open(path, 'rb') as f:
-        head = f.read(2)
-    if head == b'PK':
-        return 'the file is truncated or corrupted (an incomplete zip archive)'
-    if head[:1] == b'\x80':
-        return None  # torch's legacy (pickle) format: no cheap check
-    return 'the file is not a PyTorch checkpoint'
-
-
-def find_resume_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint to auto-resume from: the one ``work_dir/last_checkpoint`` names, else the newest
-    complete ``work_dir/*.pth``; None when there is none. Skipped candidates are logged."""
-    candidates = []
-    pointer = osp.join(work_dir, 'last_checkpoint')
-    if osp.isfile(pointer):
-        with open(pointer) as f:
-            candidates.append(f.read().strip())
-    candidates += sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime, reverse=True)
-    for path in dict.fromkeys(candidates):  # in order, without repeats
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        print_log(f'resume: skipping {path}: {problem}', logger='current', level=logging.WARNING)
-    return None
 
 
 def _fsync_dir(path: str) -> None:
@@ -114,14 +99,6 @@ def _publish(tmp: str, path: str) -> None:
         shutil.rmtree(path)
     os.replace(tmp, path)
     _fsync_dir(osp.dirname(osp.abspath(path)))
-
-
-def _remove_checkpoint(path: str) -> None:
-    """Remove a checkpoint file, or a checkpoint directory (a sharded checkpoint) with its files."""
-    if osp.isfile(path):
-        os.remove(path)
-    elif osp.isdir(path):
-        shutil.rmtree(path)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -155,14 +132,40 @@ class _RestoreAfter:
         return next(self.iterator)
 
 
+
+def _size(path: str) -> int:
+    """Bytes of a file, or of the files of a directory (0 when missing)."""
+    if osp.isfile(path):
+        return osp.getsize(path)
+    return sum(osp.getsize(osp.join(folder, name)) for folder, _, names in os.walk(path)
+               for name in names)
+
+
+def _bytes(count: int) -> str:
+    return f'{count} bytes ({count / 2**20:.1f} MiB)'
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
     """MMEngine's ``CheckpointHook`` with atomic checkpoint files, removal of old ones only after the
-    new one is in place, and the random streams saved and restored (see the module docstring).
-    Checkpoints to a non-local ``out_dir`` (e.g. ``s3://``) are written as ``CheckpointHook`` does."""
+    new one is in place, failed saves that leave the previous checkpoint as it was, weights-only
+    loadable contents and the random streams saved and restored (see the module docstring).
+    Checkpoints to a non-local ``out_dir`` (e.g. ``s3://``) are written as ``CheckpointHook`` does.
 
-    def __init__(self, *args, **kwargs):
+    Args:
+        on_save_error: ``'stop'`` (end the run with :class:`CheckpointSaveError`) or ``'warn'`` (log
+            it and train on; the next save is tried at the next interval) when a save fails with
+            an ``OSError`` such as a full disk.
+        *args, **kwargs: ``CheckpointHook``'s arguments.
+    """
+
+    def __init__(self, *args, on_save_error: str = 'stop', **kwargs):
+        if on_save_error not in SAVE_ERROR_CHOICES:
+            raise ValueError(f'SafeCheckpointHook: on_save_error={on_save_error!r}; use \'stop\' '
+                             '(end the run with a message) or \'warn\' (log it, train on and try '
+                             'again at the next interval)')
         super().__init__(*args, **kwargs)
+        self.on_save_error = on_save_error
         self._loaded_rng = None
         self._val_rng = None
 
@@ -178,6 +181,7 @@ class SafeCheckpointHook(CheckpointHook):
         if not isinstance(self.file_backend, LocalBackend):
             return super()._save_checkpoint_with_step(runner, step, meta)
         filename = self.filename_tmpl.format(step)
+        previous = self.last_ckpt, list(getattr(self, 'keep_ckpt_ids', ()))
         self.last_ckpt = osp.join(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         outdated = []
@@ -186,16 +190,78 @@ class SafeCheckpointHook(CheckpointHook):
                 outdated.append(self.keep_ckpt_ids.popleft())
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
-        runner.save_checkpoint(self.out_dir, filename + TMP_SUFFIX, self.file_client_args,
-                               save_optimizer=self.save_optimizer,
-                               save_param_scheduler=self.save_param_scheduler, meta=meta,
-                               by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        try:
+            runner.save_checkpoint(self.out_dir, filename + TMP_SUFFIX, self.file_client_args,
+                                   save_optimizer=self.save_optimizer,
+                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
+                                   by_epoch=self.by_epoch, backend_args=self.backend_args,
+                                   **self.args)
+            if is_main_process():
+                _publish(self.last_ckpt + TMP_SUFFIX, self.last_ckpt)
+        except OSError as error:
+            self._save_failed(runner, error, previous)
+            return
         if not is_main_process():
             return
-        _publish(self.last_ckpt + TMP_SUFFIX, self.last_ckpt)
-        _write_text(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
+        self._write_pointer(runner)
         for old in outdated:
-            _remove_checkpoint(osp.join(self.out_dir, self.filename_tmpl.format(old)))
+            remove_checkpoint(osp.join(self.out_dir, self.filename_tmpl.format(old)))
+        self._remove_orphans()
+
+    def _write_pointer(self, runner) -> None:
+        """Rewrite ``last_checkpoint``; a failure only warns (resume goes by step number)."""
+        pointer = osp.join(runner.work_dir, POINTER)
+        try:
+            _write_text(pointer, self.last_ckpt)
+        except OSError as error:
+            remove_checkpoint(pointer + TMP_SUFFIX)
+            print_log(f'SafeCheckpointHook: could not rewrite {pointer} ({error}); {self.last_ckpt} '
+                      'is complete, and --resume finds it by its step number', logger='current',
+                      level=logging.WARNING)
+
+    def _remove_orphans(self) -> None:
+        """Remove the files of the run's name template older than every kept checkpoint (left by a
+        run killed between publishing a checkpoint and removing the outdated one)."""
+        if self.max_keep_ckpts <= 0 or not self.keep_ckpt_ids:
+            return
+        oldest_kept = min(self.keep_ckpt_ids)
+        for step, path in checkpoint_steps(self.out_dir, self.filename_tmpl):
+            if step < oldest_kept:
+                print_log(f'removing {path}: older than the {self.max_keep_ckpts} checkpoint(s) '
+                          'max_keep_ckpts keeps (left behind by an interrupted run)',
+                          logger='current', level=logging.WARNING)
+                remove_checkpoint(path)
+
+    def _save_failed(self, runner, error: OSError, previous) -> None:
+        """Undo a failed save: remove its ``.tmp``, restore the bookkeeping, then stop or warn with
+        the path, the bytes needed and the bytes free."""
+        path = self.last_ckpt
+        written = _size(path + TMP_SUFFIX)
+        remove_checkpoint(path + TMP_SUFFIX)
+        self.last_ckpt, kept = previous
+        if self.last_ckpt is not None:
+            runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        if self.max_keep_ckpts > 0:
+            self.keep_ckpt_ids.clear()
+            self.keep_ckpt_ids.extend(kept)
+            runner.message_hub.update_info('keep_ckpt_ids', kept)
+        before = next((p for _, p in checkpoint_steps(self.out_dir, self.filename_tmpl)), None)
+        needed = max(written, _size(before) if before else 0)
+        basis = 'the size of the previous checkpoint' if before and needed > written else \
+            'the bytes written before the error'
+        free = shutil.disk_usage(self.out_dir).free
+        message = (f'SafeCheckpointHook: could not save checkpoint {path}: {error}. It needs about '
+                   f'{_bytes(needed)} ({basis}); {_bytes(free)} are free in {self.out_dir} now. '
+                   f'The partial file is removed; {before or "no earlier checkpoint"} and '
+                   f'{osp.join(runner.work_dir, POINTER)} are as they were.')
+        if self.on_save_error == 'warn':
+            print_log(message + ' Training goes on (on_save_error=\'warn\'); the next save is '
+                      'tried at the next interval.', logger='current', level=logging.WARNING)
+            return
+        message += (' Free some space (a run needs room for max_keep_ckpts + 1 checkpoints) and '
+                    'continue with `tools/train.py CONFIG --resume`.')
+        print_log(message, logger='current', level=logging.ERROR)
+        raise CheckpointSaveError(message)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.setdefault('meta', {})
@@ -203,18 +269,22 @@ class SafeCheckpointHook(CheckpointHook):
         sampler = _train_sampler(runner)
         if sampler is not None:
             meta[RNG_KEY]['sampler_seed'] = sampler.seed
+        # the lowest priority: the other hooks have put their state in already
+        for key in list(checkpoint):
+            checkpoint[key] = to_plain(checkpoint[key])
 
     # ------------------------------------------------------------------------------ resuming
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # before Runner.resume reads checkpoint['message_hub'] (mmengine 0.10.7 runner.py: resume
+        # calls load_checkpoint, whose after_load_checkpoint hooks run before it returns)
+        for key in list(checkpoint):
+            checkpoint[key] = from_plain(checkpoint[key])
         self._loaded_rng = (checkpoint.get('meta') or {}).get(RNG_KEY)
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
         if is_main_process() and isinstance(self.file_backend, LocalBackend):
-            for stale in glob.glob(osp.join(self.out_dir, '*' + TMP_SUFFIX)):
-                print_log(f'removing {stale}, a checkpoint left incomplete by an interrupted run',
-                          logger='current', level=logging.WARNING)
-                _remove_checkpoint(stale)
+            remove_stale_tmp(self.out_dir)
         states, self._loaded_rng = self._loaded_rng, None
         if runner.iter == 0 and runner.epoch == 0:
             return  # a fresh run (or load_from without resume)
