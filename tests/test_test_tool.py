@@ -2,6 +2,7 @@
 settings), each as the config's scope (mmdet or mmseg) defines it. Real runs on 2 small images."""
 import os
 import pickle
+import shutil
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ from mmengine.registry import DefaultScope
 
 from dr2net_mm.demo.data import (make_demo_ade20k, make_demo_coco, write_swin_official_checkpoint,
                                  write_vit_timm_checkpoint)
+from fault_hooks import damage_mid_file
 from tool_runs import ROOT, data_overrides, run_tool as run
 
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -122,3 +124,18 @@ def test_wrong_out_for_the_scope_is_refused_with_the_value(seg):
     log = run([sys.executable, 'tools/test.py', 'configs/demo/pix4point_dr2net_vit_s_demo.py',
                seg['checkpoint'], '--tta'], fails=True)
     assert "--tta needs an mmdet or mmseg config" in log
+
+
+def test_damaged_checkpoint_gets_the_test_tools_own_message(det, tmp_path):
+    """A checkpoint damaged mid-file (same size) or cut off: the tool names the file and says it
+    cannot be evaluated, without a traceback or advice about --resume (a training option)."""
+    damaged, truncated = tmp_path / 'damaged.pth', tmp_path / 'truncated.pth'
+    shutil.copyfile(det['checkpoint'], damaged)
+    damage_mid_file(damaged)
+    data = open(det['checkpoint'], 'rb').read()
+    truncated.write_bytes(data[:len(data) // 2])
+    for path, problem in ((damaged, 'the file is corrupted: Bad CRC-32'),
+                          (truncated, 'the file is truncated or corrupted')):
+        log = run([sys.executable, 'tools/test.py', det['config'], str(path)], fails=True)
+        assert f'tools/test.py: {path} cannot be evaluated: {problem}' in log
+        assert '--resume' not in log and 'Traceback' not in log
