@@ -817,6 +817,19 @@ def test_guard_stops_after_max_consecutive_skips_in_a_row(tmp_path, overflows, s
     assert the_guard(runner).skipped_steps == 2 and the_guard(runner).consecutive_skips == 0
 
 
+def test_error_aware_walk_gets_no_error_from_a_skipped_batch(tmp_path):
+    """A skipped batch ran no backward: the walk gets no error from it (as from an iteration without
+    a reversible backward), so with exact streams (error 0) it stops where a clean run stops."""
+    states = {}
+    for name, extra in (('clean', []), ('outlier', [OverflowBatch([1])])):
+        runner = make_runner(tmp_path / name, exact_classifier(), _error_aware_hook(), max_iters=6,
+                             extra_hooks=extra)
+        runner.train()
+        states[name] = (the_hook(runner).search.state_dict(), the_hook(runner).skipped_steps)
+    assert states['clean'][0]['stopped'] and states['clean'][1] == 0
+    assert states['outlier'] == (states['clean'][0], 1)
+
+
 def _ddp_overflow_worker(rank, world_size, port, root):
     import datetime
     import torch.distributed as tdist
