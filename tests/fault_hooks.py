@@ -33,3 +33,18 @@ class StallCheckpointHook(Hook):
         if checkpoint['meta'].get('epoch') == self.epoch:
             open(self.marker, 'w').close()
             time.sleep(600)
+
+
+@HOOKS.register_module()
+class OutlierImageHook(Hook):
+    """Scale the first image of the batch of iteration ``at_iter`` (0-based) by ``scale`` (an
+    outlier image); print its path."""
+
+    def __init__(self, at_iter: int, scale: float):
+        self.at_iter, self.scale = at_iter, scale
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == self.at_iter:
+            data_batch['inputs'][0] = data_batch['inputs'][0].float() * self.scale
+            path = data_batch['data_samples'][0].metainfo['img_path']
+            print(f'OutlierImageHook: scaled {path} by {self.scale:g}', flush=True)

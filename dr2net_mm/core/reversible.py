@@ -54,7 +54,7 @@ from .param_grads import gradient_targets, gradients_into
 from .plain_forward import plain_forward
 from .rng import capture_rng_state
 from .stage_call import Handover, KeptStreams, StageCall
-from .streams import EXACT, stream_arithmetic
+from .streams import EXACT, StreamOverflow, stream_arithmetic
 
 
 class ReversibleSequence(nn.Module):
@@ -90,6 +90,11 @@ class ReversibleSequence(nn.Module):
             are registered elsewhere (e.g. wrappers around a pretrained backbone's blocks, which keep
             the backbone's state-dict layout), so the stage adds no parameters, buffers or state-dict
             keys; their train/eval mode and device follow their owners.
+        record_overflow: False (default): a forward whose exact streams leave |x| < 2^21 raises
+            ``OverflowError`` (a ``StreamOverflow``). True: it returns zeros in place of its outputs
+            (no autograd graph: finite for whatever the model computes next) and keeps the error in
+            :attr:`overflow`, for a caller that skips the whole step (``ReversibleGuardHook`` sets
+            it, so that all DDP ranks finish the forward and agree to skip the batch together).
 
     Reconstruction-error monitor: after each reversible backward, per segment, the relative distance of
     the rebuilt segment-input streams from their true value: for the first segment
@@ -106,7 +111,8 @@ class ReversibleSequence(nn.Module):
     def __init__(self, functions: Sequence[nn.Module], alpha: float = 1.0, beta: float = 0.1,
                  reversible: bool = True, stream_dtype: Union[torch.dtype, str] = EXACT,
                  segment_size: Optional[int] = None, max_error: Optional[float] = None,
-                 preserve_rng_state: bool = True, register_functions: bool = True):
+                 preserve_rng_state: bool = True, register_functions: bool = True,
+                 record_overflow: bool = False):
         super().__init__()
         functions = list(functions)
         if not functions or not all(isinstance(f, nn.Module) for f in functions):
@@ -124,6 +130,8 @@ class ReversibleSequence(nn.Module):
         self.segment_size = segment_size
         self.max_error = None if max_error is None else float(max_error)
         self.preserve_rng_state = preserve_rng_state
+        self.record_overflow = bool(record_overflow)
+        self.overflow: Optional[StreamOverflow] = None  # recorded, not raised (record_overflow)
         self._errors: Optional[Tensor] = None
 
     @property
@@ -184,20 +192,26 @@ class ReversibleSequence(nn.Module):
             raise TypeError(f'the stage input must be a floating-point tensor, got {x.dtype}')
         params = [[p for p in f.parameters() if p.requires_grad] for f in self.functions]
         tracks_grad = torch.is_grad_enabled() and (x.requires_grad or any(params))
-        if self._reversible and self.training and tracks_grad:
-            for a in args:
-                if isinstance(a, Tensor) and a.requires_grad:
-                    raise ValueError('extra arguments of a reversible stage are constants; got a '
-                                     'tensor that requires grad (detach it or use reversible=False)')
-            outputs = self._reversible_forward(x, args, positions, params)
-        else:
-            stream_dtype = self.stream_dtype if tracks_grad else x.dtype
-            outputs = plain_forward(self, x, args, positions, stream_dtype)
+        try:
+            if self._reversible and self.training and tracks_grad:
+                outputs = self._reversible_forward(x, args, positions, params)
+            else:
+                stream_dtype = self.stream_dtype if tracks_grad else x.dtype
+                outputs = plain_forward(self, x, args, positions, stream_dtype)
+        except StreamOverflow as error:  # raised after the whole forward ran (finish_forward)
+            if not self.record_overflow:
+                raise
+            self.overflow = error
+            outputs = [torch.zeros_like(x) for _ in positions]
         return outputs[0] if out_positions is None else tuple(outputs)
 
     def _reversible_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                             params: List[List[Tensor]]) -> List[Tensor]:
         """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
+        for a in args:
+            if isinstance(a, Tensor) and a.requires_grad:
+                raise ValueError('extra arguments of a reversible stage are constants; got a '
+                                 'tensor that requires grad (detach it or use reversible=False)')
         streams = stream_arithmetic(self.stream_dtype, self.alpha, self.beta, x0.dtype)
         call = StageCall(self, streams, args, x0, positions, params)
         token, outputs = x0, {}
