@@ -1,5 +1,5 @@
 """The point-cloud segmentor, its metric, and the whole pipeline through tools/train.py and
-tools/test.py on small generated rooms (dr2net_mm.points.model / metric)."""
+tools/test.py on small generated rooms (dr2net_mm.points.segmentor / metric)."""
 import copy
 import os
 import re
