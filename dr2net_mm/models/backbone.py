@@ -3,21 +3,19 @@ their checks, (α, β) as buffers mirrored in every reversible stage, the stages
 ``init_weights`` and pretrained loading; and the conventional baseline of a one-stage backbone
 (:class:`ConventionalMixin`)."""
 import logging
-import pickle
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
                     Tuple, Union)
 
 import torch
 from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseModule
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 
 from ..branches import StageOptions, checkpoint_branches, checkpointed, stage_options
 from ..checks import ArgumentTypeError, check_bool, check_segment_size, parse_stream_dtype
 from ..core import ReversibleSequence, check_coefficients
 from .pretrained import (MIN_LOADED_SHARE, LoadReport, PretrainedMismatchError, describe_layout,
-                         first_keys, pretrained_init_cfg, unwrap_state_dict)
+                         first_keys, pretrained_init_cfg, read_checkpoint, unwrap_state_dict)
 
 __all__ = ['Dr2NetBackboneMixin', 'Dr2NetArguments', 'ConventionalMixin', 'MMACTION_INIT_CFG']
 
@@ -311,17 +309,7 @@ class Dr2NetBackboneMixin:
         allow_partial = check_bool('allow_partial', allow_partial)
         logger = MMLogger.get_current_instance()
         source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
-        if isinstance(checkpoint, str):
-            try:
-                checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
-                                                              map_location=map_location)
-            except pickle.UnpicklingError as exc:  # torch >= 2.6 loads weights only by default
-                raise ValueError(
-                    f'pretrained checkpoint {checkpoint!r} holds Python objects besides tensors '
-                    f'(e.g. an MMEngine training checkpoint), which torch refuses to unpickle '
-                    f'with weights_only=True. If you trust the file, save its weights alone: '
-                    f'torch.save(torch.load(PATH, weights_only=False)["state_dict"], NEW_PATH). '
-                    f"torch said: {str(exc).strip().splitlines()[0]}") from exc
+        checkpoint = read_checkpoint(checkpoint, map_location, logger)
         fmt = type(self).detect_format(unwrap_state_dict(checkpoint, prefix))
         state_dict = type(self).filter_checkpoint(checkpoint, self, prefix=prefix, logger=logger)
         checkpoint_layout = describe_layout(state_dict)
@@ -374,12 +362,13 @@ class ConventionalMixin:
     / grad checkpointing; :func:`~dr2net_mm.branches.checkpointed`), the checkpointing baseline with
     the same state dict, the memory peer of Dr²Net."""
     sequence: ReversibleSequence
+    network: str  # what it is the conventional form of, for messages ('ViT', ...)
 
     def __init__(self, *args, with_cp: bool = False, **kwargs):
         given = [k for k in StageOptions._fields if k in kwargs]
         if given:
-            raise ValueError(f'{type(self).__name__} is the conventional baseline and takes no '
-                             f'{given}; use {self._dr2net_name()} for a reversible backbone')
+            raise ValueError(f'{type(self).__name__} is the conventional {self.network} and takes '
+                             f'no {given}; use {self._dr2net_name()} for a reversible backbone')
         with_cp = check_bool('with_cp', with_cp)
         super().__init__(*args, alpha=1.0, beta=0.0, reversible=False, **kwargs)
         self.with_cp = with_cp
@@ -389,9 +378,9 @@ class ConventionalMixin:
                     if issubclass(c, Dr2NetBackboneMixin) and not issubclass(c, ConventionalMixin))
 
     def set_coefficients(self, alpha: float, beta: float) -> None:
-        raise TypeError(f'{type(self).__name__} is the conventional baseline, its (alpha, beta) '
-                        f'are fixed at (1, 0); remove AlphaBetaHook from the config or use '
-                        f"type='{self._dr2net_name()}'")
+        raise TypeError(f'{type(self).__name__} is the conventional {self.network} baseline, its '
+                        f'(alpha, beta) are fixed at (1, 0); remove AlphaBetaHook from the config '
+                        f"or use type='{self._dr2net_name()}'")
 
     def _blocks_in_turn(self, blocks: Iterable[Callable[[Tensor], Tensor]], x: Tensor
                         ) -> Iterator[Tensor]:

@@ -17,6 +17,7 @@ class PlainViT(ConventionalMixin, Dr2NetViT):
     """The conventional ViT (:class:`~dr2net_mm.models.backbone.ConventionalMixin`): the module,
     arguments, checkpoints and ``forward_tokens`` of :class:`~dr2net_mm.models.vit.Dr2NetViT`, its
     blocks run as timm runs them; ``with_cp=True`` checkpoints every block."""
+    network = 'ViT'
 
     def _block_outputs(self, x: Tensor, out_indices: Tuple[int, ...],
                        attn_mask: Optional[Tensor]) -> List[Tensor]:

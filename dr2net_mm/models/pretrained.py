@@ -1,14 +1,17 @@
 """Reading pretrained checkpoints for any Dr²Net backbone: the ``pretrained=`` argument, the
 backbone's tensors of a checkpoint file (:func:`unwrap_state_dict`), what a load did
 (:class:`LoadReport`) and when it is refused (:class:`PretrainedMismatchError`)."""
+import logging
+import pickle
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
+from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 
-__all__ = ['pretrained_init_cfg', 'unwrap_state_dict', 'describe_layout', 'LoadReport',
-           'PretrainedMismatchError', 'MIN_LOADED_SHARE', 'first_keys']
+__all__ = ['pretrained_init_cfg', 'read_checkpoint', 'unwrap_state_dict', 'describe_layout',
+           'LoadReport', 'PretrainedMismatchError', 'MIN_LOADED_SHARE', 'first_keys']
 
 
 def pretrained_init_cfg(pretrained: Optional[str], init_cfg: Any,
@@ -26,6 +29,24 @@ def pretrained_init_cfg(pretrained: Optional[str], init_cfg: Any,
                          f'pretrained={pretrained!r}, init_cfg={init_cfg!r}); give the checkpoint '
                          "as init_cfg=dict(type='Pretrained', checkpoint=...) alone")
     return dict(type='Pretrained', checkpoint=pretrained)
+
+
+def read_checkpoint(checkpoint: Union[str, Mapping[str, Any]], map_location: str,
+                    logger: logging.Logger) -> Mapping[str, Any]:
+    """A checkpoint file name/URL read with mmengine's ``CheckpointLoader`` (a loaded checkpoint
+    dict is returned as it is); a file of pickled Python objects, which torch >= 2.6 refuses by
+    default, is refused with what to do."""
+    if not isinstance(checkpoint, str):
+        return checkpoint
+    try:
+        return CheckpointLoader.load_checkpoint(checkpoint, logger=logger, map_location=map_location)
+    except pickle.UnpicklingError as exc:  # torch >= 2.6 loads weights only by default
+        raise ValueError(
+            f'pretrained checkpoint {checkpoint!r} holds Python objects besides tensors '
+            f'(e.g. an MMEngine training checkpoint), which torch refuses to unpickle '
+            f'with weights_only=True. If you trust the file, save its weights alone: '
+            f'torch.save(torch.load(PATH, weights_only=False)["state_dict"], NEW_PATH). '
+            f"torch said: {str(exc).strip().splitlines()[0]}") from exc
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:

@@ -115,10 +115,9 @@ class Dr2NetVideoViT(Dr2NetBackboneMixin, VisionTransformer):
                  num_heads=12, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0.,
                  attn_drop_rate=0., drop_path_rate=0., norm_cfg=dict(type='LN', eps=1e-6),
                  init_values=0., use_learnable_pos_emb=False, num_frames=16, tubelet_size=2,
-                 use_mean_pooling=True, pretrained: Optional[str] = None, return_feat_map=False,
+                 use_mean_pooling=True, pretrained=None, return_feat_map=False,
                  init_cfg=MMACTION_INIT_CFG, *, alpha=1.0, beta=0.1, reversible=True,
-                 stream_dtype='exact', segment_size: Optional[int] = None, with_cp=False,
-                 **kwargs) -> None:
+                 stream_dtype='exact', segment_size=None, with_cp=False, **kwargs) -> None:
         args = self._check_arguments(alpha, beta, reversible, stream_dtype, segment_size, with_cp,
                                      pretrained, init_cfg, MMACTION_INIT_CFG)
         super().__init__(
@@ -194,6 +193,7 @@ class PlainVideoViT(ConventionalMixin, Dr2NetVideoViT):
     """The conventional VideoMAE ViT (:class:`~dr2net_mm.models.backbone.ConventionalMixin`): the
     module, arguments and checkpoints of :class:`Dr2NetVideoViT`, its blocks run as mmaction2 runs
     them; ``with_cp=True`` checkpoints every block, which mmaction2's ``VisionTransformer`` lacks."""
+    network = 'VideoMAE ViT'
 
     def _run_blocks(self, x: Tensor) -> Tensor:
         *_, x = self._blocks_in_turn(self.blocks, x)
