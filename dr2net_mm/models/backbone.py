@@ -358,9 +358,9 @@ class ConventionalMixin:
     function, but its reference mode keeps the streams in ``stream_dtype`` under autograd, which would
     overstate the baseline's memory.
 
-    ``with_cp=True``: every block recomputed in backward in training (mmseg's and timm's ``with_cp``
-    / grad checkpointing; :func:`~dr2net_mm.branches.checkpointed`), the checkpointing baseline with
-    the same state dict, the memory peer of Dr²Net."""
+    ``with_cp=True``: every block recomputed in backward (mmseg's and timm's ``with_cp`` / grad
+    checkpointing; :func:`~dr2net_mm.branches.checkpointed`), the checkpointing baseline with the
+    same state dict, the memory peer of Dr²Net."""
     sequence: ReversibleSequence
     network: str  # what it is the conventional form of, for messages ('ViT', ...)
 
