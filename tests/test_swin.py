@@ -284,6 +284,13 @@ def test_pretrained_file_with_python_objects_is_refused_by_name(tmp_path):
         load_and_run(dict(type='Pretrained', checkpoint=path), torch.randn(1, 3, 32, 32), **SMALL)
 
 
+def test_missing_pretrained_file_names_the_option_and_the_way_out(tmp_path):
+    path = str(tmp_path / 'no_such_swin.pth')
+    with pytest.raises(FileNotFoundError, match=r"init_cfg.checkpoint='.*no_such_swin.pth'.*"
+                       r"model.backbone.init_cfg.checkpoint=PATH.*init_cfg=None"):
+        load_and_run(dict(type='Pretrained', checkpoint=path), torch.randn(1, 3, 32, 32), **SMALL)
+
+
 def test_load_reports_missing_and_unexpected_keys(timm_swin):
     records = []
     handler = logging.Handler(level=logging.WARNING)

@@ -40,6 +40,12 @@ def read_checkpoint(checkpoint: Union[str, Mapping[str, Any]], map_location: str
         return checkpoint
     try:
         return CheckpointLoader.load_checkpoint(checkpoint, logger=logger, map_location=map_location)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f'pretrained checkpoint not found: init_cfg.checkpoint={checkpoint!r} (the backbone\'s '
+            "init_cfg=dict(type='Pretrained', checkpoint=...), or its pretrained= argument). Point it "
+            'at the file, e.g. --cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from '
+            'random weights with model.backbone.init_cfg=None') from exc
     except pickle.UnpicklingError as exc:  # torch >= 2.6 loads weights only by default
         raise ValueError(
             f'pretrained checkpoint {checkpoint!r} holds Python objects besides tensors '
