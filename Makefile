@@ -29,7 +29,6 @@ test-compat:
 	bash tools/test_compat.sh
 
 demo: install
-	@test -f tools/demo.py || { echo "make demo: tools/demo.py does not exist yet (it is being written; see README)"; exit 1; }
 	$(PY) tools/demo.py
 
 # UPerNet + Dr²Net Swin-T and ViT-S on generated ADE20K-layout scenes (mmseg), mIoU at the end

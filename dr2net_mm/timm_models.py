@@ -30,11 +30,11 @@ from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from .core import ReversibleSequence
-from .core.chunks import BranchPlan, draws_random, row_parts
+from .branches import StageOptions, branch_sequence, check_block_type, stage_options, token_plan
+from .core.chunks import BranchPlan, draws_random
 
-__all__ = ['ViTAttentionBranch', 'ViTMLPBranch', 'ReversibleBlocks', 'convert_timm_vit',
-           'TIMM_VIT_NAMES']
+__all__ = ['ViTAttentionBranch', 'ViTMLPBranch', 'VIT_BRANCHES', 'ReversibleBlocks',
+           'convert_timm_vit', 'TIMM_VIT_NAMES']
 
 
 class ViTAttentionBranch(nn.Module):
@@ -74,27 +74,12 @@ class ViTMLPBranch(nn.Module):
         scale on rows of tokens, ``merge`` applies drop path per sample."""
         if draws_random(self.mlp):
             return None
-        B, N, C = x.shape
         hidden = max(m.out_features for m in self.mlp.modules() if isinstance(m, nn.Linear))
-
-        def body(h: Tensor, part: slice) -> Tensor:
-            return self.ls2(self.mlp(self.norm2(h)))
-
-        def merge(out: Tensor) -> Tensor:
-            return self.drop_path2(out.view(B, N, C))
-
-        parts = row_parts(B * N, hidden)
-        if len(parts) == 1:
-            return None  # the whole branch is one part: run it as it is
-        return BranchPlan(x.reshape(B * N, C), parts, body, merge)
+        return token_plan(x, hidden, lambda h: self.ls2(self.mlp(self.norm2(h))), self.drop_path2)
 
 
-def check_timm_vit_blocks(blocks, name: str) -> None:
-    """Raise ValueError (naming ``name``) unless every block is a plain timm ``Block``."""
-    odd = sorted({type(b).__name__ for b in blocks if type(b).forward is not Block.forward})
-    if odd:
-        raise ValueError(f'{name} uses {odd} blocks; Dr²Net needs timm Block (pre-norm '
-                         '"x + drop_path1(ls1(attn(norm1(x))))" then the MLP branch)')
+# The two residual branches of a timm Block, in order
+VIT_BRANCHES = (ViTAttentionBranch, ViTMLPBranch)
 
 
 class ReversibleBlocks(nn.Module):
@@ -112,12 +97,8 @@ class ReversibleBlocks(nn.Module):
         blocks = list(blocks)
         for index, block in enumerate(blocks):
             self.add_module(str(index), block)
-        functions = []
-        for block in blocks:
-            functions += [ViTAttentionBranch(block), ViTMLPBranch(block)]
-        self.sequence = ReversibleSequence(functions, alpha=alpha, beta=beta, reversible=reversible,
-                                           stream_dtype=stream_dtype, segment_size=segment_size,
-                                           register_functions=False)
+        self.sequence = branch_sequence(blocks, VIT_BRANCHES, stage_options(
+            alpha, beta, reversible, stream_dtype, segment_size))
 
     def __len__(self) -> int:
         return len(self.sequence.functions) // 2
@@ -169,7 +150,7 @@ def convert_timm_vit(model: nn.Module, alpha: float = 1.0, beta: float = 0.1,
     if hasattr(model, 'dist_token'):
         raise ValueError(f'{type(model).__name__} has a distillation token; Dr²Net supports timm '
                          'VisionTransformer models without one')
-    check_timm_vit_blocks(model.blocks, type(model).__name__)
+    check_block_type(model.blocks, Block, type(model).__name__)
     if type(model.patch_embed) is not PatchEmbed:
         raise ValueError(f'the model embeds patches with a {type(model.patch_embed).__name__}; '
                          'Dr²Net supports timm PatchEmbed')
@@ -189,7 +170,7 @@ TIMM_VIT_NAMES = (
     'vit_base_patch14_reg4_dinov2', 'deit_tiny_patch16_224', 'deit_small_patch16_224',
     'deit_base_patch16_224', 'deit3_small_patch16_224', 'deit3_base_patch16_224',
 )
-_DR2NET_KWARGS = ('alpha', 'beta', 'reversible', 'stream_dtype', 'segment_size')
+_DR2NET_KWARGS = StageOptions._fields
 
 
 def _entrypoint(timm_name: str):

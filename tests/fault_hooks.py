@@ -63,6 +63,21 @@ class DiskFullHook(Hook):
         LocalBackend.put = put
 
 
+@HOOKS.register_module()
+class OutlierImageHook(Hook):
+    """Scale the first image of the batch of iteration ``at_iter`` (0-based) by ``scale`` (an
+    outlier image); print its path."""
+
+    def __init__(self, at_iter: int, scale: float):
+        self.at_iter, self.scale = at_iter, scale
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == self.at_iter:
+            data_batch['inputs'][0] = data_batch['inputs'][0].float() * self.scale
+            path = data_batch['data_samples'][0].metainfo['img_path']
+            print(f'OutlierImageHook: scaled {path} by {self.scale:g}', flush=True)
+
+
 def damage_mid_file(path) -> None:
     """Invert 64 bytes inside the largest part of a checkpoint (a zip archive): the size and the
     zip directory stay as they were, only the part's CRC-32 no longer matches."""

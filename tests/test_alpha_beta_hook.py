@@ -724,6 +724,151 @@ def test_guard_hook_listed_twice_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# 6. Stream overflow: a skipped batch, not a dead run
+# ------------------------------------------------------------------------------------------------
+class OverflowBatch(Hook):
+    """Test probe: at the given iterations (on ``rank`` only, if given) scale the first sample of the
+    batch by ``scale`` (an outlier), so that the exact streams leave |x| < 2^21 in the forward."""
+    priority = 'VERY_HIGH'
+
+    def __init__(self, iterations, rank=None, scale=1e8):
+        self.iterations, self.rank, self.scale = set(iterations), rank, scale
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter in self.iterations and (self.rank is None or runner.rank == self.rank):
+            data_batch['inputs'][0] = data_batch['inputs'][0] * self.scale
+
+
+class OptimizerProbe(Hook):
+    """Test probe: the optimizer's state and whether any parameter holds a gradient, after every
+    training iteration (after the other hooks)."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.state, self.has_grad = {}, {}
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        optimizer = runner.optim_wrapper.optimizer
+        self.state[runner.iter] = {k: v['momentum_buffer'].clone()
+                                   for k, v in optimizer.state_dict()['state'].items()}
+        self.has_grad[runner.iter] = any(p.grad is not None for g in optimizer.param_groups
+                                         for p in g['params'])
+
+
+def exact_classifier():
+    return ToyClassifier(stream_dtype='exact')
+
+
+def test_guard_skips_a_batch_whose_streams_overflow(tmp_path):
+    """One outlier sample at iteration 1 overflows the exact streams: the batch is dropped before any
+    backward (weights, optimizer state and gradients as before), counted and named in the log, its
+    log row says skipped and adds no loss; training goes on, the schedule follows the iterations."""
+    model = exact_classifier()
+    snapshots, probe = Snapshots(), OptimizerProbe()
+    runner = make_runner(tmp_path, model, dict(type='AlphaBetaHook', end_iter=4), max_iters=4,
+                         extra_hooks=[OverflowBatch([1]), snapshots, probe])
+    runner.train()
+    hook = the_hook(runner)
+    assert hook.skipped_steps == 1 and hook.guard_hook.consecutive_skips == 0
+    assert_same_weights(snapshots.before[1], snapshots.after[1])
+    for t in (0, 2, 3):
+        assert_weights_changed(snapshots.before[t], snapshots.after[t])
+    assert all(torch.equal(probe.state[0][k], probe.state[1][k]) for k in probe.state[0])
+    assert not probe.has_grad[1]
+    assert_pairs(model.body.seen, [nearest_beta(expected(t, 4, 1)) for t in range(4)])
+    rows = [r for r in read_scalars(runner) if 'skipped' in r]
+    assert [r['skipped'] for r in rows] == [0, 1, 0, 0]
+    assert [r['skipped_steps'] for r in rows] == [0, 1, 1, 1]
+    losses, _ = runner.message_hub.get_scalar('train/loss').data
+    assert len(losses) == 3  # the skipped iteration logged no loss of its own
+    log = open(glob.glob(os.path.join(runner.log_dir, '*.log'))[0]).read()
+    assert ("AlphaBetaHook: skipped a batch at iteration 2: a reversible stage's exact streams "
+            'overflowed on this rank (reversible stage: a stream or branch output reached |x| = ')\
+        in log
+    assert "this rank's samples: unnamed; no backward, weights unchanged (skipped steps: 1)" in log
+    stage = model.body.stage  # after training the stage raises again, as used alone
+    assert stage.record_overflow is False and stage.overflow is None
+
+
+def test_guard_on_overflow_raise_stops_the_run_with_the_stage_message(tmp_path):
+    model = exact_classifier()
+    runner = make_runner(tmp_path, model, dict(type='ReversibleGuardHook', on_overflow='raise'),
+                         max_iters=4, extra_hooks=[OverflowBatch([1])])
+    with pytest.raises(OverflowError, match=r"ReversibleGuardHook: stopped at iteration 2: a "
+                       r"reversible stage's exact streams overflowed on this rank \(reversible "
+                       r"stage: a stream or branch output reached \|x\| = .*stream_dtype='float64'"
+                       r".*on_overflow='raise'; 'skip' skips such batches"):
+        runner.train()
+    assert model.body.stage.record_overflow is False and model.body.stage.overflow is None
+
+
+@pytest.mark.parametrize('overflows, stops', [([1, 2], True), ([1, 3], False)])
+def test_guard_stops_after_max_consecutive_skips_in_a_row(tmp_path, overflows, stops):
+    runner = make_runner(tmp_path, exact_classifier(),
+                         dict(type='ReversibleGuardHook', max_consecutive_skips=2), max_iters=5,
+                         extra_hooks=[OverflowBatch(overflows)])
+    if stops:
+        with pytest.raises(RuntimeError, match=r'ReversibleGuardHook: 2 batches in a row were '
+                           r"skipped \(the last at iteration 3: a reversible stage's exact streams "
+                           r'overflowed .*training is not progressing.*max_consecutive_skips'):
+            runner.train()
+        return
+    runner.train()
+    assert the_guard(runner).skipped_steps == 2 and the_guard(runner).consecutive_skips == 0
+
+
+def test_error_aware_walk_gets_no_error_from_a_skipped_batch(tmp_path):
+    """A skipped batch ran no backward: the walk gets no error from it (as from an iteration without
+    a reversible backward), so with exact streams (error 0) it stops where a clean run stops."""
+    states = {}
+    for name, extra in (('clean', []), ('outlier', [OverflowBatch([1])])):
+        runner = make_runner(tmp_path / name, exact_classifier(), _error_aware_hook(), max_iters=6,
+                             extra_hooks=extra)
+        runner.train()
+        states[name] = (the_hook(runner).search.state_dict(), the_hook(runner).skipped_steps)
+    assert states['clean'][0]['stopped'] and states['clean'][1] == 0
+    assert states['outlier'] == (states['clean'][0], 1)
+
+
+def _ddp_overflow_worker(rank, world_size, port, root):
+    import datetime
+    import torch.distributed as tdist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    # a rank waiting for the other in a collective fails after 60 s instead of hanging the test
+    tdist.init_process_group('gloo', rank=rank, world_size=world_size,
+                             timeout=datetime.timedelta(seconds=60))
+    try:
+        snapshots = Snapshots()
+        runner = make_runner(
+            os.path.join(root, 'work'), exact_classifier(),
+            dict(type='AlphaBetaHook', end_iter=4), max_iters=4, launcher='pytorch',
+            env_cfg=dict(dist_cfg=dict(backend='gloo')),
+            cfg=dict(model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None)),
+            extra_hooks=[OverflowBatch([2], rank=0), snapshots])
+        runner.train()
+        torch.save(dict(skipped=the_hook(runner).skipped_steps, weights=weights(runner.model),
+                        before=snapshots.before, after=snapshots.after),
+                   os.path.join(root, f'rank{rank}.pt'))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_ddp_overflow_on_one_rank_is_skipped_by_both(tmp_path):
+    """2 gloo processes, only rank 0's batch of iteration 2 overflows: no hang, both ranks drop
+    that batch (weights unchanged) and train on, and end with equal weights."""
+    mp.spawn(_ddp_overflow_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(2)]
+    for res in results:
+        assert res['skipped'] == 1
+        assert_same_weights(res['before'][2], res['after'][2])
+        for t in (0, 1, 3):
+            assert_weights_changed(res['before'][t], res['after'][t])
+    assert_same_weights(results[0]['weights'], results[1]['weights'])
+
+
+# ------------------------------------------------------------------------------------------------
 # Unit tests (no Runner)
 # ------------------------------------------------------------------------------------------------
 def test_registered_with_defaults():
@@ -832,3 +977,31 @@ def test_coefficient_setters_outermost_and_unwrapped():
     model.neck = extra
     found = coefficient_setters(nn.DataParallel(model))  # a registered model wrapper, CPU-usable
     assert found == [model.body, extra]  # not model.body.stage (set through model.body)
+
+
+def test_stage_records_an_overflow_instead_of_raising_when_told():
+    """What the guard relies on: with record_overflow the stage returns zeros (no graph) and keeps
+    the error; by default (used alone) it raises it."""
+    torch.manual_seed(0)
+    stage = ReversibleSequence([MLPBranch(8) for _ in range(3)], beta=0.5)
+    outlier = torch.randn(2, 5, 8) * 3e6
+    with pytest.raises(OverflowError, match=r'reached \|x\| = .*outside the exact fixed-point'):
+        stage(outlier.requires_grad_(True))
+    assert stage.overflow is None
+    stage.record_overflow = True
+    out = stage(outlier)
+    assert torch.equal(out, torch.zeros_like(outlier)) and out.grad_fn is None
+    assert isinstance(stage.overflow, OverflowError) and 'reached |x| = ' in str(stage.overflow)
+    stage.overflow = None
+    stage(torch.randn(2, 5, 8).requires_grad_(True)).sum().backward()  # in range: nothing recorded
+    assert stage.overflow is None and stage.reconstruction_error() == 0.0
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(on_overflow='ignore'), ValueError, "on_overflow must be 'skip' or 'raise'"),
+    (dict(max_consecutive_skips=0), ValueError, 'max_consecutive_skips'),
+    (dict(max_consecutive_skips=2.5), TypeError, 'max_consecutive_skips'),
+])
+def test_guard_bad_overflow_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ReversibleGuardHook(**kwargs)

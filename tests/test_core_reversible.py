@@ -1,5 +1,6 @@
 """Spec of the reversible dual-residual engine (dr2net_mm.core), on CPU."""
 import gc
+import inspect
 import math
 import os
 import weakref
@@ -11,6 +12,7 @@ import torch.multiprocessing as mp
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+import dr2net_mm
 from dr2net_mm.core import (ReversibleSequence, branch_input, count_saved_bytes, dual_residual_step,
                             gradient_error, set_reversible)
 from dr2net_mm.core.autocast import autocast_state
@@ -585,6 +587,50 @@ def test_branches_with_a_plan_give_reference_gradients_and_the_same_masks(alpha,
     assert rel(out_rev, out_ref) <= 1e-6  # parts vs the whole branch: GEMM rounding only
     assert rel(gx_rev, gx_ref) <= 1e-5
     assert max(rel(g_rev[n], g_ref[n]) for n in g_ref) <= 1e-5
+
+
+class StackRecorder(torch.autograd.Function):
+    """Identity whose backward records the Python call stack, once per branch position."""
+    stacks = {}
+
+    @staticmethod
+    def forward(ctx, x, position):
+        ctx.position = position
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        StackRecorder.stacks.setdefault(ctx.position, inspect.stack(0))
+        return grad, None
+
+
+class StackRecordingBranch(PlannedMLPBranch):
+    """The planned toy branch with a StackRecorder in its body."""
+
+    def __init__(self, channels, position):
+        super().__init__(channels)
+        self.position = position
+
+    def plan(self, x, scale=0.0):
+        plan = super().plan(x, scale)
+        body = plan.body
+        return plan._replace(body=lambda h, part: StackRecorder.apply(body(h, part), self.position))
+
+
+def test_one_backward_step_reaches_the_branch_backward_through_few_frames():
+    """loss.backward() through a node that does not end a segment, with exact streams and a planned
+    branch: from the node's backward to the branch's own backward, at most 10 frames in at most 4
+    files of dr2net_mm (the call path written in NOTE [ One backward step ])."""
+    package = os.path.dirname(os.path.abspath(dr2net_mm.__file__)) + os.sep
+    torch.manual_seed(0)
+    stage = ReversibleSequence([StackRecordingBranch(32, i) for i in (1, 2, 3)]).train()
+    assert stage.stream_dtype == 'exact' and stage.segment_boundaries() == (3, )
+    StackRecorder.stacks = {}
+    stage(make_input().requires_grad_(True)).sum().backward()
+    files = [(os.path.abspath(f.filename), f.function) for f in StackRecorder.stacks[2][1:]]
+    path = [(os.path.relpath(file, package), name) for file, name in files if file.startswith(package)]
+    assert path and path[-1] == (os.path.join('core', 'reversible.py'), 'backward'), path
+    assert len(path) <= 10 and len({file for file, _ in path}) <= 4, path
 
 
 def test_a_plan_splits_the_rows_into_parts_that_cover_them_once():

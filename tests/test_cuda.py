@@ -3,8 +3,13 @@
 Every test here needs a CUDA GPU and is skipped, with the reason, elsewhere. Sizes are small: the
 whole file runs in about a minute on one GPU (``tools/gpu_check.sh`` runs it). DINO's deformable
 attention needs mmcv's CUDA ops or the opt-in pure-PyTorch fallback (``dr2net_mm.mmcv_ops``); the
-DINO test switches the fallback on itself when the installed mmcv has no CUDA ops, and says so.
+DINO test switches the fallbacks on itself when the installed mmcv has no CUDA ops, and says so.
+
+Each test prints its figures as one line ``RESULT <test> key=value ...`` (run with ``-s``), which
+``tools/gpu_check.sh`` copies into its summary beside the test's pass/fail.
 """
+import os
+
 import pytest
 import torch
 
@@ -19,6 +24,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 
 SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
 DEMO_DINO = 'configs/demo/dino_dr2net_swin_t_demo.py'
+
+
+def result(**figures):
+    """Print the current test's figures as ``RESULT <test> key=value ...`` (no spaces in values)."""
+    test = os.environ.get('PYTEST_CURRENT_TEST', '?').split('::')[-1].split(' ')[0]
+    text = ' '.join(f'{key}={value:.4g}' if isinstance(value, float) else
+                    f'{key}={str(value).replace(" ", "_")}' for key, value in figures.items())
+    print(f'\nRESULT {test} {text}', flush=True)
 
 
 def rel(a, b):
@@ -46,15 +59,30 @@ def vit(alpha=1.0, beta=0.1, drop_path_rate=0.2):
 BACKBONES = {'swin': swin, 'vit': vit}
 
 
+# 0. what DINO's mmcv ops run on here: mmcv's CUDA kernels or the fallbacks ----------------------
+def test_mmcv_ops_status_on_cuda():
+    from dr2net_mm.mmcv_ops import check_deform_attn_on, fallback_requested, status
+    info = status()
+    result(**info)
+    if fallback_requested():  # DR2NET_MMCV_PYTORCH_FALLBACK=1, as tools/gpu_check.sh sets it
+        assert info['deform_attn'] == info['focal_loss'] == 'pytorch fallback', info
+        check_deform_attn_on('cuda')  # what tools/benchmark.py dino --device cuda asks first
+
+
 # 1. float32: reversible gradients as precise as ordinary autograd, rebuilt bit for bit -----------
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 @pytest.mark.parametrize('alpha,beta', [(1.0, 0.1), (0.3, 0.7)])
 def test_reversible_gradients_on_cuda(name, alpha, beta):
     model, x = BACKBONES[name](alpha, beta)
     report = gradient_error(model, x)
-    print(f'\n{name} ({alpha}, {beta}) on {torch.cuda.get_device_name(0)}: {report.as_dict()}')
+    errors = model.reconstruction_errors()  # read on CUDA
+    result(reversible_vs_truth=report.reversible_vs_truth.worst,
+           reference_vs_truth=report.reference_vs_truth.worst,
+           reversible_vs_reference=report.reversible_vs_reference.worst,
+           ratio_to_floor=report.ratio_to_floor, reconstruction_error=max(errors),
+           device=torch.cuda.get_device_name(0))
     assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
-    assert set(model.reconstruction_errors()) == {0.0}
+    assert set(errors) == {0.0}
 
 
 # 2. autocast: the recomputation replays the half-precision forward ------------------------------
@@ -74,8 +102,8 @@ def test_reversible_gradients_under_autocast(name, dtype):
     set_reversible(model, True)
     rev_ref, rev_full, ref_full = (worst_rel(reversible, reference), worst_rel(reversible, full),
                                    worst_rel(reference, full))
-    print(f'\n{name} {dtype}: reversible vs autocast reference {rev_ref:.3g}, vs float32 '
-          f'{rev_full:.3g}; autocast reference vs float32 {ref_full:.3g}')
+    result(reversible_vs_autocast_reference=rev_ref, reversible_vs_float32=rev_full,
+           autocast_reference_vs_float32=ref_full, reconstruction_error=max(errors))
     # as close to float32 as ordinary autograd under the same autocast, and nearer to it than that
     # is to float32 (CPU bf16, same sizes: swin 0.022 / 0.134 / 0.134, vit 0.0029 / 0.0084 / 0.0084)
     assert rev_full <= 1.25 * ref_full
@@ -103,6 +131,8 @@ def test_drop_path_masks_replayed_on_the_cuda_generator(name):
     other = model(x)[-1]
     torch.cuda.manual_seed(1)
     same = model(x)[-1]
+    result(reversible_vs_reference=worst_rel(grads[True], grads[False]),
+           rng_state_equal=torch.equal(states[True], states[False]))
     assert not torch.equal(other, same), 'drop path drew the same masks from two seeds: no masks?'
     assert worst_rel(grads[True], grads[False]) <= 1e-4
     assert torch.equal(states[True], states[False]), 'the recomputation consumed CUDA random draws'
@@ -124,6 +154,7 @@ def test_pytorch_deform_attn_fallback_on_cuda_matches_cpu(monkeypatch):
     cpu = attn(**inputs)
     cuda = attn.cuda()(**{k: v.cuda() for k, v in inputs.items()})
     assert cuda.is_cuda
+    result(max_abs_diff_vs_cpu=(cuda.cpu() - cpu).abs().max().item())
     assert torch.allclose(cuda.cpu(), cpu, atol=1e-5), (cuda.cpu() - cpu).abs().max()
 
 
@@ -132,9 +163,9 @@ def test_amp_dino_demo_steps_and_an_overflow():
     from mmengine.optim import AmpOptimWrapper
 
     from dr2net_mm.benchmark import build_model, detector_batch, training_loss
-    from dr2net_mm.mmcv_ops import mmcv_has_cuda_ops, use_pytorch_deform_attn
+    from dr2net_mm.mmcv_ops import mmcv_has_cuda_ops, use_pytorch_fallbacks
     if not mmcv_has_cuda_ops():
-        use_pytorch_deform_attn('test_cuda: the installed mmcv has no CUDA ops')
+        use_pytorch_fallbacks('test_cuda: the installed mmcv has no CUDA ops')
     model = build_model(DEMO_DINO).cuda()
     model.train()
     batch = detector_batch(2, 160, model.bbox_head.num_classes)
@@ -159,9 +190,12 @@ def test_amp_dino_demo_steps_and_an_overflow():
         'the overflowing step changed the weights'
     assert set(model.backbone.reconstruction_errors()) == {0.0}  # the monitor is intact
     losses += [step() for _ in range(2)]
+    errors = model.backbone.reconstruction_errors()
+    result(losses='/'.join(f'{v:.4g}' for v in losses), scale_after_overflow=scale,
+           reconstruction_error=max(errors), max_allocated_mb=torch.cuda.max_memory_allocated() / 2**20)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(torch.isfinite(torch.tensor(losses))), losses
-    assert set(model.backbone.reconstruction_errors()) == {0.0}
+    assert set(errors) == {0.0}
 
 
 # 6. peak memory from max_memory_allocated: Dr²Net below activation checkpointing -----------------
@@ -174,6 +208,35 @@ def test_peak_memory_dr2net_below_checkpointing(kind):
     else:
         variants = vit_variants(512, 1, 'vit_small_patch16_224', (-1, ), device, ())
     results = {r.name: r for r in compare(variants, device, iters=2)}
-    print({name: round(r.peak_mb, 1) for name, r in results.items()})
+    figures = {}
+    for name, r in results.items():
+        figures.update({f'{name}_peak_mb': r.peak_mb, f'{name}_max_allocated_mb': r.cuda_max_allocated_mb,
+                        f'{name}_max_reserved_mb': r.cuda_max_reserved_mb})
+    result(**figures)
     assert results['dr2net'].peak_mb < results['checkpointing'].peak_mb < \
         results['conventional'].peak_mb
+
+
+# 7. mmdet's sigmoid focal loss on CUDA through the fallback = mmdet's CPU path ----------------------
+def test_focal_loss_fallback_on_cuda_matches_cpu(monkeypatch):
+    from mmdet.models.losses import FocalLoss, focal_loss
+
+    from dr2net_mm.mmcv_ops import use_pytorch_focal_loss
+    monkeypatch.setattr(focal_loss, 'sigmoid_focal_loss', focal_loss.sigmoid_focal_loss)  # restored
+    use_pytorch_focal_loss('test_cuda')
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randn(300, 80, generator=generator, dtype=torch.float64) * 3
+    target = torch.randint(0, 81, (300, ), generator=generator)  # 80: background
+    weight = torch.rand(300, generator=generator, dtype=torch.float64)
+    losses, grads = [], []
+    for device in ('cuda', 'cpu'):
+        leaf = pred.to(device).requires_grad_(True)
+        loss = FocalLoss()(leaf, target.to(device), weight.to(device), avg_factor=37.0)
+        (grad, ) = torch.autograd.grad(loss, leaf)
+        losses.append(loss.item())
+        grads.append(grad.cpu())
+    result(loss=losses[0], loss_diff=abs(losses[0] - losses[1]),
+           grad_max_abs_diff=(grads[0] - grads[1]).abs().max().item())
+    assert abs(losses[0] - losses[1]) <= 1e-6
+    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-6)
+

@@ -13,11 +13,9 @@ PACKAGE = ROOT / 'dr2net_mm'
 
 # Lower layers never import higher ones (the root __init__, which imports the registering
 # packages, stands above them all).
-LAYERS = {'version': 0, 'checks': 0, 'core': 1, 'timm_models': 2, 'models': 2, 'engine': 3, 'points': 3,
-          'benchmark': 4, 'demo': 4, 'runner_utils': 4, 'env': 4, 'demo_data': 4, 'mmcv_ops': 4,
-          'mmaction_compat': 0}
-# Deprecated aliases kept for old imports: the only modules allowed to reach up.
-UPWARD_ALIASES = {'dr2net_mm.points', 'dr2net_mm.points.model', 'dr2net_mm.points.demo_rooms'}
+LAYERS = {'version': 0, 'checks': 0, 'core': 1, 'branches': 2, 'timm_models': 2, 'models': 2,
+          'engine': 3, 'points': 3, 'benchmark': 4, 'demo': 4, 'runner_utils': 4, 'env': 4,
+          'mmcv_ops': 4, 'mmaction_compat': 0}
 OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain', 'mmaction')
 
 
@@ -123,7 +121,7 @@ def test_the_cycle_check_finds_a_cycle():
 
 def test_no_import_runs_back_up_the_layers():
     upward = [(name, target) for name, targets in internal_graph().items() for target in targets
-              if layer(target) > layer(name) and name not in UPWARD_ALIASES]
+              if layer(target) > layer(name)]
     assert upward == []
 
 
@@ -132,6 +130,14 @@ def test_core_and_checks_import_no_openmmlab():
         if name == 'dr2net_mm.checks' or name.startswith('dr2net_mm.core'):
             mm = sorted(m for m in imports_of(name, path) if m.split('.')[0] in OPENMMLAB)
             assert mm == [], (name, mm)
+
+
+def test_the_shared_branch_pieces_and_the_timm_conversion_import_no_openmmlab():
+    """dr2net_mm.branches serves the timm conversion, which plain PyTorch users import alone."""
+    for name in ('dr2net_mm.branches', 'dr2net_mm.timm_models'):
+        mm = sorted(m for m in imports_of(name, MODULES[name]) if m.split('.')[0] in OPENMMLAB)
+        assert mm == [], (name, mm)
+        assert all(layer(target) <= layer(name) for target in internal_graph()[name]), name
 
 
 # Each module is imported in a child forked from one interpreter that has loaded the third-party
@@ -179,29 +185,6 @@ def test_every_module_imports_on_its_own_in_a_fresh_process():
     assert result.returncode == 0, result.stderr[-3000:]
     failures = json.loads(result.stdout.strip().splitlines()[-1])
     assert failures == {}, '\n'.join(f'{k}:\n{v}' for k, v in failures.items())
-
-
-def test_moved_names_still_import_from_their_old_places():
-    from dr2net_mm import benchmark, demo_data
-    from dr2net_mm.demo import data, rooms
-    from dr2net_mm.models import PlainViT, swin, swin_checkpoint, vit, vit_checkpoint
-    from dr2net_mm.points import demo_rooms, model
-    assert vit.checkpoint_filter_fn is vit_checkpoint.checkpoint_filter_fn
-    assert swin.resize_rel_pos_bias_table is swin_checkpoint.resize_rel_pos_bias_table
-    assert demo_data.make_demo_coco is data.make_demo_coco
-    assert demo_rooms.make_demo_rooms is rooms.make_demo_rooms
-    assert model.PlainViT is PlainViT and model.points_training_loss is benchmark.training_loss
-    import dr2net_mm.points as points
-    with pytest.warns(DeprecationWarning, match='moved to dr2net_mm.benchmark'):
-        assert points.points_benchmark_inputs is benchmark.points_benchmark_inputs
-    assert points.PlainViT is PlainViT
-
-
-def test_engines_is_a_deprecated_alias_of_sequences():
-    from dr2net_mm.models import Dr2NetSwin
-    model = Dr2NetSwin(embed_dims=16, depths=(2, 2), num_heads=(1, 2), out_indices=(0, 1))
-    with pytest.warns(DeprecationWarning, match='use sequences'):
-        assert model.engines == model.sequences == [stage.sequence for stage in model.stages]
 
 
 def _run_child(code):

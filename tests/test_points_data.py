@@ -1,4 +1,5 @@
-"""S3DIS files, dataset, transforms and conversion (dr2net_mm.points.s3dis / transforms / demo_rooms)."""
+"""S3DIS files, dataset, transforms and conversion (dr2net_mm.points.s3dis / transforms) and the
+generated demo rooms (dr2net_mm.demo.rooms)."""
 import os
 import subprocess
 import sys

@@ -1,5 +1,5 @@
 """The point-cloud segmentor, its metric, and the whole pipeline through tools/train.py and
-tools/test.py on small generated rooms (dr2net_mm.points.model / metric)."""
+tools/test.py on small generated rooms (dr2net_mm.points.segmentor / metric)."""
 import copy
 import os
 import re
@@ -18,7 +18,7 @@ from dr2net_mm.core import count_saved_bytes
 from dr2net_mm.demo.data import write_vit_timm_checkpoint
 from dr2net_mm.demo.rooms import make_demo_rooms
 from dr2net_mm.points.metric import PointSegMetric
-from dr2net_mm.benchmark import points_benchmark_inputs, points_training_loss
+from dr2net_mm.benchmark import build_model, synthetic_point_batch, training_loss
 from tool_runs import run_tool as run, scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def test_reversible_training_step_matches_ordinary_autograd():
     losses = []
     for m in (model, reference):
         m.train()
-        loss = points_training_loss(m, data)
+        loss = training_loss(m, data)
         loss.backward()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
@@ -220,11 +220,12 @@ def test_benchmark_inputs_train_both_backbones_and_dr2net_keeps_less():
     baseline_cfg.model.backbone = dict(type='PlainViT', arch='vit_small_patch16_224')
     saved = {}
     for name, config in (('dr2net', cfg), ('baseline', baseline_cfg)):
-        model, data = points_benchmark_inputs(config, num_points=512, batch=2)
+        model = build_model(config).train()
+        data = synthetic_point_batch(model, num_points=512, batch=2)
         assert model.training and len(data['inputs']) == 2 and data['inputs'][0].shape == (512, 7)
         params = list(model.parameters())
         with count_saved_bytes(params) as counter:
-            loss = points_training_loss(model, data)
+            loss = training_loss(model, data)
         loss.backward()
         assert torch.isfinite(loss)
         assert model.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

@@ -352,3 +352,35 @@ def test_on_save_error_must_be_stop_or_warn():
     from dr2net_mm.engine import SafeCheckpointHook
     with pytest.raises(ValueError, match=r"on_save_error='ignore'; use 'stop'.*or 'warn'"):
         SafeCheckpointHook(on_save_error='ignore')
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 31: a stream overflow is a skipped batch, not a dead run
+# ------------------------------------------------------------------------------------------------
+def test_overflowing_batch_in_a_dino_run_is_skipped_named_and_the_run_finishes(demo):
+    """An outlier image (scaled by 1e7) in the first DINO batch, with patch_norm=False as in the
+    issue, takes the backbone's exact streams past |x| < 2^21: the batch is skipped and counted, the
+    log names the iteration and the image, its row shows skipped and no loss, and the run trains on
+    and finishes (one epoch: 2 iterations)."""
+    work_dir = str(demo['root'] / 'overflow')
+    config = fault_config(demo, 'overflow', "dict(type='OutlierImageHook', at_iter=0, scale=1e7)")
+    out = run([PYTHON, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
+               'model.backbone.patch_norm=False', 'train_cfg.max_epochs=1'], env=FAULTS)
+    (outlier, ) = [line.split('scaled ')[1].split(' by ')[0] for line in out.splitlines()
+                   if line.startswith('OutlierImageHook: scaled ')]
+    assert ("AlphaBetaHook: skipped a batch at iteration 1: a reversible stage's exact streams "
+            'overflowed on this rank (reversible stage: a stream or branch output reached |x| = ') \
+        in out
+    assert f"this rank's samples: ['{outlier}'" in out
+    assert 'no backward, weights unchanged (skipped steps: 1)' in out
+    train = [s for s in scalars(work_dir) if 'skipped_steps' in s]
+    assert [s['step'] for s in train] == [1, 2]
+    assert [s['skipped_steps'] for s in train] == [1, 1]
+    assert [s['skipped'] for s in train] == [1, 0]
+    assert 'loss' not in train[0] and 'grad_norm' not in train[0]  # nothing to show yet
+    assert math.isfinite(train[1]['loss'])
+    checkpoint = torch.load(os.path.join(work_dir, 'epoch_1.pth'), map_location='cpu',
+                            weights_only=False)
+    assert checkpoint['meta']['reversible_guard']['skipped_steps'] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint['state_dict'].values()
+               if v.is_floating_point())

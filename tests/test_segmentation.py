@@ -16,7 +16,7 @@ from mmengine.registry import DefaultScope
 
 from dr2net_mm.demo.data import (DEMO_SEG_CLASSES, ade20k_ids, make_demo_ade20k,
                                  write_swin_official_checkpoint, write_vit_timm_checkpoint)
-from dr2net_mm.models.vit import checkpoint_filter_fn
+from dr2net_mm.models.vit_checkpoint import checkpoint_filter_fn
 from tool_runs import run_tool as run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

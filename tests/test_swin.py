@@ -17,8 +17,9 @@ from mmengine.runner.checkpoint import load_checkpoint
 
 import dr2net_mm  # noqa: F401  (registers Dr2NetSwin)
 from dr2net_mm.core import count_saved_bytes, gradient_error, set_reversible
-from dr2net_mm.models.swin import (Dr2NetSwin, checkpoint_filter_fn, detect_checkpoint_format,
-                                   resize_rel_pos_bias_table)
+from dr2net_mm.models.swin import Dr2NetSwin
+from dr2net_mm.models.swin_checkpoint import (checkpoint_filter_fn, detect_checkpoint_format,
+                                              resize_rel_pos_bias_table)
 
 # A small Swin (fast on CPU) with every structural feature: 4 stages, shifted windows, padding.
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
@@ -280,6 +281,13 @@ def test_pretrained_file_with_python_objects_is_refused_by_name(tmp_path):
     path = str(tmp_path / 'training_checkpoint.pth')
     torch.save({'meta': {'hub': NotAWeight()}, 'state_dict': source.state_dict()}, path)
     with pytest.raises(ValueError, match='training_checkpoint.pth.*weights_only=True'):
+        load_and_run(dict(type='Pretrained', checkpoint=path), torch.randn(1, 3, 32, 32), **SMALL)
+
+
+def test_missing_pretrained_file_names_the_option_and_the_way_out(tmp_path):
+    path = str(tmp_path / 'no_such_swin.pth')
+    with pytest.raises(FileNotFoundError, match=r"init_cfg.checkpoint='.*no_such_swin.pth'.*"
+                       r"model.backbone.init_cfg.checkpoint=PATH.*init_cfg=None"):
         load_and_run(dict(type='Pretrained', checkpoint=path), torch.randn(1, 3, 32, 32), **SMALL)
 
 
@@ -559,6 +567,26 @@ def test_with_cp_checkpoints_branches_in_reference_mode_only():
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         Dr2NetSwin(**SMALL, **kwargs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(depths=(2, 2, 6, 2), num_heads=(3, 6, 12)),
+     r'depths=\(2, 2, 6, 2\) has 4 entries, one per stage, but num_heads=\(3, 6, 12\) has 3'),
+    (dict(depths=(2, 2), num_heads=(1, 2, 4)),
+     r'depths=\(2, 2\) has 2 .* num_heads=\(1, 2, 4\) has 3'),
+    (dict(depths=(2, 2, 2), num_heads=(1, 2, 4), strides=(4, 2)), r'strides=\(4, 2\) has 2'),
+])
+def test_per_stage_lists_of_other_lengths_are_refused_naming_both(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Dr2NetSwin(embed_dims=16, window_size=7, **kwargs)
+
+
+def test_per_stage_lists_agree_or_strides_are_longer():
+    """mmdet reads strides by stage and ignores the rest, so a longer strides is fine."""
+    model = Dr2NetSwin(embed_dims=16, depths=(2, 2), num_heads=(1, 2), out_indices=(0, 1))
+    assert [len(s.functions) for s in model.sequences] == [4, 4]
+    with pytest.raises(TypeError, match='num_heads must be a list or tuple with one entry per'):
+        Dr2NetSwin(embed_dims=16, depths=(2, 2), num_heads=2)
 
 
 def test_coefficients_and_modes_are_validated_when_changed():

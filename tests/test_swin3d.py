@@ -194,10 +194,10 @@ def test_branches_recomputed_window_run_by_window_run_give_the_same_values(monke
     drop path 0.2 still match ordinary autograd, every rebuild bit-exact."""
     import functools
 
+    from dr2net_mm import branches
     from dr2net_mm.core.chunks import row_parts
-    from dr2net_mm.models import swin3d
     from dr2net_mm.models.swin3d import Swin3DAttentionBranch, Swin3DMLPBranch
-    monkeypatch.setattr(swin3d, 'row_parts', functools.partial(row_parts, part_elements=2**11))
+    monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts, part_elements=2**11))
     reference = mmaction_swin(**SMALL, out_indices=ALL_OUT)
     model = dr2net_from(reference, **SMALL, out_indices=ALL_OUT, alpha=1.0, beta=0.0,
                         reversible=False)
@@ -476,6 +476,15 @@ def test_set_coefficients_and_modes_are_validated():
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         Dr2NetSwin3D(**SMALL, **kwargs)
+
+
+def test_per_stage_lists_of_other_lengths_are_refused_naming_both():
+    arch = dict(ARCH, num_heads=(1, 2, 2))
+    with pytest.raises(ValueError, match=r"arch\['depths'\]=\(1, 1, 2, 1\) has 4 entries, one per "
+                       r"stage, but arch\['num_heads'\]=\(1, 2, 2\) has 3"):
+        Dr2NetSwin3D(**dict(SMALL, arch=arch))
+    with pytest.raises(ValueError, match=r"arch\['num_heads'\]=\(1, 2, 2, 4, 8\) has 5"):
+        Dr2NetSwin3D(**dict(SMALL, arch=dict(ARCH, num_heads=(1, 2, 2, 4, 8))))
 
 
 def test_frozen_stages_have_no_grads_and_stay_in_eval():

@@ -18,7 +18,7 @@ from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 from dr2net_mm.core import count_saved_bytes, gradient_error  # noqa: E402
 from dr2net_mm.models import Dr2NetVideoViT, PlainVideoViT, PretrainedMismatchError  # noqa: E402
 from dr2net_mm.models.videomae_checkpoint import (checkpoint_filter_fn,  # noqa: E402
-                                                  detect_checkpoint_format, videomae_to_mmaction)
+                                                  detect_checkpoint_format)
 from mmaction.models.backbones.vit_mae import VisionTransformer  # noqa: E402
 
 # Small VideoMAE ViTs: a 1×3×4×32×32 clip is 2×2×2 = 8 tokens; 2×3×8×64×64 is 2×(4×4×4) tokens.
@@ -391,7 +391,7 @@ def test_official_videomae_release_converts_and_loads_like_mmaction(tmp_path):
     official = official_state_dict(source)
     assert detect_checkpoint_format(official) == 'videomae'
     before = {k: v.clone() for k, v in official.items()}
-    converted = videomae_to_mmaction(official)
+    converted = checkpoint_filter_fn(official)
     assert all(torch.equal(official[k], v) for k, v in before.items()) and len(official) == len(before)
     assert set(converted) == set(source.state_dict())  # head dropped, names mapped
     assert converted['blocks.1.mlp.layers.0.0.weight'] is official['blocks.1.mlp.fc1.weight']

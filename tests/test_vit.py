@@ -13,7 +13,8 @@ from torch.autograd.graph import saved_tensors_hooks
 
 import dr2net_mm  # noqa: F401  (registers Dr2NetViT)
 from dr2net_mm.core import count_saved_bytes, gradient_error, set_reversible
-from dr2net_mm.models.vit import Dr2NetViT, checkpoint_filter_fn, detect_checkpoint_format
+from dr2net_mm.models.vit import Dr2NetViT
+from dr2net_mm.models.vit_checkpoint import checkpoint_filter_fn, detect_checkpoint_format
 
 # A tiny explicit architecture for the fast tests (16 patch tokens at 64×64).
 TINY = dict(arch=None, embed_dims=32, depth=4, num_heads=4, patch_size=16, img_size=64)

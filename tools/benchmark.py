@@ -42,7 +42,7 @@ from dr2net_mm.benchmark import (MB, compare, detector_variants, markdown_table,
 from dr2net_mm.benchmark.rss import available as rss_available  # noqa: E402
 from dr2net_mm.benchmark.rss import child_env, median_resident_peak_bytes  # noqa: E402
 from dr2net_mm.benchmark.variants import STREAM_OPTIONS  # noqa: E402
-from dr2net_mm.mmcv_ops import check_deform_attn_on  # noqa: E402
+from dr2net_mm.mmcv_ops import check_deform_attn_on, status as mmcv_ops_status  # noqa: E402
 
 DINO_CONFIGS = {
     'conventional': 'configs/dino_swin_t_coco.py',
@@ -379,6 +379,8 @@ def main(argv=None) -> dict:
                                f'{platform.processor() or platform.machine()}, '
                                f'{torch.get_num_threads()} threads'),
                   settings={})
+    if args.model == 'dino':  # mmcv's CUDA kernels or the pure-PyTorch fallbacks
+        report['mmcv_ops'] = mmcv_ops_status()
     tables = []
     for index, (label, variants) in enumerate(settings(args).items()):
         print(f'== {label}', flush=True)

@@ -193,14 +193,11 @@ build_mmcv() {  # build a wheel from the registry's sdist into $LOCAL_CACHE, ins
         --no-build-isolation -d "$work" "mmcv==$MMCV_V"
     tar -xzf "$work/mmcv-$MMCV_V.tar.gz" -C "$work"
     src="$work/mmcv-$MMCV_V"
-    # torch >= 2.14 headers need C++20, mmcv 2.1.0 asks for C++14/17 (known upstream issue).
-    if "$PY" -c 'import sys, importlib.metadata as m
-v = tuple(int(x) for x in m.version("torch").split("+")[0].split(".")[:2])
-sys.exit(v < (2, 14))'; then
-        sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/setup.py"
-        ! grep -qE -- '-std=c\+\+1[47]' "$src/setup.py" || die "C++ standard patch failed"
-        say "patched $src/setup.py: -std=c++14/17 -> -std=c++20"
-    fi
+    # mmcv 2.1.0 asks for C++14/17; torch >= 2.14 headers need C++20 (known upstream issue). The
+    # standard is read from torch's headers, the same decision as tools/gpu_check.sh's.
+    local std_note
+    std_note="$("$PY" "$ROOT/tools/mmcv_build.py" cxx-std "$src")" || die "C++ standard patch failed"
+    say "$std_note"
     if [[ "$DRY_RUN" == 1 ]]; then
         grep -nE -- '-std=c\+\+' "$src/setup.py" | sed 's/^/[install]   /'
         say "dry run: stopping before compiling (sources kept in $work)"

@@ -9,15 +9,14 @@
 """
 from .batches import detector_batch, image_batch, segmentor_batch, synthetic_point_batch
 from .measure import MB, Measurement, Variant, _cpu_peak_bytes, compare, markdown_table, measure
-from .variants import (build_model, detector_variants, mm_model_variants, points_benchmark_inputs,
-                       points_training_loss, points_variants, segmentor_variants, swap_backbone,
-                       swin3d_variants, swin_variants, training_loss,
-                       video_vit_variants, vit_variants)
+from .variants import (build_model, detector_variants, mm_model_variants, points_variants,
+                       segmentor_variants, swap_backbone, swin3d_variants, swin_variants,
+                       training_loss, video_vit_variants, vit_variants)
 
 __all__ = [
     'MB', 'Variant', 'Measurement', 'measure', 'compare', 'markdown_table', 'image_batch',
     'detector_batch', 'segmentor_batch', 'synthetic_point_batch', 'build_model', 'training_loss',
     'mm_model_variants', 'swin_variants', 'swin3d_variants', 'vit_variants', 'video_vit_variants',
     'detector_variants',
-    'segmentor_variants', 'points_variants', 'swap_backbone', 'points_benchmark_inputs', 'points_training_loss'
+    'segmentor_variants', 'points_variants', 'swap_backbone'
 ]

@@ -11,6 +11,9 @@ Per variant (a constructor for a model in train mode plus an input and a loss):
   ``torch.profiler``'s allocation events; the median over ``iters`` steps. A second, independent
   figure, the process's resident high-water mark, comes from :mod:`.rss` (``rss_peak_mb``, filled in
   by ``tools/benchmark.py``, one fresh process per variant);
+* CUDA only, absolute: ``cuda_max_allocated_mb`` and ``cuda_max_reserved_mb``, the largest
+  ``max_memory_allocated`` / ``max_memory_reserved`` of those steps (parameters, gradients and the
+  caching allocator's reserve included: what the device must hold);
 * ``step_ms``: median wall time of a training step over ``iters`` steps after ``warmup`` steps.
 
 ``compare`` runs variants one after another in one process (so ratios hold on a noisy machine) and
@@ -21,7 +24,7 @@ import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +52,8 @@ class Measurement:
     params_m: float
     ratios: Optional[Dict[str, float]] = None
     rss_peak_mb: Optional[float] = None  # the second measurement (see .rss), when taken
+    cuda_max_allocated_mb: Optional[float] = None  # CUDA: absolute peaks of the measured steps
+    cuda_max_reserved_mb: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,13 +78,16 @@ def _cpu_peak_bytes(run: Callable[[], None]) -> int:
     return peak
 
 
-def _cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
+def _cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> Tuple[int, int, int]:
+    """Peak allocated bytes of ``run()`` above those allocated before it, and the absolute
+    ``max_memory_allocated`` and ``max_memory_reserved`` while it ran."""
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     run()
     torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
+    allocated = torch.cuda.max_memory_allocated(device)
+    return allocated - before, allocated, torch.cuda.max_memory_reserved(device)
 
 
 def measure(variant: Variant, device: torch.device, iters: int = 5, warmup: int = 1) -> Measurement:
@@ -104,8 +112,12 @@ def measure(variant: Variant, device: torch.device, iters: int = 5, warmup: int 
     loss.backward()
     del loss
     gc.collect()
+    absolute = {}
     if device.type == 'cuda':
-        peak = statistics.median(_cuda_peak_bytes(step, device) for _ in range(iters))
+        peaks = [_cuda_peak_bytes(step, device) for _ in range(iters)]
+        peak = statistics.median(p[0] for p in peaks)
+        absolute = dict(cuda_max_allocated_mb=max(p[1] for p in peaks) / MB,
+                        cuda_max_reserved_mb=max(p[2] for p in peaks) / MB)
     else:
         peak = statistics.median(_cpu_peak_bytes(step) for _ in range(iters))
     times = []
@@ -117,7 +129,7 @@ def measure(variant: Variant, device: torch.device, iters: int = 5, warmup: int 
         times.append((time.perf_counter() - start) * 1e3)
     result = Measurement(name=variant.name, saved_mb=saved.total / MB, peak_mb=peak / MB,
                          step_ms=statistics.median(times),
-                         params_m=sum(p.numel() for p in params) / 1e6)
+                         params_m=sum(p.numel() for p in params) / 1e6, **absolute)
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()

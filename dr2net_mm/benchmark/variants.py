@@ -4,19 +4,19 @@ checkpointing) and whole mm models built from configs by one :func:`build_model`
 :func:`training_loss`."""
 import copy
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..branches import StageOptions
 from .batches import detector_batch, image_batch, segmentor_batch, synthetic_point_batch
 from .measure import Variant
 
 __all__ = [
     'swin_variants', 'swin3d_variants', 'vit_variants', 'video_vit_variants', 'build_model',
     'training_loss', 'mm_model_variants', 'detector_variants', 'segmentor_variants',
-    'points_variants', 'swap_backbone',
-    'points_benchmark_inputs', 'points_training_loss'
+    'points_variants', 'swap_backbone'
 ]
 
 
@@ -43,10 +43,12 @@ def _stream_options(model: str, name: str) -> dict:
 
 
 def _with_cp_variants(label: str, model_cls, dr2net_cls, common: dict, x: Tensor,
-                      extra: Sequence[str]) -> List[Variant]:
-    """``model_cls(**common)`` (conventional), ``model_cls(with_cp=True, **common)``
-    (checkpointing), ``dr2net_cls(**common)`` (Dr²Net defaults) and the ``extra`` stream options of
-    ``dr2net_cls``, each built with seed 0 and trained on ``x`` with the square loss."""
+                      extra: Sequence[str], checkpointing_cls=None) -> List[Variant]:
+    """``model_cls(**common)`` (conventional), ``checkpointing_cls(with_cp=True, **common)``
+    (checkpointing; by default ``model_cls``), ``dr2net_cls(**common)`` (Dr²Net defaults) and the
+    ``extra`` stream options of ``dr2net_cls``, each built with seed 0 and trained on ``x`` with the
+    square loss."""
+    checkpointing_cls = checkpointing_cls or model_cls
     def forward_loss(model):
         return _square_loss(model(x))
 
@@ -58,7 +60,8 @@ def _with_cp_variants(label: str, model_cls, dr2net_cls, common: dict, x: Tensor
 
     variants = [
         Variant('conventional', seeded(lambda: model_cls(**common)), forward_loss),
-        Variant('checkpointing', seeded(lambda: model_cls(with_cp=True, **common)), forward_loss),
+        Variant('checkpointing', seeded(lambda: checkpointing_cls(with_cp=True, **common)),
+                forward_loss),
         Variant('dr2net', seeded(lambda: dr2net_cls(**common)), forward_loss),
     ]
     for name in extra:
@@ -164,27 +167,8 @@ def video_vit_variants(frames: int = 16, size: int = 224, batch: int = 1, embed_
                   num_heads=num_heads, num_frames=frames, tubelet_size=2, drop_path_rate=0.1)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
-
-    def forward_loss(model):
-        return _square_loss(model(x))
-
-    def seeded(factory):
-        def build():
-            torch.manual_seed(0)
-            return factory()
-        return build
-
-    variants = [
-        Variant('conventional', seeded(lambda: VisionTransformer(**common)), forward_loss),
-        Variant('checkpointing', seeded(lambda: PlainVideoViT(with_cp=True, **common)),
-                forward_loss),
-        Variant('dr2net', seeded(lambda: Dr2NetVideoViT(**common)), forward_loss),
-    ]
-    for name in extra:
-        options = _stream_options('VideoViT', name)
-        variants.append(Variant(name, seeded(lambda o=options: Dr2NetVideoViT(**o, **common)),
-                                forward_loss))
-    return variants
+    return _with_cp_variants('VideoViT', VisionTransformer, Dr2NetVideoViT, common, x, extra,
+                             checkpointing_cls=PlainVideoViT)
 
 
 def build_model(config, default_scope: Optional[str] = None, seed: int = 0) -> nn.Module:
@@ -291,24 +275,8 @@ def swap_backbone(cfg, backbone_type: str, **overrides):
     ``SwinTransformer`` and ``Dr2NetSwin`` (the Dr²Net-only arguments dropped or added)."""
     cfg = copy.deepcopy(cfg)
     backbone = cfg.model.backbone
-    for key in ('alpha', 'beta', 'reversible', 'stream_dtype', 'segment_size'):
+    for key in StageOptions._fields:
         backbone.pop(key, None)
     backbone.type = backbone_type
     backbone.update(overrides)
     return cfg
-
-
-def points_benchmark_inputs(config, num_points: int = 24000, batch: int = 8, seed: int = 0,
-                            device: Union[str, torch.device] = 'cpu') -> Tuple[nn.Module, dict]:
-    """``(model, data)`` for measuring one training step of the segmentor of ``config`` (a path or a
-    ``Config``): the model built with its pretrained loading switched off
-    (:func:`build_model`; random weights, train mode, on ``device``) and
-    :func:`~dr2net_mm.benchmark.batches.synthetic_point_batch`. Run a step with
-    :func:`training_loss` (then ``.backward()``)."""
-    model = build_model(config, seed=seed).to(device)
-    model.train()
-    return model, synthetic_point_batch(model, num_points, batch, seed)
-
-
-# the name the point-cloud tests and docs used for the same function
-points_training_loss = training_loss

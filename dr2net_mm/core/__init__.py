@@ -7,8 +7,9 @@ keeps for backward.
 from .memory import SavedBytes, count_saved_bytes
 from .precision import (ErrorSummary, GradientErrorReport, compute_gradients, gradient_error,
                         relative_error, weighted_sum_loss)
-from .reversible import (ReversibleSequence, branch_input, check_coefficients, dual_residual_step,
-                         reversible_stages, set_reversible, set_stream_dtype)
+from ..checks import check_coefficients
+from .reversible import ReversibleSequence, reversible_stages, set_reversible, set_stream_dtype
+from .streams import branch_input, dual_residual_step
 
 __all__ = [
     'ReversibleSequence', 'branch_input', 'check_coefficients', 'dual_residual_step',

@@ -16,7 +16,9 @@ The engine then holds one part's activations at a time instead of the whole bran
   ``merge`` may draw (drop path), and is called with the same RNG state in forward and backward;
 * ``merge`` is linear in ``out``: its vector-Jacobian product does not depend on ``out``.
 
-A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole.
+A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole. :func:`run_branch`
+runs a branch (forward, and the rare rebuild without gradients), :func:`backward_branch` recomputes
+it and back-propagates through it (the backward); each asks for the plan once.
 """
 import math
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
@@ -55,11 +57,26 @@ def draws_random(module) -> bool:
     return any(isinstance(m, _DropoutNd) and m.p > 0 and m.training for m in module.modules())
 
 
+def branch_plan(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Optional[BranchPlan]:
+    """The plan of ``function`` for ``inp`` (None: run it whole)."""
+    return function.plan(inp, *args) if hasattr(function, 'plan') else None
+
+
+def check_branch_output(index: int, function: nn.Module, inp: Tensor, out: Any) -> None:
+    """Raise if residual function ``index`` did not return a tensor of its input's shape."""
+    if not isinstance(out, Tensor) or out.shape != inp.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f'residual function {index} ({type(function).__name__}) returned {got} for an input of '
+            f'shape {tuple(inp.shape)}; a reversible stage needs functions that return a tensor of '
+            f'their input\'s shape (the branch output, without the residual add)')
+
+
 def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tensor:
     """``function(inp, *args)``, part by part when the function has a plan. Without gradients the
     parts are written into one buffer; with gradients (the reference mode in training) they are
     concatenated, so that every training mode computes F with the same parts."""
-    plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
+    plan = branch_plan(function, inp, args)
     if plan is None:
         return function(inp, *args)
     if torch.is_grad_enabled():
@@ -73,10 +90,28 @@ def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tenso
     return plan.merge(out)
 
 
-def backward_by_parts(plan: BranchPlan, grad: Optional[Tensor], rng: Any) -> Tensor:
+def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], grad: Optional[Tensor],
+                    rng: Any) -> Tensor:
+    """Recompute ``F = function(inp, *args)`` as the forward computed it and back-propagate ``grad``
+    (dL/dF, or None) through it; return F's value, detached. ``J^T grad`` lands in ``inp.grad`` when
+    ``inp`` requires grad. ``rng``: the RNG state the forward ran F from (``rng`` module), or None.
+
+    Whole, the branch runs from ``rng``; by its plan, only ``merge`` draws, and it runs from ``rng``
+    each time (see :func:`_backward_by_parts`)."""
+    plan = branch_plan(function, inp, args)
+    if plan is not None:
+        return _backward_by_parts(plan, grad, rng)
+    with replay_rng_state(rng):
+        f = function(inp, *args)
+        if grad is not None and f.requires_grad:
+            torch.autograd.backward(f, grad.to(f.dtype))
+    return f.detach()
+
+
+def _backward_by_parts(plan: BranchPlan, grad: Optional[Tensor], rng: Any) -> Tensor:
     """Back-propagate ``grad`` (dL/dF, or None) through a planned branch whose ``inputs`` carry a
-    graph, one part of the body at a time, and return F's value. ``rng``: the RNG state the branch
-    started from (``rng`` module), replayed for every ``merge``."""
+    graph, one part of the body at a time, and return F's value. ``merge`` runs twice (its
+    vector-Jacobian product first, its value last), each time from ``rng``."""
     h = plan.inputs
     # every row of h belongs to exactly one part, so the buffers need no zero fill
     h_grad = torch.empty_like(h) if grad is not None and h.requires_grad else None

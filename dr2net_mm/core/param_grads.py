@@ -11,14 +11,12 @@ the same storage) whose gradients land directly in their targets:
   gradient is ever allocated;
 * any other proxy gets the target as its ``.grad``, so autograd's accumulation adds into it in place.
 
-The target of a parameter is decided by the caller (see ``reversible._StepFunction.backward``): the
-parameter's own ``.grad`` when the running backward accumulates into it (``loss.backward()``; the stage
-node then returns no gradient for it, and the parameter's hooks, e.g. DistributedDataParallel's, still
-fire once when autograd reaches it), a fresh buffer that the node returns when the gradient is captured
-(``torch.autograd.grad``), or None when nobody asked for it.
+Where each parameter's gradient goes is decided once per node and parameter by
+:func:`gradient_targets` (see NOTE [ Parameter-gradient targets ]).
 """
+import enum
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -105,13 +103,65 @@ def gradients_into(function: nn.Module, targets: Dict[int, Optional[Tensor]],
             proxy.grad = None
 
 
-def accumulates_into_grad(node: Any) -> Optional[bool]:
-    """For a parameter's gradient-accumulator node seen from a running backward: True when that
-    backward adds into ``.grad`` (``loss.backward()``), None when ``torch.autograd.grad`` captures the
-    gradient, False when nobody needs it."""
-    if node is None:
-        return False
+# NOTE [ Parameter-gradient targets ]
+#
+# The node of F_i takes F_i's trainable parameters as inputs, so that autograd, and the search of
+# DistributedDataParallel for unused parameters, sees them reached. Who asked for their gradients
+# is known only while the backward runs: the engine is asked about each parameter's
+# gradient-accumulator node (its entry in the node's ``next_functions``), once, in
+# :func:`gradient_targets`, and the answer is one of
+#
+#   GradTarget.INTO_GRAD  ``loss.backward()``: the engine will run the accumulator, i.e. add into
+#                         ``.grad``. The recomputation adds straight into ``param.grad`` (zeros
+#                         first if it is None) and the node returns None for the parameter;
+#                         the parameter's hooks (DistributedDataParallel's) still fire once, when
+#                         autograd reaches its accumulator.
+#   GradTarget.RETURNED   ``torch.autograd.grad(..., inputs=[..., param])`` captures the gradient
+#                         instead of running the accumulator (the engine query raises for it): the
+#                         recomputation adds into a fresh zero buffer, which the node returns.
+#   GradTarget.UNUSED     the engine will not reach the accumulator (``torch.autograd.grad``
+#                         without this parameter), or the node got no dL/dx_i: nothing computed.
+#
+# ``gradients_into`` then sends the recomputation's parameter gradients to those buffers.
+
+
+class GradTarget(enum.Enum):
+    """Where one parameter's gradient goes in a running backward.
+
+    See NOTE [ Parameter-gradient targets ]."""
+    INTO_GRAD = 'added into param.grad'
+    RETURNED = 'returned by the node'
+    UNUSED = 'not computed'
+
+
+def grad_target(accumulator: Any) -> GradTarget:
+    """The target of the parameter whose gradient-accumulator node is ``accumulator`` (None: the
+    parameter is not in the graph)."""
+    if accumulator is None:
+        return GradTarget.UNUSED
     try:
-        return bool(torch._C._will_engine_execute_node(node))
-    except (RuntimeError, AttributeError):  # autograd.grad() (or a torch without the query)
-        return None
+        will_run = torch._C._will_engine_execute_node(accumulator)
+    except (RuntimeError, AttributeError):  # autograd.grad() captures it (or torch lacks the query)
+        return GradTarget.RETURNED
+    return GradTarget.INTO_GRAD if will_run else GradTarget.UNUSED
+
+
+def gradient_targets(params: Sequence[Tensor], accumulators: Sequence[Any], wanted: bool
+                     ) -> Tuple[Dict[int, Optional[Tensor]], List[Optional[Tensor]]]:
+    """For the parameters of one node (``accumulators[k]``: the gradient-accumulator node of
+    ``params[k]``): the buffer each one's gradient is added into, by ``id`` (None: not computed),
+    and what the node returns for each. ``wanted=False`` (the node got no dL/dx_i): all UNUSED."""
+    buffers: Dict[int, Optional[Tensor]] = {}
+    returned: List[Optional[Tensor]] = []
+    for param, accumulator in zip(params, accumulators):
+        target = grad_target(accumulator) if wanted else GradTarget.UNUSED
+        buffer = None
+        if target is GradTarget.INTO_GRAD:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            buffer = param.grad
+        elif target is GradTarget.RETURNED:
+            buffer = torch.zeros_like(param)
+        buffers[id(param)] = buffer
+        returned.append(buffer if target is GradTarget.RETURNED else None)
+    return buffers, returned

@@ -91,6 +91,10 @@ def unpack_stream(packed: Tuple[Tensor, ...], shared: Optional[Tensor],
     return packed[0].to(stream_dtype)
 
 
+class StreamOverflow(OverflowError):
+    """A forward's exact streams left their range ``|x| < 2^21`` (:meth:`ExactStreams.finish_forward`)."""
+
+
 class FloatStreams:
     """Eq. 1/2 in float64 or float32; each F_i runs in the model dtype (see :func:`branch_input`)."""
     exact = False
@@ -164,9 +168,9 @@ class ExactStreams:
 
     where ``β ⊗`` is :meth:`BetaBuffer.multiply` (exactly undone by ``divide``). F_i gets
     ``fp(X·2^-40)`` in the model dtype. Every forward records the largest magnitude it met;
-    :meth:`finish_forward` raises ``OverflowError`` if a stream or branch output left ``|x| < 2^21``
-    and returns False if one was not finite (the stage then returns NaN, so the step is skipped
-    like any non-finite step).
+    :meth:`finish_forward` raises :class:`StreamOverflow` if a stream or branch output left
+    ``|x| < 2^21`` and returns False if one was not finite (the stage then returns NaN, so the step
+    is skipped like any non-finite step).
     """
     exact = True
 
@@ -259,7 +263,7 @@ class ExactStreams:
         if peak != peak or peak == float('inf'):
             return False
         if peak >= MAX_VALUE:
-            raise OverflowError(
+            raise StreamOverflow(
                 f'reversible stage: a stream or branch output reached |x| = {peak:.4g}, outside '
                 f'the exact fixed-point streams\' range |x| < 2^21 = {MAX_VALUE:.4g}. Use '
                 "stream_dtype='float64' for this model (with segment_size to bound the rounding), or "

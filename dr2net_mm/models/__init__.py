@@ -1,7 +1,7 @@
 """Backbones registered into MMEngine's root MODELS registry."""
 from importlib.util import find_spec
 
-from .backbone import PretrainedMismatchError
+from .pretrained import PretrainedMismatchError
 from .plain_vit import PlainViT
 from .swin import Dr2NetSwin
 from .vit import Dr2NetViT

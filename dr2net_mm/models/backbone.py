@@ -1,141 +1,147 @@
-"""What every Dr²Net backbone shares: the (α, β) / mode / monitor interface over its reversible
-stages (:class:`Dr2NetBackboneMixin`) and pretrained loading (checkpoint unwrapping, the deprecated
-``pretrained=`` argument, :class:`LoadReport`)."""
+"""What every Dr²Net backbone shares (:class:`Dr2NetBackboneMixin`): Eq. 1 and the Dr²Net arguments,
+their checks, (α, β) as buffers mirrored in every reversible stage, the stages' modes and monitor,
+``init_weights`` and pretrained loading; and the conventional baseline of a one-stage backbone
+(:class:`ConventionalMixin`)."""
 import logging
-import pickle
-import re
-import warnings
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
+                    Tuple, Union)
 
 import torch
 from mmengine.logging import MMLogger, print_log
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.model import BaseModule
 from torch import Tensor
 
-from ..checks import check_bool, check_segment_size, parse_stream_dtype
+from ..branches import StageOptions, checkpoint_branches, checkpointed, stage_options
+from ..checks import ArgumentTypeError, check_bool, check_segment_size, parse_stream_dtype
 from ..core import ReversibleSequence, check_coefficients
+from .pretrained import (MIN_LOADED_SHARE, LoadReport, PretrainedMismatchError, describe_layout,
+                         first_keys, pretrained_init_cfg, read_checkpoint, unwrap_state_dict)
 
-def pretrained_init_cfg(pretrained: Optional[str], init_cfg: Optional[dict]) -> Optional[dict]:
-    """The ``init_cfg`` for the deprecated ``pretrained=PATH`` argument that mmdet/mmseg configs
-    still pass (e.g. an ``EncoderDecoder`` with ``pretrained``)."""
-    if pretrained is None:
-        return init_cfg
-    if not isinstance(pretrained, str):
-        raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
-    if init_cfg is not None:
-        raise ValueError('init_cfg and pretrained cannot be specified at the same time')
-    return dict(type='Pretrained', checkpoint=pretrained)
+__all__ = ['Dr2NetBackboneMixin', 'Dr2NetArguments', 'ConventionalMixin', 'MMACTION_INIT_CFG']
 
-
-def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, Tensor]:
-    """The backbone's tensors of a loaded checkpoint file, prefixes removed.
-
-    Takes ``checkpoint['state_dict']`` (mmengine/mmdet/mmseg/mmpretrain), ``checkpoint['model']``
-    (official Swin, DeiT, MAE and VideoMAE releases), ``checkpoint['module']`` (DeepSpeed, e.g.
-    VideoMAE) or the mapping itself; strips a ``module.`` prefix (DDP);
-    with ``prefix`` keeps only keys under it (stripped); otherwise, when some keys start with
-    ``backbone.`` (a detector, segmentor or classifier checkpoint), keeps only those (stripped).
-    """
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
-    state_dict = checkpoint
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(state_dict.get(key), Mapping):
-            state_dict = state_dict[key]
-            break
-    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if isinstance(v, Tensor))
-    if state_dict and all(k.startswith('module.') for k in state_dict):
-        state_dict = OrderedDict((k[7:], v) for k, v in state_dict.items())
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
-                               if k.startswith(prefix))
-        if not selected:
-            raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r}; first keys: '
-                             f'{list(state_dict)[:5]}')
-        return selected
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
-    return state_dict
+# The default init_cfg of mmaction2's backbones (the same value: the signatures compare equal)
+MMACTION_INIT_CFG = [
+    dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
+    dict(type='Constant', layer='LayerNorm', val=1., bias=0.)
+]
 
 
-# load_pretrained refuses a checkpoint that provides less than this share of the parameter values
-MIN_LOADED_SHARE = 0.5
-
-
-class PretrainedMismatchError(ValueError):
-    """A pretrained checkpoint that does not fit the backbone (too little of it loads)."""
-
-
-def describe_layout(state_dict: Mapping[str, Tensor]) -> str:
-    """The width and depth a backbone state dict implies: the patch (2-D) or tubelet (3-D)
-    embedding's output channels and the number of blocks per stage (``stages.N.blocks.M.``,
-    ``layers.N.blocks.M.`` or ``blocks.M.`` keys)."""
-    widths = [v.shape[0] for k, v in state_dict.items()
-              if k.startswith('patch_embed.') and k.endswith('weight') and v.dim() in (4, 5)]
-    depths: Dict[int, int] = {}
-    for key in state_dict:
-        match = re.match(r'(?:(?:stages|layers)\.(\d+)\.)?blocks\.(\d+)\.', key)
-        if match:
-            stage = int(match.group(1) or 0)
-            depths[stage] = max(depths.get(stage, 0), int(match.group(2)) + 1)
-    width = widths[0] if widths else 'unknown'
-    return f'embed_dims={width}, blocks per stage {tuple(depths[i] for i in sorted(depths))}'
-
-
-def _first(keys: List[str], count: int = 5) -> str:
-    if not keys:
-        return 'none'
-    return ', '.join(keys[:count]) + (f', ... ({len(keys) - count} more)' if len(keys) > count else '')
-
-
-class LoadReport(NamedTuple):
-    """What ``load_pretrained`` did: the detected source ``format``, the model's keys the checkpoint
-    did not provide (``missing_keys``), the checkpoint keys the model has no use for
-    (``unexpected_keys``) and keys skipped because their shapes differ (``mismatched_keys``)."""
-    format: str
-    missing_keys: List[str]
-    unexpected_keys: List[str]
-    mismatched_keys: List[str]
+class Dr2NetArguments(NamedTuple):
+    """A backbone's Dr²Net arguments, checked: the options of its stages, ``with_cp``, and its
+    ``init_cfg`` (with ``pretrained=PATH`` turned into one)."""
+    stage: StageOptions
+    with_cp: bool
+    init_cfg: Any
 
 
 class Dr2NetBackboneMixin:
-    """(α, β) as persistent float64 buffers ``alpha``/``beta`` mirrored in every reversible stage,
-    the stages' mode switches, their reconstruction-error monitor, and pretrained loading.
+    """What every Dr²Net backbone shares, put first among the bases of a framework model
+    (``class Dr2NetSwin(Dr2NetBackboneMixin, SwinTransformer)``).
 
-    A backbone defines ``sequences`` (the :class:`ReversibleSequence` of each of its stages, in
-    order) and the two checkpoint functions ``detect_format(state_dict) -> str`` and
-    ``filter_checkpoint(checkpoint, model, prefix, logger) -> state_dict``, and calls
-    :meth:`_register_coefficients` once in ``__init__``, after building its stages. It may name the
-    buffers it computes itself (:meth:`_derived_buffers`): a state dict without them still loads.
+    **Eq. 1** (Zhao et al., CVPR 2024). Each stage of the framework model is a chain of residual
+    branches ``F_i`` (every block an attention branch, then an MLP branch: ``2·depth`` of them; the
+    backbone's module docstring defines them). Dr²Net runs the chain as::
 
-    (α, β) are validated in one place, by each stage (:func:`~dr2net_mm.core.check_coefficients`:
-    [0, 1], β > 0 when reversible); this class only copies the validated values to its buffers.
+        x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1},   y_i = β·x_{i-1},   (x_0, y_0) = (x_0, β·x_0)
+
+    (``F_i`` also takes the stage's extra argument, e.g. Swin's ``hw_shape``) and the stage outputs
+    ``x_i`` where the framework model has block outputs. At (α, β) = (1, 0) this is the framework
+    model exactly; for β > 0 every step is invertible (Eq. 2), so in training the backward rebuilds a
+    stage's activations from its final streams instead of keeping them
+    (:class:`~dr2net_mm.core.ReversibleSequence`). The paper finetunes from (1, 0.1) towards e.g.
+    (0.3, 0.7) (:meth:`set_coefficients`, e.g. from ``AlphaBetaHook``).
+
+    **The Dr²Net arguments** (after the framework model's own, whose meaning is unchanged):
+
+    * ``alpha``, ``beta``: the coefficients in [0, 1] (β > 0 when ``reversible``), checked by each
+      stage (:func:`~dr2net_mm.core.check_coefficients`). Kept as persistent float64 buffers
+      ``alpha``/``beta``, so checkpoints carry them: loading a state dict sets every stage to its
+      values, one without them (the framework's) keeps the current ones. Change them with
+      :meth:`set_coefficients`; other in-place writes to the buffers (an EMA copy) are picked up at
+      the next forward.
+    * ``reversible``: True: in training with gradients a stage keeps only its final streams and
+      rebuilds activations in backward (Eq. 2). False: ordinary autograd (the exact reference, also
+      the mode for β = 0). In eval mode or under ``torch.no_grad()`` the forward is a plain loop
+      either way (no bookkeeping, as fast as the framework model).
+    * ``stream_dtype``: the streams in training: ``'exact'`` (default: fixed point with an exact β
+      buffer, bit-exact rebuilds at any (α, β), values within |x| < 2^21), ``torch.float64`` or
+      ``torch.float32`` (or their names), whose rebuilds amplify rounding by ~(‖J‖ + α)/β per branch,
+      large near the start point (1, 0.1) unless ``segment_size`` is small.
+    * ``segment_size``: keep the streams every ``segment_size`` branches of a stage (two per block),
+      bounding that amplification at one stream pair each; None (default): once per stage, all that
+      exact streams need.
+    * ``with_cp`` (where the framework model has it): in reference mode each branch is recomputed in
+      backward (:func:`~dr2net_mm.branches.checkpoint_branches`), the framework's memory-light exact
+      training; a reversible stage keeps no per-branch activations, so there it has no effect
+      (logged once at construction).
+    * ``pretrained``: a checkpoint path, an alias of ``init_cfg=dict(type='Pretrained',
+      checkpoint=pretrained)`` (:meth:`init_weights`).
+
+    **A backbone** checks its arguments with :meth:`_check_arguments` before building the framework
+    model, builds its stages (:func:`~dr2net_mm.branches.branch_sequence`), then calls
+    :meth:`_register_dr2net`. It defines ``sequences`` (the :class:`ReversibleSequence` of each stage,
+    in order), the checkpoint functions ``detect_format(state_dict) -> str`` and
+    ``filter_checkpoint(checkpoint, model, prefix, logger) -> state_dict``, and :attr:`scratch_init`;
+    it may name the buffers it computes itself (:attr:`derived_buffers`), which a state dict may lack.
     """
     detect_format: Callable[[Mapping[str, Tensor]], str]
     filter_checkpoint: Callable[..., Dict[str, Tensor]]
+    #: How :meth:`init_weights` initialises without a checkpoint, called with the model: the
+    #: framework model's own ``init_weights``, mmengine's ``BaseModule.init_weights`` (runs
+    #: ``init_cfg``), or None (the framework initialised the model when it was built, as timm does).
+    scratch_init: Optional[Callable[[Any], None]] = None
+    #: Name endings of the buffers the model computes itself (relative position indices, a fixed
+    #: sinusoid table, ...): a state dict without them still loads (the model's own stay).
+    derived_buffers: Tuple[str, ...] = ()
 
     @property
     def sequences(self) -> List[ReversibleSequence]:
         raise NotImplementedError
 
-    @property
-    def engines(self) -> List[ReversibleSequence]:
-        """Deprecated name of :attr:`sequences`."""
-        warnings.warn('engines is deprecated; use sequences (or dr2net_mm.core.reversible_stages)',
-                      DeprecationWarning, stacklevel=2)
-        return self.sequences
+    # --------------------------------------------------------------------------- construction
+    @staticmethod
+    def _check_arguments(alpha: float, beta: float, reversible: bool,
+                         stream_dtype: Union[torch.dtype, str], segment_size: Optional[int],
+                         with_cp: bool = False, pretrained: Optional[str] = None,
+                         init_cfg: Any = None, default_init_cfg: Any = None) -> Dr2NetArguments:
+        """The Dr²Net arguments (class docstring), checked before the framework model is built.
+        ``default_init_cfg``: the framework's default ``init_cfg``, which ``pretrained`` replaces."""
+        return Dr2NetArguments(stage_options(alpha, beta, reversible, stream_dtype, segment_size),
+                               check_bool('with_cp', with_cp),
+                               pretrained_init_cfg(pretrained, init_cfg, default_init_cfg))
 
-    # --------------------------------------------------------------------------- coefficients
-    def _register_coefficients(self) -> None:
-        """The ``alpha``/``beta`` buffers, holding the (already validated) values of the stages."""
+    @staticmethod
+    def _check_stage_lists(lists: Mapping[str, Any], longer_ok: Tuple[str, ...] = ()) -> None:
+        """Per-stage arguments (``name -> value``, the first one counting the stages, e.g. ``depths``)
+        must have one entry per stage; those in ``longer_ok`` may have more (mmdet reads ``strides``
+        by stage and ignores the rest). Raises naming every argument that disagrees and its length."""
+        for name, value in lists.items():
+            if not isinstance(value, (tuple, list)):
+                raise ArgumentTypeError(f'{name} must be a list or tuple with one entry per stage, '
+                                        f'got {value!r}')
+        (first, stages), *others = lists.items()
+        bad = [f'{name}={tuple(value)} has {len(value)}' for name, value in others
+               if len(value) < len(stages) or (len(value) > len(stages) and name not in longer_ok)]
+        if bad:
+            raise ValueError(f'{first}={tuple(stages)} has {len(stages)} entries, one per stage, '
+                             f'but {"; ".join(bad)}: give every per-stage argument one entry per '
+                             'stage')
+
+    def _register_dr2net(self, with_cp: bool = False) -> None:
+        """Once the stages are built: the ``alpha``/``beta`` buffers (holding the values the stages
+        checked) and ``with_cp``."""
         first = self.sequences[0]
         self.register_buffer('alpha', torch.tensor(first.alpha, dtype=torch.float64))
         self.register_buffer('beta', torch.tensor(first.beta, dtype=torch.float64))
         self._coefficients = (first.alpha, first.beta)
         self._synced_buffers = self._buffer_versions()
+        self.with_cp = with_cp
+        if with_cp and first.reversible:
+            print_log(f'{type(self).__name__}: with_cp=True has no effect while reversible=True (a '
+                      'reversible stage keeps no per-block activations); it applies in reference '
+                      'mode only', logger='current', level=logging.INFO)
 
+    # --------------------------------------------------------------------------- coefficients
     @property
     def coefficients(self) -> Tuple[float, float]:
         """The current (α, β) as Python floats."""
@@ -176,20 +182,15 @@ class Dr2NetBackboneMixin:
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # α/β may be absent (an mmdet / mmseg / mmaction2 / timm checkpoint): the current values
-        # stay. So may the buffers the model derives itself (:meth:`_derived_buffers`): its own stay.
+        # stay. So may the buffers the model derives itself (:attr:`derived_buffers`): its own stay.
         coefficients = self._take_coefficients(state_dict, prefix, error_msgs)
-        for name, buffer in self._derived_buffers():
-            if prefix + name not in state_dict:
+        for name, buffer in self.named_buffers():
+            if name.endswith(self.derived_buffers) and prefix + name not in state_dict:
                 state_dict[prefix + name] = buffer
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         if coefficients is not None:
             self._set_coefficients(*coefficients)
-
-    def _derived_buffers(self) -> List[Tuple[str, Tensor]]:
-        """(name, buffer) of the buffers a checkpoint may lack because the model computes them
-        (relative position indices, a fixed sinusoid table, ...); none by default."""
-        return []
 
     def _take_coefficients(self, state_dict: dict, prefix: str,
                            error_msgs: List[str]) -> Optional[Tuple[float, float]]:
@@ -247,6 +248,12 @@ class Dr2NetBackboneMixin:
         for stage in self.sequences:
             stage.segment_size = value
 
+    def train(self, mode: bool = True):
+        """Train/eval mode as the framework model (frozen stages stay in eval mode); returns the model
+        (mmdet's and mmaction2's ``train()`` return None)."""
+        super().train(mode)
+        return self
+
     def reconstruction_errors(self) -> List[Optional[float]]:
         """Per stage, the worst relative reconstruction error of its latest reversible backward (None
         for a stage that has not run one, e.g. frozen or reference mode). Reading it syncs the
@@ -259,6 +266,28 @@ class Dr2NetBackboneMixin:
         return all(stage.reconstruction_ok() for stage in self.sequences)
 
     # --------------------------------------------------------------------------- weights
+    def init_weights(self) -> None:
+        """One rule for every backbone, the differences being its :attr:`scratch_init`:
+
+        * ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None, allow_partial=False)`` (or
+          ``pretrained=PATH``): :meth:`load_pretrained`, which takes any checkpoint layout of the
+          backbone (its ``filter_checkpoint``) and refuses another architecture's;
+        * ``init_cfg=None``: :attr:`scratch_init` (mmdet's Swin: its truncated-normal initialisation;
+          timm's ViT: nothing, timm initialised it);
+        * any other ``init_cfg`` (mmaction2's default list): run by mmengine's
+          ``BaseModule.init_weights`` where that is the :attr:`scratch_init`, refused elsewhere.
+        """
+        cfg, scratch_init = self.init_cfg, type(self).scratch_init
+        if isinstance(cfg, Mapping) and cfg.get('type') == 'Pretrained':
+            self.load_pretrained_cfg(cfg)
+        elif cfg is None or scratch_init is BaseModule.init_weights:
+            if scratch_init is not None:
+                scratch_init(self)
+        else:
+            raise ValueError(f'{type(self).__name__} supports init_cfg=None or '
+                             f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
+        self._is_init = True
+
     def load_pretrained_cfg(self, cfg: Mapping[str, Any]) -> LoadReport:
         """:meth:`load_pretrained` from an ``init_cfg=dict(type='Pretrained', checkpoint=...,
         prefix=None, map_location='cpu', allow_partial=False)``."""
@@ -280,17 +309,7 @@ class Dr2NetBackboneMixin:
         allow_partial = check_bool('allow_partial', allow_partial)
         logger = MMLogger.get_current_instance()
         source = checkpoint if isinstance(checkpoint, str) else 'a checkpoint dict'
-        if isinstance(checkpoint, str):
-            try:
-                checkpoint = CheckpointLoader.load_checkpoint(checkpoint, logger=logger,
-                                                              map_location=map_location)
-            except pickle.UnpicklingError as exc:  # torch >= 2.6 loads weights only by default
-                raise ValueError(
-                    f'pretrained checkpoint {checkpoint!r} holds Python objects besides tensors '
-                    f'(e.g. an MMEngine training checkpoint), which torch refuses to unpickle '
-                    f'with weights_only=True. If you trust the file, save its weights alone: '
-                    f'torch.save(torch.load(PATH, weights_only=False)["state_dict"], NEW_PATH). '
-                    f"torch said: {str(exc).strip().splitlines()[0]}") from exc
+        checkpoint = read_checkpoint(checkpoint, map_location, logger)
         fmt = type(self).detect_format(unwrap_state_dict(checkpoint, prefix))
         state_dict = type(self).filter_checkpoint(checkpoint, self, prefix=prefix, logger=logger)
         checkpoint_layout = describe_layout(state_dict)
@@ -313,7 +332,7 @@ class Dr2NetBackboneMixin:
                            ('unused checkpoint keys', report.unexpected_keys),
                            ('skipped keys with mismatched shapes', mismatched)):
             if keys:
-                print_log(f'{name}: {len(keys)} {what}: {_first(keys)}', logger=logger,
+                print_log(f'{name}: {len(keys)} {what}: {first_keys(keys)}', logger=logger,
                           level=logging.WARNING)
         if share < MIN_LOADED_SHARE and not allow_partial:
             raise PretrainedMismatchError(
@@ -321,7 +340,53 @@ class Dr2NetBackboneMixin:
                 f'(needs {MIN_LOADED_SHARE:.0%}): the checkpoint is {checkpoint_layout}, the model is '
                 f'{describe_layout(own)} ({len(loaded)} tensors loaded, '
                 f'{len(report.missing_keys)} missing, {len(report.unexpected_keys)} unexpected, '
-                f'{len(mismatched)} shape-mismatched; first mismatched: {_first(mismatched)}). Use '
+                f'{len(mismatched)} shape-mismatched; first mismatched: {first_keys(mismatched)}). Use '
                 'the checkpoint of this architecture, or set allow_partial=True in the backbone\'s '
                 "init_cfg=dict(type='Pretrained', ...) to train from a partial load.")
         return report
+
+
+class ConventionalMixin:
+    """The conventional baseline of a one-stage Dr²Net backbone, put first among its bases
+    (``class PlainViT(ConventionalMixin, Dr2NetViT)``): the same module, arguments and checkpoints,
+    but its blocks run as the framework runs them, ``x = block(x)`` with ordinary autograd on float32
+    activations -- the framework's computation and memory exactly, the baseline of end-to-end
+    finetuning. (α, β) stay (1, 0): :meth:`set_coefficients` raises (remove ``AlphaBetaHook`` from a
+    baseline config).
+
+    Why not the Dr²Net backbone at ``alpha=1, beta=0, reversible=False``: that computes the same
+    function, but its reference mode keeps the streams in ``stream_dtype`` under autograd, which would
+    overstate the baseline's memory.
+
+    ``with_cp=True``: every block recomputed in backward (mmseg's and timm's ``with_cp`` / grad
+    checkpointing; :func:`~dr2net_mm.branches.checkpointed`), the checkpointing baseline with the
+    same state dict, the memory peer of Dr²Net."""
+    sequence: ReversibleSequence
+    network: str  # what it is the conventional form of, for messages ('ViT', ...)
+
+    def __init__(self, *args, with_cp: bool = False, **kwargs):
+        given = [k for k in StageOptions._fields if k in kwargs]
+        if given:
+            raise ValueError(f'{type(self).__name__} is the conventional {self.network} and takes '
+                             f'no {given}; use {self._dr2net_name()} for a reversible backbone')
+        with_cp = check_bool('with_cp', with_cp)
+        super().__init__(*args, alpha=1.0, beta=0.0, reversible=False, **kwargs)
+        self.with_cp = with_cp
+
+    def _dr2net_name(self) -> str:
+        return next(c.__name__ for c in type(self).__mro__
+                    if issubclass(c, Dr2NetBackboneMixin) and not issubclass(c, ConventionalMixin))
+
+    def set_coefficients(self, alpha: float, beta: float) -> None:
+        raise TypeError(f'{type(self).__name__} is the conventional {self.network} baseline, its '
+                        f'(alpha, beta) are fixed at (1, 0); remove AlphaBetaHook from the config '
+                        f"or use type='{self._dr2net_name()}'")
+
+    def _blocks_in_turn(self, blocks: Iterable[Callable[[Tensor], Tensor]], x: Tensor
+                        ) -> Iterator[Tensor]:
+        """``x`` after each of ``blocks`` in turn (``x = block(x)``; recomputed in backward under
+        ``with_cp``)."""
+        enabled = checkpoint_branches(self.with_cp, self.sequence)
+        for block in blocks:
+            x = checkpointed(block, x, enabled=enabled)
+            yield x

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbone import unwrap_state_dict
+from .pretrained import unwrap_state_dict
 from .swin_checkpoint import DERIVED_BUFFERS, timm_to_official
 
 __all__ = ['detect_checkpoint_format', 'inflate_2d_state_dict', 'checkpoint_filter_fn',

@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table_simple
 from torch import Tensor, nn
 
-from .backbone import unwrap_state_dict
+from .pretrained import unwrap_state_dict
 
 __all__ = [
     'checkpoint_filter_fn', 'detect_checkpoint_format', 'official_to_mmdet', 'timm_to_official',

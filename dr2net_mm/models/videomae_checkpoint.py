@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from .backbone import unwrap_state_dict
+from .pretrained import unwrap_state_dict
 
-__all__ = ['checkpoint_filter_fn', 'detect_checkpoint_format', 'videomae_to_mmaction']
+__all__ = ['checkpoint_filter_fn', 'detect_checkpoint_format']
 
 # Keys of the official releases that are not parts of the backbone.
 _NON_BACKBONE = re.compile(r'^(head|fc_dropout|decoder|encoder_to_decoder|mask_token|cls_head)'
@@ -88,13 +88,6 @@ def _convert(state_dict: Mapping[str, Tensor]) -> Tuple[str, Dict[str, Tensor], 
                 name = pattern.sub(replacement, name)
         out[name] = value
     return fmt, out, dropped
-
-
-def videomae_to_mmaction(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """An official VideoMAE state dict (finetuned, or the pretraining file's ``encoder.`` part, whose
-    other keys are dropped) -> mmaction2's names (same tensors; heads and decoder dropped).
-    An mmaction2 state dict passes through with its non-backbone keys dropped."""
-    return _convert(state_dict)[1]
 
 
 def _resize_pos_embed(pos: Tensor, frames: int, grid: tuple) -> Optional[Tensor]:

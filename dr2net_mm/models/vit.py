@@ -1,20 +1,16 @@
 """Dr2NetViT: reversible finetuning of a timm Vision Transformer (Dr²Net) for dense prediction and tokens.
 
 A plain ViT is a chain of ``2·depth`` residual branches (every timm ``Block`` is an attention branch and
-an MLP branch). Dr²Net (Zhao et al., CVPR 2024, Eq. 1) runs the whole chain as one reversible stage::
-
-    x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1},   y_i = β·x_{i-1},   (x_0, y_0) = (x_0, β·x_0)
-
-with, for block b = 0..depth-1 of timm 1.0 (``Block.forward`` is ``x = x + F_attn(x); x = x + F_mlp(x)``)::
+an MLP branch), which Dr²Net runs as one reversible stage, Eq. 1
+(:class:`~dr2net_mm.models.backbone.Dr2NetBackboneMixin`) with, for block b = 0..depth-1 of timm 1.0
+(``Block.forward`` is ``x = x + F_attn(x); x = x + F_mlp(x)``)::
 
     F_{2b+1}(x) = drop_path1(ls1(attn(norm1(x))))      # multi-head self-attention branch
     F_{2b+2}(x) = drop_path2(ls2(mlp(norm2(x))))       # MLP branch
 
 so the output of block b is the stream ``x_{2(b+1)}``. At (α, β) = (1, 0) this is exactly timm's
-``VisionTransformer``; for β > 0 every step is invertible, and in training the backward rebuilds every
-activation of the blocks from the final streams instead of keeping them (see
-:mod:`dr2net_mm.core.reversible`). Patch embedding, position embedding and the final norm are ordinary
-layers outside the reversible stage. The parameters keep timm's names (``patch_embed.proj``,
+``VisionTransformer``. Patch embedding, position embedding and the final norm are ordinary layers
+outside the reversible stage. The parameters keep timm's names (``patch_embed.proj``,
 ``cls_token``, ``reg_token``, ``pos_embed``, ``blocks.N.*``, ``norm``), so timm checkpoints (plain ViT,
 DeiT, MAE, DINOv2 with layer scale and registers, ...) load with no conversion; mmseg and mmpretrain
 ``VisionTransformer`` checkpoints are converted by :func:`checkpoint_filter_fn`.
@@ -30,7 +26,7 @@ branch, which ``segment_size`` (in branches, two per block) bounds. Measured mem
 errors: README, Results.
 """
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -39,32 +35,27 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..checks import check_bool, check_indices, check_segment_size, parse_stream_dtype
+from ..branches import branch_sequence
+from ..checks import check_bool, check_indices
 from ..core import ReversibleSequence
-from ..timm_models import ViTAttentionBranch, ViTMLPBranch
-from .backbone import Dr2NetBackboneMixin, LoadReport, pretrained_init_cfg, unwrap_state_dict
-from .vit_checkpoint import checkpoint_filter_fn, detect_checkpoint_format, openmmlab_to_timm
+from ..timm_models import VIT_BRANCHES
+from .backbone import Dr2NetBackboneMixin
+from .vit_checkpoint import checkpoint_filter_fn, detect_checkpoint_format
 from .vit_timm import attention_takes_mask, build_timm_vit, timm_vit_kwargs
 
-__all__ = [
-    'Dr2NetViT', 'ViTAttentionBranch', 'ViTMLPBranch', 'LoadReport', 'checkpoint_filter_fn',
-    'detect_checkpoint_format', 'openmmlab_to_timm', 'unwrap_state_dict'
-]
+__all__ = ['Dr2NetViT']
 
 
 @MODELS.register_module()
 class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
     """A timm Vision Transformer with its blocks run as one reversible dual-residual stage (Dr²Net).
 
-    The ``2·depth`` residual branches of the blocks (:class:`ViTAttentionBranch`,
-    :class:`ViTMLPBranch`) run as Eq. 1 of the paper::
-
-        x_i = F_i(x_{i-1}) + α·x_{i-1} + y_{i-1},   y_i = β·x_{i-1},   (x_0, y_0) = (x_0, β·x_0)
-
-    where ``x_0`` is the embedded token sequence (patch tokens plus class / register tokens plus
-    position embedding, as timm) and the output of block ``b`` is ``x_{2(b+1)}``. With (α, β) = (1, 0)
-    it computes timm's ViT exactly; the paper finetunes from (1, 0.1) towards e.g. (0.3, 0.7) (change
-    them with :meth:`set_coefficients`, e.g. from ``AlphaBetaHook``).
+    The ``2·depth`` residual branches of the blocks
+    (:class:`~dr2net_mm.timm_models.ViTAttentionBranch`,
+    :class:`~dr2net_mm.timm_models.ViTMLPBranch`) run as Eq. 1 of
+    :class:`~dr2net_mm.models.backbone.Dr2NetBackboneMixin`, where ``x_0`` is the embedded token
+    sequence (patch tokens plus class / register tokens plus position embedding, as timm) and the
+    output of block ``b`` is ``x_{2(b+1)}``.
 
     Input ``(B, in_channels, H, W)``, any size (not necessarily square or the pretraining size): the
     image is padded at the bottom/right to a multiple of the patch size (``dynamic_img_pad``) and the
@@ -99,27 +90,16 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
         timm_kwargs: more keyword arguments of timm's ``VisionTransformer`` (``qkv_bias``,
             ``init_values`` for layer scale, ``class_token``, ``reg_tokens``, ``no_embed_class``,
             ``pre_norm``, ``proj_drop_rate``, ``attn_drop_rate``, ``pos_drop_rate``, ...).
-        alpha, beta: the Dr²Net coefficients in [0, 1] (β > 0 when ``reversible``). Kept in the model
-            as persistent float64 buffers ``alpha``/``beta`` (so checkpoints carry them); loading a
-            state dict sets the stage to the loaded values; a checkpoint without them (e.g. timm's)
-            keeps the current values.
-        reversible: True: in training with gradients the stage keeps only its final streams and
-            rebuilds activations in backward (Eq. 2). False: ordinary autograd (the exact reference,
-            also the mode for β = 0). In eval mode or under ``torch.no_grad()`` the forward is a plain
-            loop either way.
-        stream_dtype: the streams in training: ``'exact'`` (default: bit-exact rebuilds at any
-            (α, β), values within |x| < 2^21), ``torch.float64`` or ``torch.float32`` (or names).
-        segment_size: keep the streams every ``segment_size`` branches (two per block) to bound the
-            reconstruction error of deep models, at one stream pair each (less where a segment ends at
-            an output); None: one segment.
-        init_cfg: None (timm's random initialisation) or ``dict(type='Pretrained', checkpoint=...,
-            prefix=None)`` in any layout :func:`checkpoint_filter_fn` accepts.
-        pretrained: deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``
-            (mmseg segmentors pass it).
+        alpha, beta, reversible, stream_dtype, segment_size: the Dr²Net arguments
+            (:class:`~dr2net_mm.models.backbone.Dr2NetBackboneMixin`).
+        init_cfg, pretrained: None (timm's random initialisation) or a checkpoint in any layout
+            :func:`~dr2net_mm.models.vit_checkpoint.checkpoint_filter_fn` accepts
+            (:meth:`init_weights`).
     """
 
     detect_format = staticmethod(detect_checkpoint_format)
     filter_checkpoint = staticmethod(checkpoint_filter_fn)
+    scratch_init = None  # timm initialised the model when it was built
 
     def __init__(self,
                  arch: Optional[str] = 'vit_small_patch16_224',
@@ -145,17 +125,15 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
                  segment_size: Optional[int] = None,
                  init_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None):
-        reversible = check_bool('reversible', reversible)
-        stream_dtype = parse_stream_dtype(stream_dtype)
-        segment_size = check_segment_size(segment_size)
+        args = self._check_arguments(alpha, beta, reversible, stream_dtype, segment_size,
+                                     pretrained=pretrained, init_cfg=init_cfg)
         final_norm = check_bool('final_norm', final_norm)
         dynamic_img_pad = check_bool('dynamic_img_pad', dynamic_img_pad)
         pos_embed_antialias = check_bool('pos_embed_antialias', pos_embed_antialias)
         if pos_embed_interp not in ('bicubic', 'bilinear', 'nearest'):
             raise ValueError(f"pos_embed_interp={pos_embed_interp!r} must be 'bicubic', 'bilinear' or "
                              "'nearest'")
-        init_cfg = pretrained_init_cfg(pretrained, init_cfg)
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=args.init_cfg)
 
         kwargs = timm_vit_kwargs(arch, embed_dims, depth, num_heads, patch_size, mlp_ratio, img_size,
                                  in_channels, drop_path_rate, norm_eps, timm_kwargs)
@@ -189,40 +167,15 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
         self.pos_embed_antialias = pos_embed_antialias
         self.out_indices = check_indices('out_indices', out_indices, self.depth)
 
-        functions: List[nn.Module] = []
-        for block in self.blocks:
-            functions += [ViTAttentionBranch(block), ViTMLPBranch(block)]
-        self.sequence = ReversibleSequence(functions, alpha=alpha, beta=beta, reversible=reversible,
-                                           stream_dtype=stream_dtype, segment_size=segment_size,
-                                           register_functions=False)  # validates (alpha, beta)
-        self._register_coefficients()
+        self.sequence = branch_sequence(self.blocks, VIT_BRANCHES, args.stage)  # checks (α, β)
+        self._register_dr2net()
 
     @property
     def sequences(self) -> List[ReversibleSequence]:
         """The reversible sequences (one: all blocks)."""
         return [self.sequence]
 
-    # --------------------------------------------------------------------------- weights
-    def init_weights(self) -> None:
-        """Keep timm's random initialisation (``init_cfg=None``) or load ``init_cfg=dict(
-        type='Pretrained', checkpoint=..., prefix=None)`` in any layout :func:`checkpoint_filter_fn`
-        accepts."""
-        cfg = self.init_cfg
-        if cfg is not None:
-            if not isinstance(cfg, Mapping) or cfg.get('type') != 'Pretrained' or \
-                    'checkpoint' not in cfg:
-                raise ValueError(f'{type(self).__name__} supports init_cfg=None or '
-                                 f"dict(type='Pretrained', checkpoint=...), got {cfg!r}")
-            self.load_pretrained_cfg(cfg)
-        self._is_init = True
-
-    def feature_size(self, height: int, width: int) -> Tuple[int, int]:
-        """The patch grid ``(h, w)`` of an ``height × width`` input."""
-        ph, pw = self.patch_size
-        if self.dynamic_img_pad:
-            return -(-height // ph), -(-width // pw)
-        return height // ph, width // pw
-
+    # --------------------------------------------------------------------------- forward
     def resized_pos_embed(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """The position embedding for a ``grid = (h, w)`` patch grid: ``(1, [prefix +] h·w, C)``, the
         stored one when the grid is the pretraining grid, else resampled (timm's
@@ -280,10 +233,15 @@ class Dr2NetViT(Dr2NetBackboneMixin, BaseModule):
         x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))  # (B, h·w, C)
         return self._add_positions(x, self.resized_pos_embed((h, w)), prefix=True), (h, w)
 
+    def _block_outputs(self, x: Tensor, out_indices: Tuple[int, ...],
+                       attn_mask: Optional[Tensor]) -> List[Tensor]:
+        """The outputs of the blocks ``out_indices`` (all from the one reversible stage)."""
+        args = () if attn_mask is None else (attn_mask, )
+        return list(self.sequence(x, *args, out_positions=[2 * (b + 1) for b in out_indices]))
+
     def _run_blocks(self, x: Tensor, out_indices: Tuple[int, ...],
                     attn_mask: Optional[Tensor]) -> List[Tensor]:
-        args = () if attn_mask is None else (attn_mask, )
-        outs = list(self.sequence(x, *args, out_positions=[2 * (b + 1) for b in out_indices]))
+        outs = self._block_outputs(x, out_indices, attn_mask)
         if self.norm is not None and out_indices[-1] == self.depth - 1:
             outs[-1] = self.norm(outs[-1])
         return outs

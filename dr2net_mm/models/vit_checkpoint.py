@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from .backbone import unwrap_state_dict
+from .pretrained import unwrap_state_dict
 
 __all__ = ['checkpoint_filter_fn', 'detect_checkpoint_format', 'openmmlab_to_timm']
 

@@ -10,6 +10,7 @@ from timm.layers import LayerNorm, PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from ..branches import check_block_type
 from ..checks import check_int, check_positive, check_size
 
 __all__ = ['timm_vit_kwargs', 'build_timm_vit']
@@ -93,10 +94,7 @@ def build_timm_vit(arch: Optional[str], kwargs: Dict[str, Any]) -> nn.Module:
         raise ValueError(f'arch={name!r} builds a timm {type(model).__name__}; Dr2NetViT supports '
                          'timm VisionTransformer models (ViT, DeiT, MAE, DINOv2, ...), without a '
                          'distillation token')
-    odd = sorted({type(b).__name__ for b in model.blocks if type(b).forward is not Block.forward})
-    if odd:
-        raise ValueError(f'arch={name!r} uses {odd} blocks; Dr2NetViT needs timm Block (pre-norm '
-                         '"x + drop_path1(ls1(attn(norm1(x))))" then the MLP branch)')
+    check_block_type(model.blocks, Block, f'arch={name!r}')
     if type(model.patch_embed) is not PatchEmbed:
         raise ValueError(f'arch={name!r} embeds patches with a {type(model.patch_embed).__name__} (e.g. a '
                          'hybrid CNN stem); Dr2NetViT supports timm PatchEmbed')

@@ -1,0 +1,139 @@
+"""One reversible forward call of a stage: what its per-function autograd nodes share.
+
+The autograd graph of a reversible stage orders its nodes by empty *token* tensors; the streams and
+their gradients, which are large, travel beside the graph, in the :class:`StageCall` (see
+NOTE [ Stream handover ]).
+"""
+import weakref
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .autocast import autocast_state
+from .chunks import run_branch
+from .monitor import ReconstructionMonitor
+from .rng import RNGState, replay_rng_state
+
+# NOTE [ Stream handover ]
+#
+# In the forward, node i reads (x_{i-1}, y_{i-1}) from ``StageCall.handover`` and leaves (x_i, y_i)
+# there for node i+1; after the last node the handover is emptied, so the forward keeps only what
+# the segment-end nodes save (``KeptStreams``). The backward runs the nodes from n down to 1, and
+# node i:
+#
+#   1. takes (x_i, y_i) and (dL/dx_i, dL/dy_i) (``StageCall.take``):
+#      * the streams from the handover left by node i+1, or, if i ends a segment, from its own saved
+#        tensors (the rebuilt pair from node i+1, if any, then goes to the monitor); in the rare
+#        backward where node i+1 got no gradient, by Eq. 2 from the nearest kept streams above;
+#      * the gradients from the handover (none at i = n), plus the stage output's gradient at i;
+#   2. rebuilds (x_{i-1}, y_{i-1}) in place, in the same two buffers;
+#   3. leaves Handover(i-1, x_{i-1}, y_{i-1}, dL/dx_{i-1}, dL/dy_{i-1}) for node i-1.
+#
+# So one stream pair and one gradient pair are alive at a time. A handover whose position is not i
+# (left by a backward that did not reach node i) is dropped.
+
+
+class Handover(NamedTuple):
+    """The streams at ``position`` (stream dtype), and in backward their gradients (model dtype)."""
+    position: int
+    x: Tensor
+    y: Tensor
+    grad_x: Optional[Tensor] = None
+    grad_y: Optional[Tensor] = None
+
+
+class KeptStreams(NamedTuple):
+    """How a segment-end node's saved tensors hold its streams:
+    ``(*x_packed, y, output?, *buffer_packed[, ‖x_0‖])`` (``streams.pack`` and ``end_segment``)."""
+    x_tensors: int  # tensors packing x_i
+    has_output: bool  # x_i is packed against the stage output x_i in the model dtype, saved after y
+    buffer_tensors: int  # tensors packing the segment's β buffer (exact streams)
+
+    def unpack(self, saved: Tuple[Tensor, ...], streams) -> Tuple[Tensor, Tensor]:
+        """The kept (x_i, y_i) as new tensors (the backward rebuilds them in place)."""
+        output = saved[self.x_tensors + 1] if self.has_output else None
+        x = streams.unpack(saved[:self.x_tensors], output)
+        if any(x.data_ptr() == t.data_ptr() for t in saved):
+            x = x.clone()
+        return x, saved[self.x_tensors].clone()
+
+    def buffer(self, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        """The tensors packing the β buffer of the segment that ends here."""
+        first = self.x_tensors + 1 + int(self.has_output)
+        return saved[first:first + self.buffer_tensors]
+
+
+class StageCall:
+    """State of one reversible forward call of ``stage``, shared by its per-function nodes: the
+    functions and their trainable parameters, the constant ``args``, the stream arithmetic
+    ``streams``, the RNG state and autocast settings each function ran with, the handover slot, the
+    segment-end nodes (by weak reference) and the reconstruction-error monitor."""
+
+    def __init__(self, stage: nn.Module, streams, args: Tuple[Any, ...], x0: Tensor,
+                 out_positions: Tuple[int, ...], params: List[List[Tensor]]):
+        self.functions = list(stage.functions)
+        self.params = params
+        self.args = args
+        self.alpha, self.beta = stage.alpha, stage.beta
+        self.model_dtype, self.device = x0.dtype, x0.device
+        self.out_positions = out_positions
+        self.streams = streams
+        self.segment_ends = stage.segment_boundaries()  # positions whose streams are kept
+        self.replays_rng = stage.preserve_rng_state and stage.training
+        self.rng_states: Dict[int, RNGState] = {}  # filled by the forward when it replays RNG
+        self.autocast = autocast_state(x0.device)
+        self.handover: Optional[Handover] = None
+        self.kept_nodes: Dict[int, Any] = {}  # segment end -> weak reference to its node
+        self.monitor = ReconstructionMonitor(streams, stage._record_errors)
+
+    def take(self, i: int, node: Any, saved: Tuple[Tensor, ...], g_output: Optional[Tensor]
+             ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Step 1 of node i's backward: ``(x_i, y_i, dL/dx_i, dL/dy_i)`` (NOTE [ Stream handover ]).
+        ``node``: the node's context (its ``kept`` layout, None unless i ends a segment), ``saved``
+        its saved tensors; ``g_output``: the gradient of the stage output at i, or None. A gradient
+        received from outside is never modified in place."""
+        handed, self.handover = self.handover, None
+        if handed is not None and handed.position != i:
+            handed = None
+        g_x, g_y = (handed.grad_x, handed.grad_y) if handed is not None else (None, None)
+        if node.kept is not None:  # i ends a segment: its streams were kept
+            x, y = node.kept.unpack(saved, self.streams)
+            if handed is not None:  # rebuilt by the next segment's backward
+                self.monitor.check_kept_input(i, handed.x, handed.y, x, y)
+            del handed
+            self.streams.load_segment(i, node.kept.buffer(saved), x)
+        elif handed is not None:
+            x, y = handed.x, handed.y
+        else:
+            x, y = self.rebuild_from_kept(i)
+        if g_output is not None:
+            g_output = g_output.to(self.model_dtype)
+            g_x = g_output if g_x is None else g_x.add_(g_output)
+        return x, y, g_x, g_y
+
+    def rebuild_from_kept(self, i: int) -> Tuple[Tensor, Tensor]:
+        """(x_i, y_i) by Eq. 2 from the nearest kept streams above i, without gradients (for node i
+        when node i+1 got no gradient)."""
+        above = min(p for p in self.segment_ends if p > i)
+        node = self.kept_nodes[above]()
+        if node is None:
+            raise RuntimeError(
+                f'reversible stage: the gradient reached function {i} but not function {i + 1}, '
+                f'and the graph keeping the streams at position {above} is gone; keep the stage\'s '
+                'outputs alive until backward')
+        saved = tuple(t.detach() for t in node.saved_tensors)
+        x, y = node.kept.unpack(saved, self.streams)
+        self.streams.load_segment(above, node.kept.buffer(saved), x)
+        for j in range(above, i, -1):
+            x_prev = self.streams.undo_beta(y)
+            with torch.no_grad(), replay_rng_state(self.rng_states.get(j)), \
+                    torch.autocast(**self.autocast):
+                f = run_branch(self.functions[j - 1], self.streams.branch_input(x_prev), self.args)
+            x, y = x_prev, self.streams.undo_step(x, f, x_prev)
+        return x, y
+
+    def keep_node(self, position: int, node: Any, kept: KeptStreams) -> None:
+        """Record that ``node`` (a segment end) saved its streams as ``kept``."""
+        node.kept = kept
+        self.kept_nodes[position] = weakref.ref(node)
