@@ -50,6 +50,7 @@ from torch.autograd.function import once_differentiable
 from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .chunks import backward_branch, check_branch_output, run_branch
 from .fixed_point import nearest_beta
+from .fsdp_check import check_gathered
 from .param_grads import gradient_targets, gradients_into
 from .plain_forward import plain_forward
 from .rng import capture_rng_state
@@ -191,6 +192,7 @@ class ReversibleSequence(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f'the stage input must be a floating-point tensor, got {x.dtype}')
         params = [[p for p in f.parameters() if p.requires_grad] for f in self.functions]
+        check_gathered(self)  # an FSDP2 unit inside the stage cannot work (see core.fsdp)
         tracks_grad = torch.is_grad_enabled() and (x.requires_grad or any(params))
         try:
             if self._reversible and self.training and tracks_grad:
