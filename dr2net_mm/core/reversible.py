@@ -207,6 +207,9 @@ class ReversibleSequence(nn.Module):
             outputs = [torch.zeros_like(x) for _ in positions]
         return outputs[0] if out_positions is None else tuple(outputs)
 
+    # torch.compile runs the chain and its backward eagerly (a graph break): its nodes keep Python
+    # state across calls, capture RNG states and sync with the host, which dynamo cannot trace.
+    @torch.compiler.disable
     def _reversible_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                             params: List[List[Tensor]]) -> List[Tensor]:
         """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
@@ -332,6 +335,7 @@ class _StepFunction(torch.autograd.Function):
         return tuple(outputs)
 
     @staticmethod
+    @torch.compiler.disable  # eager under torch.compile (see ReversibleSequence._reversible_forward)
     @once_differentiable
     def backward(ctx, _token_grad: Optional[Tensor], g_output: Optional[Tensor] = None):
         call, i = ctx.call, ctx.position
