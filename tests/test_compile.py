@@ -8,7 +8,8 @@ from mmengine.config import ConfigDict
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from test_alpha_beta_hook import SwinClassifier, ToyData, make_runner, weights
+from dr2net_mm.compiling import compile_refusal
+from test_alpha_beta_hook import SwinClassifier, ToyClassifier, ToyData, make_runner, weights
 
 # Measured (CPU, torch 2.14): losses within 1.1e-7 and weights within 3.2e-7 (of each tensor's
 # largest entry) of eager after 4 SGD iterations.
@@ -20,7 +21,7 @@ class Losses(Hook):
         self.losses = []
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self.losses.append(float(outputs['loss']))
+        self.losses.append(float(outputs['loss'].detach()))
 
 
 def train(tmp_path, model, compile_cfg, iters, dataset=None, optim_wrapper=None):
@@ -61,6 +62,8 @@ def detector_optim_wrapper():
                       paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.1)}))
 
 
+@pytest.mark.skipif(compile_refusal(ToyClassifier(), torch.__version__) is not None,
+                    reason=f'compile=True is refused on torch {torch.__version__}')
 def test_compile_true_trains_a_tiny_dr2net_swin_as_eager(tmp_path):
     images = ToyData(n=8, shape=(3, 32, 32))
     eager = train(tmp_path, SwinClassifier(stream_dtype='exact'), False, 4, images,
@@ -83,3 +86,15 @@ def test_param_groups_become_plain_dicts_before_compiling():
     assert optimizer.param_groups[0]['lr'] == 0.1 and optimizer.param_groups[0]['params'] == [weight]
     assert plain_param_groups(wrappers) == 0
     assert Runner._maybe_compile._dr2net_plain_groups  # installed by import dr2net_mm
+
+
+def test_compile_true_on_torch_2_1_is_refused_naming_what_to_do(tmp_path):
+    message = compile_refusal(ToyClassifier(), '2.1.2+cu121')
+    assert message.startswith('compile=True: torch 2.1.2+cu121 cannot compile a model with '
+                              'reversible Dr²Net stages')
+    assert 'Remove compile from the config' in message
+    assert compile_refusal(ToyClassifier(), '2.14.1') is None
+    assert compile_refusal(torch.nn.Linear(2, 2), '2.1.2') is None  # not a Dr²Net model
+    if torch.__version__ < '2.2':  # this torch: the Runner refuses before it compiles
+        with pytest.raises(RuntimeError, match='compile=True: torch'):
+            train(tmp_path, ToyClassifier(), True, 1)
