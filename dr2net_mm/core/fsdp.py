@@ -21,6 +21,7 @@ applies ``fully_shard`` to them and to the model.
 """
 from typing import Any, List
 
+import torch
 from torch import nn
 
 from .fsdp_check import check_gathered
@@ -64,7 +65,6 @@ def fully_shard_api() -> Any:
         try:
             from torch.distributed._composable.fsdp import fully_shard
         except ImportError:
-            import torch
             raise ImportError(f'FSDP2 (fully_shard) needs torch >= 2.4, this is {torch.__version__}; '
                               'use DistributedDataParallel') from None
     return fully_shard
