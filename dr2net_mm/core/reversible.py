@@ -50,6 +50,7 @@ from torch.autograd.function import once_differentiable
 from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .chunks import backward_branch, check_branch_output, run_branch
 from .fixed_point import nearest_beta
+from .fsdp_check import check_gathered
 from .param_grads import gradient_targets, gradients_into
 from .plain_forward import plain_forward
 from .rng import capture_rng_state
@@ -191,6 +192,7 @@ class ReversibleSequence(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f'the stage input must be a floating-point tensor, got {x.dtype}')
         params = [[p for p in f.parameters() if p.requires_grad] for f in self.functions]
+        check_gathered(self)  # an FSDP2 unit inside the stage cannot work (see core.fsdp)
         tracks_grad = torch.is_grad_enabled() and (x.requires_grad or any(params))
         try:
             if self._reversible and self.training and tracks_grad:
@@ -205,6 +207,9 @@ class ReversibleSequence(nn.Module):
             outputs = [torch.zeros_like(x) for _ in positions]
         return outputs[0] if out_positions is None else tuple(outputs)
 
+    # torch.compile runs the chain and its backward eagerly (a graph break): its nodes keep Python
+    # state across calls, capture RNG states and sync with the host, which dynamo cannot trace.
+    @torch.compiler.disable
     def _reversible_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                             params: List[List[Tensor]]) -> List[Tensor]:
         """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
@@ -330,6 +335,7 @@ class _StepFunction(torch.autograd.Function):
         return tuple(outputs)
 
     @staticmethod
+    @torch.compiler.disable  # eager under torch.compile (see ReversibleSequence._reversible_forward)
     @once_differentiable
     def backward(ctx, _token_grad: Optional[Tensor], g_output: Optional[Tensor] = None):
         call, i = ctx.call, ctx.position
