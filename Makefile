@@ -1,7 +1,7 @@
 # `make test` on a fresh clone creates .venv, installs the pinned stack and runs the tests.
 export DR2NET_VENV ?= $(CURDIR)/.venv
 PY := $(DR2NET_VENV)/bin/python
-PYTEST_FLAGS ?= -q -ra
+PYTEST_FLAGS ?= -q -ra --durations=25
 ALLOW_NO_TESTS ?= 0
 
 .PHONY: install test test-all test-compat demo demo-seg demo-points demo-video reproduce clean gpu-wheels

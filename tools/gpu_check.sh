@@ -21,8 +21,9 @@
 #   --skip-wheels  dry run without a wheel folder (CI): the wheel, install and mmcv steps are skipped
 #
 # Steps and caps (s), in priority order: environment 20, wheels 10, install 40, cuda-tests 140 with
-# the mmcv build (140, in the background, niced) beside it, bench_swin_t_1024 80, bench_vit_l_256 80,
-# bench_dino_800x1333 100: 470 s on the critical path, 30 s under the default limit. Every step runs
+# the mmcv build (140, in the background, niced) beside it, bench_swin_t_1024 80, fsdp 60,
+# bench_vit_l_256 80, bench_dino_800x1333 100: 530 s of caps on the critical path; steps end well
+# before their caps, and whatever no longer fits the time limit is skipped and reported. Every step runs
 # on mmcv's Python layer with its compiled ops stubbed (tools/mmcv_build.py python-only) and
 # DR2NET_MMCV_PYTORCH_FALLBACK=1, so a failed or slow mmcv build costs nothing else; the build only
 # answers whether mmcv compiles there.
@@ -80,7 +81,7 @@ SITE="$WORK/site"  # the wheels, installed (real run)
 MMCV_PY="$WORK/mmcv_python"  # mmcv's Python layer, compiled ops stubbed
 MMCV_BUILT="$WORK/mmcv_built"  # the compiled mmcv (real run), checked but not used by later steps
 CORES="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # (nproc obeys OMP_NUM_THREADS)
-PLAN="environment wheels install mmcv cuda-tests bench_swin_t_1024 bench_vit_l_256 bench_dino_800x1333"
+PLAN="environment wheels install mmcv cuda-tests bench_swin_t_1024 fsdp bench_vit_l_256 bench_dino_800x1333"
 mkdir -p "$LOGS" "$WORK/pids"
 : >"$LOGS/steps.tsv"
 export ROOT PY DRY WHEELS WORK LOGS SITE MMCV_PY MMCV_BUILT CORES
@@ -331,6 +332,9 @@ else
     TINY_SWIN=(); TINY_VIT=()
 fi
 step bench_swin_t_1024 80 bench_step bench_swin_t_1024 "${SWIN[@]}" "${TINY_SWIN[@]}"
+# FSDP1 (MMEngine's FSDPStrategy) and DeepSpeed ZeRO with reversible stages against the plain
+# gradients (docs/distributed.md); dry run: the same script on CPU, where FSDP1 reports its refusal
+step fsdp 60 "$PY" tools/fsdp_gpu_check.py --out "$LOGS/fsdp.json"
 step bench_vit_l_256 80 bench_step bench_vit_l_256 "${VIT[@]}" "${TINY_VIT[@]}"
 step bench_dino_800x1333 100 bench_step bench_dino_800x1333 "${DINO[@]}"
 finish ""
