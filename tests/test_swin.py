@@ -484,6 +484,7 @@ def test_saved_bytes_do_not_grow_with_depth_and_beat_checkpointing():
     mb = {
         'mmdet 6': saved_bytes(SwinTransformer(**SWIN_T), size),
         'mmdet with_cp 6': saved_bytes(SwinTransformer(**SWIN_T, with_cp=True), size),
+        'mmdet 18': saved_bytes(SwinTransformer(**deep), size),
         'mmdet with_cp 18': saved_bytes(SwinTransformer(**deep, with_cp=True), size),
     }
     for dtype in ('exact', 'float64', 'float32'):
