@@ -67,7 +67,10 @@ class ReversibleSequence(nn.Module):
     Args:
         functions: the residual branches, each mapping a tensor to a tensor of the same shape *without*
             the residual add (e.g. ``drop_path(attn(norm1(x)))``). Extra positional arguments given to
-            :meth:`forward` are passed to every function as constants (no gradient flows to them).
+            :meth:`forward` are passed to every function. A tensor among them that requires grad is a
+            *side input* shared by all functions (e.g. DETR's ``query_pos``, a decoder's memory): its
+            gradient, summed over the functions, flows back as through ordinary autograd. Other
+            arguments are constants.
         alpha, beta: the coefficients, in [0, 1]; β > 0 when ``reversible``.
         reversible: in training with gradients, keep only segment-end streams and rebuild activations
             in backward (Eq. 2). ``False``: ordinary autograd through Eq. 1 (the exact reference).
@@ -193,7 +196,8 @@ class ReversibleSequence(nn.Module):
             raise TypeError(f'the stage input must be a floating-point tensor, got {x.dtype}')
         params = [[p for p in f.parameters() if p.requires_grad] for f in self.functions]
         check_gathered(self)  # an FSDP2 unit inside the stage cannot work (see core.fsdp)
-        tracks_grad = torch.is_grad_enabled() and (x.requires_grad or any(params))
+        tracks_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(params) or any(isinstance(a, Tensor) and a.requires_grad for a in args))
         try:
             if self._reversible and self.training and tracks_grad:
                 outputs = self._reversible_forward(x, args, positions, params)
@@ -213,15 +217,21 @@ class ReversibleSequence(nn.Module):
     def _reversible_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                             params: List[List[Tensor]]) -> List[Tensor]:
         """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
-        for a in args:
-            if isinstance(a, Tensor) and a.requires_grad:
-                raise ValueError('extra arguments of a reversible stage are constants; got a '
-                                 'tensor that requires grad (detach it or use reversible=False)')
+        for k, a in enumerate(args):
+            inner = a.values() if isinstance(a, dict) else a if isinstance(a, (list, tuple)) else ()
+            if any(isinstance(t, Tensor) and t.requires_grad for t in inner):
+                raise ValueError(
+                    f'extra argument {k} of the reversible stage holds a tensor that requires grad '
+                    f'inside a {type(a).__name__}: its gradient would be lost; pass that tensor as an '
+                    'argument of its own (a side input) or detach it')
         streams = stream_arithmetic(self.stream_dtype, self.alpha, self.beta, x0.dtype)
         call = StageCall(self, streams, args, x0, positions, params)
         token, outputs = x0, {}
         for i in range(1, len(self.functions) + 1):
-            result = _StepFunction.apply(call, i, token, *params[i - 1])
+            sides = call.side_inputs if i == 1 else ()  # node 1 returns their gradients
+            result = _StepFunction.apply(call, i, token, *params[i - 1], *sides)
+            if sides:
+                call.side_edges = [edge for edge, _ in result[0].grad_fn.next_functions[-len(sides):]]
             token = result[0]
             if len(result) == 2:
                 outputs[i] = result[1]
@@ -266,7 +276,8 @@ def set_stream_dtype(model: nn.Module, stream_dtype: torch.dtype) -> None:
 #                                                         (NOTE [ Parameter-gradient targets ])
 #   4. Eq. 2: y_{i-1} = x_i − F_i(x_{i-1}) − α·x_{i-1}    streams.undo_step
 #   5. dL/dx_{i-1} = J_i^T·dL/dx_i + α·dL/dx_i + β·dL/dy_i,   dL/dy_{i-1} = dL/dx_i
-#   6. hand over to node i-1 (node 1: check y_0 = β·x_0 and return dL/dx_0)
+#   6. hand over to node i-1 (node 1: check y_0 = β·x_0 and return dL/dx_0, and the gradients of
+#      the side inputs, which every node's step 3 added into (NOTE [ Side inputs ]))
 #
 # The call path of one ``loss.backward()`` through a node that does not end a segment, with exact
 # streams and a branch with a plan, from the autograd engine to the branch's own backward (the
@@ -289,7 +300,8 @@ def set_stream_dtype(model: nn.Module, stream_dtype: torch.dtype) -> None:
 class _StepFunction(torch.autograd.Function):
     """One function of the stage as one autograd node: (x_{i-1}, y_{i-1}) -> (x_i, y_i) by Eq. 1.
 
-    Inputs are ``(call, i, token, *parameters of F_i)``. ``token`` is the stage input x_0 for i = 1
+    Inputs are ``(call, i, token, *parameters of F_i)``, for i = 1 followed by the stage's side
+    inputs (NOTE [ Side inputs ] in ``stage_call``). ``token`` is the stage input x_0 for i = 1
     and the previous node's empty token tensor otherwise: it orders the nodes in the graph, while
     the streams and their gradients travel through the :class:`StageCall` (NOTE [ Stream handover ]
     in ``stage_call``). The parameters are inputs so that autograd sees them reached; where their
@@ -350,13 +362,16 @@ class _StepFunction(torch.autograd.Function):
 
         # 3. Recompute F_i(x_{i-1}) as the forward did and back-propagate dL/dx_i through it:
         #    J_i^T·dL/dx_i lands in inp.grad, the parameter gradients in their targets.
-        function = call.functions[i - 1]
-        accumulators = [node for node, _ in ctx.next_functions[1:]]
-        targets, returned = gradient_targets(call.params[i - 1], accumulators, g_x is not None)
+        #    A side input's J^T·dL/dx_i lands in its proxy's .grad (NOTE [ Side inputs ]).
+        function, params = call.functions[i - 1], call.params[i - 1]
+        if call.side_inputs and call.side_grads is None:  # the stage's first backward node
+            call.open_side_gradients()
+        accumulators = [node for node, _ in ctx.next_functions[1:1 + len(params)]]
+        targets, returned = gradient_targets(params, accumulators, g_x is not None)
         inp = streams.branch_input(x_prev).detach().requires_grad_(needs_x and g_x is not None)
         with torch.set_grad_enabled(g_x is not None), torch.autocast(**call.autocast), \
                 gradients_into(function, targets, route_linear=not call.autocast['enabled']):
-            f = backward_branch(function, inp, call.args, g_x, call.rng_states.get(i))
+            f = backward_branch(function, inp, call.recompute_args, g_x, call.rng_states.get(i))
         branch_vjp, inp = inp.grad, None
 
         # 4. Eq. 2: y_{i-1} = x_i − F_i(x_{i-1}) − α·x_{i-1}, in place (x's buffer holds y_{i-1}).
@@ -385,4 +400,6 @@ class _StepFunction(torch.autograd.Function):
         call.monitor.check_first_input(x_prev, y_prev, saved[-1], call.beta)
         if needs_x and g_x is not None:
             g_x_prev = call.beta * g_x if g_x_prev is None else g_x_prev.add_(g_x, alpha=call.beta)
-        return (None, None, g_x_prev, *returned)
+        side_grads = call.side_grads or ()  # complete now: every node's recomputation added to them
+        call.side_grads, call.recompute_args = None, call.args
+        return (None, None, g_x_prev, *returned, *side_grads)

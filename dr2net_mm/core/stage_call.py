@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .autocast import autocast_state
 from .chunks import run_branch
 from .monitor import ReconstructionMonitor
+from .param_grads import GradTarget, grad_target
 from .rng import RNGState, replay_rng_state
 
 # NOTE [ Stream handover ]
@@ -32,6 +33,20 @@ from .rng import RNGState, replay_rng_state
 #
 # So one stream pair and one gradient pair are alive at a time. A handover whose position is not i
 # (left by a backward that did not reach node i) is dropped.
+
+# NOTE [ Side inputs ]
+#
+# An extra argument of the stage that is a tensor requiring grad (``StageCall.side_inputs``) is an
+# input of node 1 only, whose backward runs last. Every function uses it, so
+#
+#   dL/ds = Σ_i (∂F_i/∂s)^T · dL/dx_i
+#
+# The stage's first backward node (whichever that is) asks the engine, once, whether it wants each
+# side input's gradient (as for parameters, NOTE [ Parameter-gradient targets ]), and replaces each
+# wanted one in the recomputation's arguments by a *proxy*: a detached alias whose ``.grad`` is a
+# zero buffer (``open_side_gradients``). Every node's recomputation back-propagates into the proxy,
+# so autograd adds its term into that one buffer in place; node 1 returns the buffers. One buffer
+# per side input is alive during the stage's backward, nothing per function.
 
 
 class Handover(NamedTuple):
@@ -66,7 +81,8 @@ class KeptStreams(NamedTuple):
 
 class StageCall:
     """State of one reversible forward call of ``stage``, shared by its per-function nodes: the
-    functions and their trainable parameters, the constant ``args``, the stream arithmetic
+    functions and their trainable parameters, the extra ``args`` (with the side inputs and their
+    gradients, NOTE [ Side inputs ]), the stream arithmetic
     ``streams``, the RNG state and autocast settings each function ran with, the handover slot, the
     segment-end nodes (by weak reference) and the reconstruction-error monitor."""
 
@@ -75,6 +91,11 @@ class StageCall:
         self.functions = list(stage.functions)
         self.params = params
         self.args = args
+        self.side_positions = [k for k, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
+        self.side_inputs = [args[k] for k in self.side_positions]
+        self.side_edges: List[Any] = []  # node 1's graph edges to the side inputs
+        self.side_grads: Optional[List[Optional[Tensor]]] = None  # during a backward: accumulators
+        self.recompute_args = args  # args of the backward's recomputations (side inputs: proxies)
         self.alpha, self.beta = stage.alpha, stage.beta
         self.model_dtype, self.device = x0.dtype, x0.device
         self.out_positions = out_positions
@@ -111,6 +132,19 @@ class StageCall:
             g_output = g_output.to(self.model_dtype)
             g_x = g_output if g_x is None else g_x.add_(g_output)
         return x, y, g_x, g_y
+
+    def open_side_gradients(self) -> None:
+        """At the stage's first backward node: the recomputations' args with each side input
+        replaced by a proxy whose ``.grad`` accumulates dL/d(side input), or by a detached alias
+        where the engine does not want that gradient (NOTE [ Side inputs ])."""
+        args, self.side_grads = list(self.args), []
+        for k, edge in zip(self.side_positions, self.side_edges):
+            wanted = grad_target(edge) is not GradTarget.UNUSED
+            proxy = args[k].detach().requires_grad_(wanted)
+            proxy.grad = torch.zeros_like(proxy) if wanted else None
+            self.side_grads.append(proxy.grad)
+            args[k] = proxy
+        self.recompute_args = tuple(args)
 
     def rebuild_from_kept(self, i: int) -> Tuple[Tensor, Tensor]:
         """(x_i, y_i) by Eq. 2 from the nearest kept streams above i, without gradients (for node i
