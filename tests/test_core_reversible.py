@@ -3,6 +3,7 @@ import gc
 import inspect
 import math
 import os
+import sys
 import weakref
 
 import pytest
@@ -633,6 +634,46 @@ def test_one_backward_step_reaches_the_branch_backward_through_few_frames():
     assert len(path) <= 10 and len({file for file, _ in path}) <= 4, path
 
 
+def test_one_backward_step_enters_few_functions_in_few_files():
+    """loss.backward() through a node that does not end a segment (node 2 of 3), with exact streams
+    and a planned branch, enters at most 10 distinct functions of dr2net_mm in at most 4 files (a
+    comprehension counts as its function; the branch's own code and what it calls do not count):
+    the list in NOTE [ One backward step ]."""
+    package = os.path.dirname(os.path.abspath(dr2net_mm.__file__)) + os.sep
+    model_code = os.path.abspath(__file__)  # PlannedMLPBranch: forward, plan, body, merge
+    torch.manual_seed(0)
+    stage = ReversibleSequence([PlannedMLPBranch(32) for _ in range(3)]).train()
+    assert stage.stream_dtype == 'exact' and stage.segment_boundaries() == (3, )
+    out = stage(make_input().requires_grad_(True))
+    entered = set()
+
+    def profile(frame, event, arg):
+        file = os.path.abspath(frame.f_code.co_filename)
+        if event != 'call' or not file.startswith(package):
+            return
+        caller = frame.f_back  # the first caller outside dr2net_mm: the branch's code?
+        while caller is not None and os.path.abspath(caller.f_code.co_filename).startswith(package):
+            caller = caller.f_back
+        if caller is not None and os.path.abspath(caller.f_code.co_filename) == model_code:
+            return
+        name = getattr(frame.f_code, 'co_qualname', frame.f_code.co_name)
+        if name.endswith(('.<listcomp>', '.<genexpr>', '.<dictcomp>', '.<setcomp>')):
+            name = name.rsplit('.<locals>.', 1)[0]
+        entered.add((os.path.relpath(file, package), name))
+
+    node = next(n for n in step_nodes(out) if n.position == 2)
+    node.register_prehook(lambda grad_outputs: sys.setprofile(profile))
+    node.register_hook(lambda grad_inputs, grad_outputs: sys.setprofile(None))
+    try:
+        out.sum().backward()
+    finally:
+        sys.setprofile(None)
+    path = sorted(entered)
+    assert (os.path.join('core', 'reversible.py'), '_StepFunction.backward') in entered, path
+    assert (os.path.join('core', 'chunks.py'), 'backward_branch') in entered, path
+    assert len(entered) <= 10 and len({file for file, _ in entered}) <= 4, path
+
+
 def test_a_plan_splits_the_rows_into_parts_that_cover_them_once():
     from dr2net_mm.core.chunks import row_parts
     for rows, width, budget, align in [(200, 64, 1000, 1), (7, 10, 1, 1), (5, 3, 10**6, 1),
@@ -768,7 +809,7 @@ def test_beta_is_the_nearest_small_fraction_in_every_mode():
 
 @pytest.mark.parametrize('beta', [0.1, 0.01, 0.7, 0.3, 0.999, 1 / 1024, 0.43721, 1.0])
 def test_beta_buffer_multiplies_exactly_and_divides_back(beta):
-    from dr2net_mm.core.beta_buffer import BetaBuffer, buffer_bits
+    from dr2net_mm.core.exact_streams import BetaBuffer, buffer_bits
     from dr2net_mm.core.fixed_point import LIMIT, beta_fraction, scale_floor
     n, d = beta_fraction(beta)
     gen = torch.Generator().manual_seed(0)
@@ -778,7 +819,7 @@ def test_beta_buffer_multiplies_exactly_and_divides_back(beta):
     buffer, xs, ys = BetaBuffer(n, d, shape, x.device), [], []
     for _ in range(30):
         xs.append(x)
-        ys.append(buffer.multiply(x))
+        ys.append(buffer.scale(x))
         assert ((ys[-1] - scale_floor(x, n, d)).abs() < max(n, 1)).all()  # |Y − β·X| < n units
         x = ys[-1] + torch.randint(-2**40, 2**40, shape, generator=gen, dtype=torch.int64)
     assert len(buffer.pack()) == 0 if n == d else buffer.bounds[-1].bit_length() == buffer_bits(
@@ -789,7 +830,7 @@ def test_beta_buffer_multiplies_exactly_and_divides_back(beta):
     restored.bounds = list(buffer.bounds)
     restored.unpack(buffer.pack())
     for k in reversed(range(30)):
-        assert torch.equal(restored.divide(ys[k].clone()), xs[k])
+        assert torch.equal(restored.scale(ys[k].clone(), inverse=True), xs[k])
     assert bool(restored.is_empty())
 
 
@@ -900,7 +941,7 @@ def test_side_input_of_a_wrong_shape_raises_the_branchs_own_error():
     errors = []
     for reversible in (True, False):
         stage.reversible = reversible
-        with pytest.raises(RuntimeError, match=r'size .*\(32\) must match the .*size .*\(31\)') as error:
+        with pytest.raises(RuntimeError, match=r'size .*\(32\) must match .*size .*\(31\)') as error:
             stage(make_input().requires_grad_(True), pos)
         errors.append(str(error.value))
     assert errors[0] == errors[1]
