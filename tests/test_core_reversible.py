@@ -3,6 +3,7 @@ import gc
 import inspect
 import math
 import os
+import sys
 import weakref
 
 import pytest
@@ -442,8 +443,8 @@ def test_bad_forward_arguments_raise():
         stage(make_input(), out_positions=(2, 1))
     with pytest.raises(ValueError, match='out_positions'):
         stage(make_input(), out_positions=(4, ))
-    with pytest.raises(ValueError, match='constants'):
-        stage(make_input(), torch.ones(1, requires_grad=True))
+    with pytest.raises(ValueError, match=r'argument 0 .* inside a tuple.*argument of its own'):
+        stage(make_input(), (torch.ones(1, requires_grad=True), ))
     with pytest.raises(TypeError, match='floating-point'):
         stage(torch.ones(2, 3, 32, dtype=torch.long))
 
@@ -633,6 +634,46 @@ def test_one_backward_step_reaches_the_branch_backward_through_few_frames():
     assert len(path) <= 10 and len({file for file, _ in path}) <= 4, path
 
 
+def test_one_backward_step_enters_few_functions_in_few_files():
+    """loss.backward() through a node that does not end a segment (node 2 of 3), with exact streams
+    and a planned branch, enters at most 10 distinct functions of dr2net_mm in at most 4 files (a
+    comprehension counts as its function; the branch's own code and what it calls do not count):
+    the list in NOTE [ One backward step ]."""
+    package = os.path.dirname(os.path.abspath(dr2net_mm.__file__)) + os.sep
+    model_code = os.path.abspath(__file__)  # PlannedMLPBranch: forward, plan, body, merge
+    torch.manual_seed(0)
+    stage = ReversibleSequence([PlannedMLPBranch(32) for _ in range(3)]).train()
+    assert stage.stream_dtype == 'exact' and stage.segment_boundaries() == (3, )
+    out = stage(make_input().requires_grad_(True))
+    entered = set()
+
+    def profile(frame, event, arg):
+        file = os.path.abspath(frame.f_code.co_filename)
+        if event != 'call' or not file.startswith(package):
+            return
+        caller = frame.f_back  # the first caller outside dr2net_mm: the branch's code?
+        while caller is not None and os.path.abspath(caller.f_code.co_filename).startswith(package):
+            caller = caller.f_back
+        if caller is not None and os.path.abspath(caller.f_code.co_filename) == model_code:
+            return
+        name = getattr(frame.f_code, 'co_qualname', frame.f_code.co_name)
+        if name.endswith(('.<listcomp>', '.<genexpr>', '.<dictcomp>', '.<setcomp>')):
+            name = name.rsplit('.<locals>.', 1)[0]
+        entered.add((os.path.relpath(file, package), name))
+
+    node = next(n for n in step_nodes(out) if n.position == 2)
+    node.register_prehook(lambda grad_outputs: sys.setprofile(profile))
+    node.register_hook(lambda grad_inputs, grad_outputs: sys.setprofile(None))
+    try:
+        out.sum().backward()
+    finally:
+        sys.setprofile(None)
+    path = sorted(entered)
+    assert (os.path.join('core', 'reversible.py'), '_StepFunction.backward') in entered, path
+    assert (os.path.join('core', 'chunks.py'), 'backward_branch') in entered, path
+    assert len(entered) <= 10 and len({file for file, _ in entered}) <= 4, path
+
+
 def test_a_plan_splits_the_rows_into_parts_that_cover_them_once():
     from dr2net_mm.core.chunks import row_parts
     for rows, width, budget, align in [(200, 64, 1000, 1), (7, 10, 1, 1), (5, 3, 10**6, 1),
@@ -768,7 +809,7 @@ def test_beta_is_the_nearest_small_fraction_in_every_mode():
 
 @pytest.mark.parametrize('beta', [0.1, 0.01, 0.7, 0.3, 0.999, 1 / 1024, 0.43721, 1.0])
 def test_beta_buffer_multiplies_exactly_and_divides_back(beta):
-    from dr2net_mm.core.beta_buffer import BetaBuffer, buffer_bits
+    from dr2net_mm.core.exact_streams import BetaBuffer, buffer_bits
     from dr2net_mm.core.fixed_point import LIMIT, beta_fraction, scale_floor
     n, d = beta_fraction(beta)
     gen = torch.Generator().manual_seed(0)
@@ -778,7 +819,7 @@ def test_beta_buffer_multiplies_exactly_and_divides_back(beta):
     buffer, xs, ys = BetaBuffer(n, d, shape, x.device), [], []
     for _ in range(30):
         xs.append(x)
-        ys.append(buffer.multiply(x))
+        ys.append(buffer.scale(x))
         assert ((ys[-1] - scale_floor(x, n, d)).abs() < max(n, 1)).all()  # |Y − β·X| < n units
         x = ys[-1] + torch.randint(-2**40, 2**40, shape, generator=gen, dtype=torch.int64)
     assert len(buffer.pack()) == 0 if n == d else buffer.bounds[-1].bit_length() == buffer_bits(
@@ -789,5 +830,118 @@ def test_beta_buffer_multiplies_exactly_and_divides_back(beta):
     restored.bounds = list(buffer.bounds)
     restored.unpack(buffer.pack())
     for k in reversed(range(30)):
-        assert torch.equal(restored.divide(ys[k].clone()), xs[k])
+        assert torch.equal(restored.scale(ys[k].clone(), inverse=True), xs[k])
     assert bool(restored.is_empty())
+
+
+# 11. Side inputs: extra arguments that need gradients ---------------------------------------------
+class SideInputBranch(MLPBranch):
+    """F(x, pos) = drop_path(mlp(x + pos)); ``planned``: None, 'inputs' (the plan's inputs are
+    x + pos) or 'body' (each part adds its rows of pos)."""
+
+    def __init__(self, channels, planned=None, dropout=0.0, drop_path=0.0):
+        super().__init__(channels, 0.0 if planned else dropout, drop_path)
+        self.planned = planned
+
+    def forward(self, x, pos):
+        return super().forward(x + pos)
+
+    def plan(self, x, pos):
+        from dr2net_mm.core.chunks import BranchPlan, row_parts
+        if self.planned is None:
+            return None
+        B, N, C = x.shape
+        mlp = lambda h: self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(h))))  # noqa: E731
+        rows, pos_rows = x.reshape(B * N, C), pos.expand(B, N, C).reshape(B * N, C)
+        parts = row_parts(B * N, 2 * C, part_elements=2 * 2 * C)
+        if self.planned == 'inputs':
+            body = lambda h, part: mlp(h)  # noqa: E731
+            rows = rows + pos_rows
+        else:
+            body = lambda h, part: mlp(h + pos_rows[part])  # noqa: E731
+        return BranchPlan(rows, parts, body, lambda out: self.drop_path(out.view(B, N, C)))
+
+
+def side_input_stage(plans=('inputs', None, 'body'), channels=32, dropout=0.0, drop_path=0.0,
+                     **kwargs):
+    torch.manual_seed(0)
+    return ReversibleSequence([SideInputBranch(channels, p, dropout, drop_path) for p in plans],
+                              **kwargs).train()
+
+
+@pytest.mark.parametrize('stream_dtype', ['exact', torch.float64])
+def test_side_input_gradients_pass_gradcheck(stream_dtype):
+    """gradcheck in float64 of (x, pos) -> stage(x, pos) over three branches (two planned: pos in the
+    plan's inputs and in its body) that all take the side input pos."""
+    stage = side_input_stage(channels=4, alpha=0.7, beta=0.3, stream_dtype=stream_dtype).double()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, generator=gen).requires_grad_(True)
+    pos = torch.randn(2, 3, 4, dtype=torch.float64, generator=gen).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, p: stage(a, p), (x, pos))
+    assert stage.reconstruction_error() is not None  # the reversible backward ran
+
+
+@pytest.mark.parametrize('stream_dtype,segment_size', [('exact', None), (torch.float32, 2),
+                                                        (torch.float64, None)])
+def test_side_input_gradients_equal_the_plain_stages(stream_dtype, segment_size):
+    """pos = 0.1·embedding (a parameter upstream of the stage, broadcast over the batch): its gradient
+    and every other gradient equal the plain (reversible=False) stage's, through loss.backward() and
+    torch.autograd.grad(..., inputs=[pos]), with dropout, drop path and an extra output."""
+    stage = side_input_stage(plans=('inputs', None, 'body', None, 'inputs'), dropout=0.1,
+                             drop_path=0.2, alpha=0.5, beta=0.5, stream_dtype=stream_dtype,
+                             segment_size=segment_size)
+    embedding = torch.nn.Parameter(torch.randn(1, 50, 32, generator=torch.Generator().manual_seed(2)))
+    x = make_input()
+    weight = torch.linspace(-1, 1, x.numel()).view_as(x)
+
+    def run(reversible, inputs=None):
+        stage.zero_grad(set_to_none=True)
+        embedding.grad = None
+        stage.reversible = reversible
+        xg = x.clone().requires_grad_(True)
+        torch.manual_seed(4)
+        pos = 0.1 * embedding
+        early, out = stage(xg, pos, out_positions=(2, 5))
+        loss = (out * weight).sum() + early.pow(2).sum()
+        if inputs == 'pos':
+            return torch.autograd.grad(loss, [pos])[0]
+        loss.backward()
+        return [xg.grad, embedding.grad, *param_grads(stage).values()]
+
+    reference, reversible = run(False), run(True)
+    tolerance = 1e-5 if stream_dtype == torch.float32 else 1e-6
+    assert len(reversible) == len(reference) == 2 + len(list(stage.parameters()))
+    assert max(rel(a, b) for a, b in zip(reversible, reference)) <= tolerance
+    assert rel(run(True, 'pos'), run(False, 'pos')) <= tolerance
+    assert rel(run(True, 'pos'), reference[1] / 0.1) <= tolerance
+
+
+def test_side_input_alone_gets_its_gradient_and_values_equal_every_path():
+    """A frozen stage whose input needs no gradient still back-propagates to its side input; the
+    reversible, reference and no-grad forwards give bitwise the same values (exact streams)."""
+    stage = side_input_stage(drop_path=0.0, alpha=1.0, beta=0.1)
+    stage.requires_grad_(False)
+    x, pos = make_input(), (0.1 * make_input(seed=3)).requires_grad_(True)
+    out = stage(x, pos)
+    assert out.grad_fn is not None
+    grad, = torch.autograd.grad(out.pow(2).sum(), [pos])
+    stage.reversible = False
+    reference = stage(x, pos)
+    reference_grad, = torch.autograd.grad(reference.pow(2).sum(), [pos])
+    assert torch.equal(out, reference)
+    assert rel(grad, reference_grad) <= 1e-6
+    with torch.no_grad():
+        assert rel(stage(x, pos), out) <= 1e-6  # input-dtype streams without gradients
+
+
+def test_side_input_of_a_wrong_shape_raises_the_branchs_own_error():
+    """The engine adds no check of its own: the error is the one the plain stage raises."""
+    stage = side_input_stage()
+    pos = torch.zeros(4, 50, 31, requires_grad=True)
+    errors = []
+    for reversible in (True, False):
+        stage.reversible = reversible
+        with pytest.raises(RuntimeError, match=r'size .*\(32\) must match .*size .*\(31\)') as error:
+            stage(make_input().requires_grad_(True), pos)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1]

@@ -17,8 +17,10 @@ The engine then holds one part's activations at a time instead of the whole bran
 * ``merge`` is linear in ``out``: its vector-Jacobian product does not depend on ``out``.
 
 A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole. :func:`run_branch`
-runs a branch (forward, and the rare rebuild without gradients), :func:`backward_branch` recomputes
-it and back-propagates through it (the backward); each asks for the plan once.
+runs a branch (the forward), :func:`backward_branch` recomputes it as the forward ran it, random draws
+included (dropout, drop path: :func:`capture_rng_state` records the generators before the forward, as
+``torch.utils.checkpoint`` does; nothing is ever reseeded), and back-propagates through it; each asks
+for the plan once.
 """
 import math
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
@@ -27,7 +29,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
 
-from .rng import replay_rng_state
+
+# The state of every random generator a branch may draw from, as (generator, state) pairs.
+RNGState = List[Tuple[torch.Generator, Tensor]]
 
 # Rows per part are chosen so that one part of h holds about this many elements (4 MiB in float32):
 # small enough that a part's activations are a fraction of one stream, large enough for fast GEMMs.
@@ -57,11 +61,6 @@ def draws_random(module) -> bool:
     return any(isinstance(m, _DropoutNd) and m.p > 0 and m.training for m in module.modules())
 
 
-def branch_plan(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Optional[BranchPlan]:
-    """The plan of ``function`` for ``inp`` (None: run it whole)."""
-    return function.plan(inp, *args) if hasattr(function, 'plan') else None
-
-
 def check_branch_output(index: int, function: nn.Module, inp: Tensor, out: Any) -> None:
     """Raise if residual function ``index`` did not return a tensor of its input's shape."""
     if not isinstance(out, Tensor) or out.shape != inp.shape:
@@ -76,7 +75,7 @@ def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tenso
     """``function(inp, *args)``, part by part when the function has a plan. Without gradients the
     parts are written into one buffer; with gradients (the reference mode in training) they are
     concatenated, so that every training mode computes F with the same parts."""
-    plan = branch_plan(function, inp, args)
+    plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
     if plan is None:
         return function(inp, *args)
     if torch.is_grad_enabled():
@@ -90,51 +89,69 @@ def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tenso
     return plan.merge(out)
 
 
+def capture_rng_state(device: torch.device) -> RNGState:
+    """The CPU generator's state, plus the accelerator generator's for tensors on ``device``."""
+    generators = [torch.default_generator]
+    if device.type == 'cuda':
+        torch.cuda.init()  # creates the default generators
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        generators.append(torch.cuda.default_generators[index])
+    return [(generator, generator.get_state()) for generator in generators]
+
+
 def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], grad: Optional[Tensor],
-                    rng: Any) -> Tensor:
+                    rng: RNGState) -> Tensor:
     """Recompute ``F = function(inp, *args)`` as the forward computed it and back-propagate ``grad``
     (dL/dF, or None) through it; return F's value, detached. ``J^T grad`` lands in ``inp.grad`` when
-    ``inp`` requires grad. ``rng``: the RNG state the forward ran F from (``rng`` module), or None.
+    ``inp`` requires grad (and in ``.grad`` of any other leaf that F uses).
 
-    Whole, the branch runs from ``rng``; by its plan, only ``merge`` draws, and it runs from ``rng``
-    each time (see :func:`_backward_by_parts`)."""
-    plan = branch_plan(function, inp, args)
-    if plan is not None:
-        return _backward_by_parts(plan, grad, rng)
-    with replay_rng_state(rng):
-        f = function(inp, *args)
-        if grad is not None and f.requires_grad:
-            torch.autograd.backward(f, grad.to(f.dtype))
-    return f.detach()
+    ``rng``: the generator states the forward ran F from (:func:`capture_rng_state`; empty: none to
+    replay). Each call that may draw starts from them: the whole branch, or, by its plan, only
+    ``merge``, which runs twice (its vector-Jacobian product first, its value last). The generators'
+    own states are put back at the end, so the training run's random stream continues untouched.
 
-
-def _backward_by_parts(plan: BranchPlan, grad: Optional[Tensor], rng: Any) -> Tensor:
-    """Back-propagate ``grad`` (dL/dF, or None) through a planned branch whose ``inputs`` carry a
-    graph, one part of the body at a time, and return F's value. ``merge`` runs twice (its
-    vector-Jacobian product first, its value last), each time from ``rng``."""
-    h = plan.inputs
-    # every row of h belongs to exactly one part, so the buffers need no zero fill
-    h_grad = torch.empty_like(h) if grad is not None and h.requires_grad else None
-    out = g_out = None
-    for part in plan.parts:
-        piece_in = h[part].detach().requires_grad_(h_grad is not None)
-        piece = plan.body(piece_in, part)
-        if out is None:
-            out = piece.new_empty((h.shape[0], ) + piece.shape[1:])
-            if grad is not None:  # merge is linear: its vector-Jacobian product needs no values
-                with replay_rng_state(rng):
+    By its plan, the body runs one part at a time: a part's activations are freed by its backward
+    before the next part runs, and ``plan.inputs`` is back-propagated once, at the end.
+    """
+    outer = [(generator, generator.get_state()) for generator, _ in rng]
+    try:
+        plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
+        if plan is None:
+            for generator, state in rng:
+                generator.set_state(state)
+            f = function(inp, *args)
+            if grad is not None and f.requires_grad:
+                torch.autograd.backward(f, grad.to(f.dtype))
+            return f.detach()
+        h = plan.inputs
+        # every row of h belongs to exactly one part, so the buffers need no zero fill
+        h_grad = torch.empty_like(h) if grad is not None and h.requires_grad else None
+        out = g_out = None
+        for part in plan.parts:
+            piece_in = h[part].detach().requires_grad_(h_grad is not None)
+            piece = plan.body(piece_in, part)
+            if out is None:
+                out = piece.new_empty((h.shape[0], ) + piece.shape[1:])
+                if grad is not None:  # merge is linear: its vector-Jacobian product needs no values
+                    for generator, state in rng:
+                        generator.set_state(state)
                     probe = torch.empty_like(out).requires_grad_()  # values unused (linear)
                     merged = plan.merge(probe)
-                g_out, = torch.autograd.grad(merged, probe, grad.to(merged.dtype))
-                del probe, merged
-        out[part] = piece.detach()
-        if g_out is not None and piece.requires_grad:
-            torch.autograd.backward(piece, g_out[part].to(piece.dtype))
-            if h_grad is not None:
-                h_grad[part] = piece_in.grad
-        del piece, piece_in
-    del g_out
-    if h_grad is not None:
-        torch.autograd.backward(h, h_grad)
-    with torch.no_grad(), replay_rng_state(rng):
-        return plan.merge(out)
+                    g_out, = torch.autograd.grad(merged, probe, grad.to(merged.dtype))
+                    del probe, merged
+            out[part] = piece.detach()
+            if g_out is not None and piece.requires_grad:
+                torch.autograd.backward(piece, g_out[part].to(piece.dtype))
+                if h_grad is not None:
+                    h_grad[part] = piece_in.grad
+            del piece, piece_in
+        del g_out
+        if h_grad is not None:
+            torch.autograd.backward(h, h_grad)
+        for generator, state in rng:
+            generator.set_state(state)
+        with torch.no_grad():
+            return plan.merge(out)
+    finally:
+        for generator, state in outer:
+            generator.set_state(state)

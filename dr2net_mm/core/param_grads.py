@@ -11,23 +11,17 @@ the same storage) whose gradients land directly in their targets:
   gradient is ever allocated;
 * any other proxy gets the target as its ``.grad``, so autograd's accumulation adds into it in place.
 
-Where each parameter's gradient goes is decided once per node and parameter by
-:func:`gradient_targets` (see NOTE [ Parameter-gradient targets ]).
+Where each parameter's gradient goes is decided once per node and parameter, as
+:func:`gradients_into` starts (see NOTE [ Parameter-gradient targets ]).
 """
 import enum
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-
-
-def trainable_slots(function: nn.Module) -> List[Tuple[nn.Module, str, Tensor]]:
-    """(module, name, parameter) for every trainable parameter slot inside ``function``."""
-    return [(m, n, p) for m in function.modules() for n, p in m._parameters.items()
-            if p is not None and p.requires_grad]
 
 
 class _LinearInto(torch.autograd.Function):
@@ -56,9 +50,7 @@ class _LinearInto(torch.autograd.Function):
 class _RouteLinear(TorchFunctionMode):
     """Sends ``F.linear`` calls whose weight is a proxy through :class:`_LinearInto`."""
 
-    def __init__(self, targets: Dict[int, Optional[Tensor]]):
-        super().__init__()
-        self.targets = targets
+    targets: Dict[int, Optional[Tensor]]  # id(proxy) -> the buffer its gradient is added into
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -71,45 +63,13 @@ class _RouteLinear(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-@contextmanager
-def gradients_into(function: nn.Module, targets: Dict[int, Optional[Tensor]],
-                   route_linear: bool = True) -> Iterator[None]:
-    """Run ``function`` with its trainable parameters replaced by proxies whose gradients are added
-    into ``targets[id(parameter)]`` (None or missing: the gradient is not needed).
-    ``route_linear=False`` (e.g. under autocast) leaves ``F.linear`` to ordinary autograd."""
-    slots = trainable_slots(function)
-    proxies: Dict[int, Tensor] = {}
-    linear_targets: Dict[int, Optional[Tensor]] = {}
-    for _, _, param in slots:
-        if id(param) in proxies:
-            continue
-        target = targets.get(id(param))
-        proxy = param.detach().requires_grad_(True)
-        proxy.grad = target  # autograd adds into it in place; None: a fresh buffer, dropped after
-        proxies[id(param)] = proxy
-        linear_targets[id(proxy)] = target
-    try:
-        for module, name, param in slots:
-            module._parameters[name] = proxies[id(param)]
-        if route_linear:
-            with _RouteLinear(linear_targets):
-                yield
-        else:
-            yield
-    finally:
-        for module, name, param in slots:
-            module._parameters[name] = param
-        for proxy in proxies.values():
-            proxy.grad = None
-
-
 # NOTE [ Parameter-gradient targets ]
 #
 # The node of F_i takes F_i's trainable parameters as inputs, so that autograd, and the search of
 # DistributedDataParallel for unused parameters, sees them reached. Who asked for their gradients
 # is known only while the backward runs: the engine is asked about each parameter's
-# gradient-accumulator node (its entry in the node's ``next_functions``), once, in
-# :func:`gradient_targets`, and the answer is one of
+# gradient-accumulator node (its entry in the node's ``next_functions``), once, as
+# :func:`gradients_into` starts, and the answer is one of
 #
 #   GradTarget.INTO_GRAD  ``loss.backward()``: the engine will run the accumulator, i.e. add into
 #                         ``.grad``. The recomputation adds straight into ``param.grad`` (zeros
@@ -123,6 +83,9 @@ def gradients_into(function: nn.Module, targets: Dict[int, Optional[Tensor]],
 #                         without this parameter), or the node got no dL/dx_i: nothing computed.
 #
 # ``gradients_into`` then sends the recomputation's parameter gradients to those buffers.
+#
+# Side inputs of the stage (NOTE [ Side inputs ] in ``stage_call``) are not asked about: their
+# gradients are computed whenever they require grad and returned by node 1.
 
 
 class GradTarget(enum.Enum):
@@ -134,27 +97,26 @@ class GradTarget(enum.Enum):
     UNUSED = 'not computed'
 
 
-def grad_target(accumulator: Any) -> GradTarget:
-    """The target of the parameter whose gradient-accumulator node is ``accumulator`` (None: the
-    parameter is not in the graph)."""
-    if accumulator is None:
-        return GradTarget.UNUSED
-    try:
-        will_run = torch._C._will_engine_execute_node(accumulator)
-    except (RuntimeError, AttributeError):  # autograd.grad() captures it (or torch lacks the query)
-        return GradTarget.RETURNED
-    return GradTarget.INTO_GRAD if will_run else GradTarget.UNUSED
-
-
-def gradient_targets(params: Sequence[Tensor], accumulators: Sequence[Any], wanted: bool
-                     ) -> Tuple[Dict[int, Optional[Tensor]], List[Optional[Tensor]]]:
-    """For the parameters of one node (``accumulators[k]``: the gradient-accumulator node of
-    ``params[k]``): the buffer each one's gradient is added into, by ``id`` (None: not computed),
-    and what the node returns for each. ``wanted=False`` (the node got no dL/dx_i): all UNUSED."""
+@contextmanager
+def gradients_into(function: nn.Module, params: Sequence[Tensor], accumulators: Sequence[Any],
+                   wanted: bool, route_linear: bool = True) -> Iterator[List[Optional[Tensor]]]:
+    """Run ``function`` with its trainable parameters replaced by proxies whose gradients are added
+    into their targets (NOTE [ Parameter-gradient targets ]); yield what the node returns for each of
+    ``params``, the parameters of the node (a RETURNED one's buffer, else None).
+    ``accumulators[k]``: the gradient-accumulator node of ``params[k]``; ``wanted=False`` (the node
+    got no dL/dx_i): all UNUSED. ``route_linear=False`` (e.g. under autocast) leaves ``F.linear`` to
+    ordinary autograd."""
+    # 1. The target of each parameter, and the buffer its gradient is added into (None: UNUSED).
     buffers: Dict[int, Optional[Tensor]] = {}
     returned: List[Optional[Tensor]] = []
     for param, accumulator in zip(params, accumulators):
-        target = grad_target(accumulator) if wanted else GradTarget.UNUSED
+        target = GradTarget.UNUSED
+        if wanted and accumulator is not None:
+            try:
+                if torch._C._will_engine_execute_node(accumulator):
+                    target = GradTarget.INTO_GRAD
+            except (RuntimeError, AttributeError):  # autograd.grad() captures it (or no query)
+                target = GradTarget.RETURNED
         buffer = None
         if target is GradTarget.INTO_GRAD:
             if param.grad is None:
@@ -164,4 +126,28 @@ def gradient_targets(params: Sequence[Tensor], accumulators: Sequence[Any], want
             buffer = torch.zeros_like(param)
         buffers[id(param)] = buffer
         returned.append(buffer if target is GradTarget.RETURNED else None)
-    return buffers, returned
+    # 2. Proxies whose gradients autograd adds into those buffers (F.linear's: _LinearInto).
+    slots = [(m, n, p) for m in function.modules() for n, p in m._parameters.items()
+             if p is not None and p.requires_grad]
+    proxies: Dict[int, Tensor] = {}
+    route = _RouteLinear()
+    route.targets = {}
+    for _, _, param in slots:
+        if id(param) not in proxies:
+            proxy = param.detach().requires_grad_(True)
+            proxy.grad = buffers.get(id(param))  # added into in place; None: a fresh buffer, dropped
+            proxies[id(param)] = proxy
+            route.targets[id(proxy)] = proxy.grad
+    try:
+        for module, name, param in slots:
+            module._parameters[name] = proxies[id(param)]
+        if route_linear:
+            with route:
+                yield returned
+        else:
+            yield returned
+    finally:
+        for module, name, param in slots:
+            module._parameters[name] = param
+        for proxy in proxies.values():
+            proxy.grad = None

@@ -19,14 +19,11 @@ first module's output, so the stage would not equal the pretrained network. ``y_
 ``y_i = β·x_{i-1}`` gives for a virtual module before the first; at β=1 both choices agree.
 
 Precision. In floating point the inverse amplifies rounding error by about (‖J‖ + α)/β per module
-(~11x at (1, 0.1), ~1.4x at (0.3, 0.7)). The default ``stream_dtype='exact'`` removes the rounding
-from the inverse altogether: fixed-point streams, F_i's output and α·x rounded onto their grid, and
-an exactly invertible ``y = β·x`` whose discarded bits go to a per-element buffer (``streams``), so
-Eq. 2 rebuilds the forward's streams bit for bit at any (α, β), each F_i still running in the model
-dtype. Float64/float32 streams remain options, with ``segment_size`` (a long stage cut into segments
-of k modules whose input streams are kept, bounding the amplification, at one kept stream pair per
-segment). A free reconstruction-error monitor checks every backward (see ``ReversibleSequence``):
-exactly 0 for exact streams.
+(~11x at (1, 0.1)). The default ``stream_dtype='exact'`` (fixed-point streams with an exactly
+invertible ``y = β·x``, ``exact_streams``) rebuilds the forward's streams bit for bit at any (α, β),
+each F_i still running in the model dtype. Float64/float32 streams remain options, with
+``segment_size`` (segments of k modules whose input streams are kept) bounding the amplification.
+A free reconstruction-error monitor checks every backward: exactly 0 for exact streams.
 
 Memory of the backward. A step's backward holds, besides what the forward kept: one stream pair,
 rebuilt in place (Eq. 2 overwrites ``y_i`` with ``x_{i-1}`` and ``x_i`` with ``y_{i-1}``); the
@@ -48,14 +45,14 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
-from .chunks import backward_branch, check_branch_output, run_branch
+from .chunks import backward_branch, capture_rng_state, check_branch_output, run_branch
+from .exact_streams import StreamOverflow
 from .fixed_point import nearest_beta
 from .fsdp_check import check_gathered
-from .param_grads import gradient_targets, gradients_into
+from .param_grads import gradients_into
 from .plain_forward import plain_forward
-from .rng import capture_rng_state
 from .stage_call import Handover, KeptStreams, StageCall
-from .streams import EXACT, StreamOverflow, stream_arithmetic
+from .streams import EXACT, stream_arithmetic
 
 
 class ReversibleSequence(nn.Module):
@@ -67,7 +64,10 @@ class ReversibleSequence(nn.Module):
     Args:
         functions: the residual branches, each mapping a tensor to a tensor of the same shape *without*
             the residual add (e.g. ``drop_path(attn(norm1(x)))``). Extra positional arguments given to
-            :meth:`forward` are passed to every function as constants (no gradient flows to them).
+            :meth:`forward` are passed to every function. A tensor among them that requires grad is a
+            *side input* shared by all functions (e.g. DETR's ``query_pos``, a decoder's memory): its
+            gradient, summed over the functions, flows back as through ordinary autograd. Other
+            arguments are constants.
         alpha, beta: the coefficients, in [0, 1]; β > 0 when ``reversible``.
         reversible: in training with gradients, keep only segment-end streams and rebuild activations
             in backward (Eq. 2). ``False``: ordinary autograd through Eq. 1 (the exact reference).
@@ -193,7 +193,8 @@ class ReversibleSequence(nn.Module):
             raise TypeError(f'the stage input must be a floating-point tensor, got {x.dtype}')
         params = [[p for p in f.parameters() if p.requires_grad] for f in self.functions]
         check_gathered(self)  # an FSDP2 unit inside the stage cannot work (see core.fsdp)
-        tracks_grad = torch.is_grad_enabled() and (x.requires_grad or any(params))
+        sides = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+        tracks_grad = torch.is_grad_enabled() and (x.requires_grad or any(params) or bool(sides))
         try:
             if self._reversible and self.training and tracks_grad:
                 outputs = self._reversible_forward(x, args, positions, params)
@@ -213,15 +214,12 @@ class ReversibleSequence(nn.Module):
     def _reversible_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                             params: List[List[Tensor]]) -> List[Tensor]:
         """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
-        for a in args:
-            if isinstance(a, Tensor) and a.requires_grad:
-                raise ValueError('extra arguments of a reversible stage are constants; got a '
-                                 'tensor that requires grad (detach it or use reversible=False)')
         streams = stream_arithmetic(self.stream_dtype, self.alpha, self.beta, x0.dtype)
         call = StageCall(self, streams, args, x0, positions, params)
         token, outputs = x0, {}
         for i in range(1, len(self.functions) + 1):
-            result = _StepFunction.apply(call, i, token, *params[i - 1])
+            sides = call.side_inputs if i == 1 else ()  # node 1 returns their gradients
+            result = _StepFunction.apply(call, i, token, *params[i - 1], *sides)
             token = result[0]
             if len(result) == 2:
                 outputs[i] = result[1]
@@ -259,37 +257,38 @@ def set_stream_dtype(model: nn.Module, stream_dtype: torch.dtype) -> None:
 #
 # The backward of node i is one step per equation (``_StepFunction.backward``):
 #
-#   1. load (x_i, y_i) and (dL/dx_i, dL/dy_i)             StageCall.take (NOTE [ Stream handover ])
+#   1. load (x_i, y_i) and (dL/dx_i, dL/dy_i)             the handover (NOTE [ Stream handover ])
 #   2. Eq. 2: x_{i-1} = y_i / β                           streams.undo_beta
-#   3. recompute F_i(x_{i-1}), back-propagate dL/dx_i     backward_branch, with the parameter
-#                                                         gradients sent to gradient_targets
+#   3. recompute F_i(x_{i-1}), back-propagate dL/dx_i     backward_branch, inside gradients_into
 #                                                         (NOTE [ Parameter-gradient targets ])
 #   4. Eq. 2: y_{i-1} = x_i − F_i(x_{i-1}) − α·x_{i-1}    streams.undo_step
 #   5. dL/dx_{i-1} = J_i^T·dL/dx_i + α·dL/dx_i + β·dL/dy_i,   dL/dy_{i-1} = dL/dx_i
-#   6. hand over to node i-1 (node 1: check y_0 = β·x_0 and return dL/dx_0)
+#   6. hand over to node i-1 (node 1: check y_0 = β·x_0; return dL/dx_0, and the gradients of the
+#      side inputs, which every node's step 3 added into: NOTE [ Side inputs ] in ``stage_call``)
 #
-# The call path of one ``loss.backward()`` through a node that does not end a segment, with exact
-# streams and a branch with a plan, from the autograd engine to the branch's own backward (the
-# frames on the stack when the branch's backward runs; test_core_reversible.py measures it):
+# Every function of dr2net_mm that one ``loss.backward()`` enters in a node that does not end a
+# segment, with exact streams and a branch with a plan, in order (test_core_reversible.py counts
+# them, besides the branch's own code: 10 functions in 4 files):
 #
-#   torch            autograd engine -> once_differentiable wrapper
-#   reversible.py    _StepFunction.backward             step 3, gradients_into(...) in force
-#   chunks.py        backward_branch                    plan or not: decided here only
-#   chunks.py        _backward_by_parts                 torch.autograd.backward(part, dL/dpart)
-#   param_grads.py   _RouteLinear.__torch_function__    (the routing mode sees that call too)
-#   torch            autograd engine -> the backward of the branch's part
+#   reversible.py      _StepFunction.backward             steps 1-6 (step 1: a read of the handover)
+#   exact_streams.py   ExactStreams.undo_beta             step 2, by
+#                      BetaBuffer.scale                   the inverse of the exact product y = β ⊗ x
+#                      ExactStreams.branch_input          step 3: F_i's input, fp(X·2^-40)
+#   param_grads.py     gradients_into                     step 3: the parameters' gradient targets
+#   chunks.py          backward_branch                    step 3: the plan's parts, RNG replay
+#   param_grads.py     _RouteLinear.__torch_function__    step 3, in the branch: each F.linear adds
+#                      _LinearInto.forward, .backward     its weight gradient into its target
+#   exact_streams.py   ExactStreams.undo_step             step 4
 #
-# 4 frames in 3 files of dr2net_mm. The calls of steps 1 and 2 and the set-up of step 3 return
-# before it: StageCall.take (stage_call.py), streams.undo_beta (streams.py, then BetaBuffer.divide
-# in beta_buffer.py), gradient_targets (param_grads.py), streams.branch_input (streams.py, then
-# fixed_point.py), entering gradients_into (param_grads.py), and, around each ``merge`` of the
-# plan, replay_rng_state (rng.py).
+# A node that ends a segment also enters StageCall.load (stage_call.py: its kept streams, the
+# monitor); the stage's first backward node with side inputs, StageCall.open_side_gradients.
 
 
 class _StepFunction(torch.autograd.Function):
     """One function of the stage as one autograd node: (x_{i-1}, y_{i-1}) -> (x_i, y_i) by Eq. 1.
 
-    Inputs are ``(call, i, token, *parameters of F_i)``. ``token`` is the stage input x_0 for i = 1
+    Inputs are ``(call, i, token, *parameters of F_i)``, for i = 1 followed by the stage's side
+    inputs (NOTE [ Side inputs ] in ``stage_call``). ``token`` is the stage input x_0 for i = 1
     and the previous node's empty token tensor otherwise: it orders the nodes in the graph, while
     the streams and their gradients travel through the :class:`StageCall` (NOTE [ Stream handover ]
     in ``stage_call``). The parameters are inputs so that autograd sees them reached; where their
@@ -341,8 +340,16 @@ class _StepFunction(torch.autograd.Function):
         call, i = ctx.call, ctx.position
         streams, saved, needs_x = call.streams, ctx.saved_tensors, ctx.needs_input_grad[2]
 
-        # 1. The streams (x_i, y_i) and their gradients (dL/dx_i, dL/dy_i).
-        x, y, g_x, g_y = call.take(i, ctx, saved, g_output)
+        # 1. The streams (x_i, y_i) and their gradients (dL/dx_i, dL/dy_i), left by node i+1 unless
+        #    i ends a segment or node i+1 got no gradient (NOTE [ Stream handover ]).
+        if ctx.kept is None and call.handover is not None and call.handover.position == i:
+            _, x, y, g_x, g_y = call.handover
+            call.handover = None
+        else:
+            x, y, g_x, g_y = call.load(i, ctx, saved)
+        if g_output is not None:  # x_i is an output of the stage (received: never modified in place)
+            g_output = g_output.to(call.model_dtype)
+            g_x = g_output if g_x is None else g_x.add_(g_output)
 
         # 2. Eq. 2: x_{i-1} = y_i / β, in place (y's buffer holds x_{i-1}).
         x_prev = streams.undo_beta(y)
@@ -350,13 +357,16 @@ class _StepFunction(torch.autograd.Function):
 
         # 3. Recompute F_i(x_{i-1}) as the forward did and back-propagate dL/dx_i through it:
         #    J_i^T·dL/dx_i lands in inp.grad, the parameter gradients in their targets.
-        function = call.functions[i - 1]
-        accumulators = [node for node, _ in ctx.next_functions[1:]]
-        targets, returned = gradient_targets(call.params[i - 1], accumulators, g_x is not None)
+        #    A side input's J^T·dL/dx_i lands in its proxy's .grad (NOTE [ Side inputs ]).
+        function, params = call.functions[i - 1], call.params[i - 1]
+        if call.side_inputs and call.side_grads is None:  # the stage's first backward node
+            call.open_side_gradients()
+        accumulators = [node for node, _ in ctx.next_functions[1:1 + len(params)]]
         inp = streams.branch_input(x_prev).detach().requires_grad_(needs_x and g_x is not None)
         with torch.set_grad_enabled(g_x is not None), torch.autocast(**call.autocast), \
-                gradients_into(function, targets, route_linear=not call.autocast['enabled']):
-            f = backward_branch(function, inp, call.args, g_x, call.rng_states.get(i))
+                gradients_into(function, params, accumulators, g_x is not None,
+                               route_linear=not call.autocast['enabled']) as returned:
+            f = backward_branch(function, inp, call.recompute_args, g_x, call.rng_states.get(i, []))
         branch_vjp, inp = inp.grad, None
 
         # 4. Eq. 2: y_{i-1} = x_i − F_i(x_{i-1}) − α·x_{i-1}, in place (x's buffer holds y_{i-1}).
@@ -385,4 +395,6 @@ class _StepFunction(torch.autograd.Function):
         call.monitor.check_first_input(x_prev, y_prev, saved[-1], call.beta)
         if needs_x and g_x is not None:
             g_x_prev = call.beta * g_x if g_x_prev is None else g_x_prev.add_(g_x, alpha=call.beta)
-        return (None, None, g_x_prev, *returned)
+        side_grads = call.side_grads or ()  # complete now: every node's recomputation added to them
+        call.side_grads, call.recompute_args = None, call.args
+        return (None, None, g_x_prev, *returned, *side_grads)

@@ -11,9 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from .autocast import autocast_state
-from .chunks import run_branch
+from .chunks import RNGState, backward_branch
 from .monitor import ReconstructionMonitor
-from .rng import RNGState, replay_rng_state
 
 # NOTE [ Stream handover ]
 #
@@ -22,16 +21,31 @@ from .rng import RNGState, replay_rng_state
 # the segment-end nodes save (``KeptStreams``). The backward runs the nodes from n down to 1, and
 # node i:
 #
-#   1. takes (x_i, y_i) and (dL/dx_i, dL/dy_i) (``StageCall.take``):
-#      * the streams from the handover left by node i+1, or, if i ends a segment, from its own saved
-#        tensors (the rebuilt pair from node i+1, if any, then goes to the monitor); in the rare
-#        backward where node i+1 got no gradient, by Eq. 2 from the nearest kept streams above;
+#   1. takes (x_i, y_i) and (dL/dx_i, dL/dy_i):
+#      * the streams from the handover left by node i+1, or (``StageCall.load``), if i ends a
+#        segment, from its own saved tensors (the rebuilt pair from node i+1, if any, then goes to
+#        the monitor); in the rare backward where node i+1 got no gradient, by Eq. 2 from the
+#        nearest kept streams above;
 #      * the gradients from the handover (none at i = n), plus the stage output's gradient at i;
 #   2. rebuilds (x_{i-1}, y_{i-1}) in place, in the same two buffers;
 #   3. leaves Handover(i-1, x_{i-1}, y_{i-1}, dL/dx_{i-1}, dL/dy_{i-1}) for node i-1.
 #
 # So one stream pair and one gradient pair are alive at a time. A handover whose position is not i
 # (left by a backward that did not reach node i) is dropped.
+
+# NOTE [ Side inputs ]
+#
+# An extra argument of the stage that is a tensor requiring grad (``StageCall.side_inputs``) is an
+# input of node 1 only, whose backward runs last. Every function uses it, so
+#
+#   dL/ds = Σ_i (∂F_i/∂s)^T · dL/dx_i
+#
+# The stage's first backward node (whichever that is) replaces each side input in the
+# recomputation's arguments by a *proxy*: a detached alias whose ``.grad`` is a zero buffer
+# (``open_side_gradients``). Every node's recomputation back-propagates into the proxy, so autograd
+# adds its term into that one buffer in place; node 1 returns the buffers. One buffer per side input
+# is alive during the stage's backward, nothing per function. (Unlike a parameter's, a side input's
+# gradient is computed even where the engine will drop it: ``torch.autograd.grad`` without it.)
 
 
 class Handover(NamedTuple):
@@ -66,7 +80,8 @@ class KeptStreams(NamedTuple):
 
 class StageCall:
     """State of one reversible forward call of ``stage``, shared by its per-function nodes: the
-    functions and their trainable parameters, the constant ``args``, the stream arithmetic
+    functions and their trainable parameters, the extra ``args`` (with the side inputs and their
+    gradients, NOTE [ Side inputs ]), the stream arithmetic
     ``streams``, the RNG state and autocast settings each function ran with, the handover slot, the
     segment-end nodes (by weak reference) and the reconstruction-error monitor."""
 
@@ -75,6 +90,18 @@ class StageCall:
         self.functions = list(stage.functions)
         self.params = params
         self.args = args
+        for k, a in enumerate(args):
+            inner = a.values() if isinstance(a, dict) else a if isinstance(a, (list, tuple)) else ()
+            if any(isinstance(t, Tensor) and t.requires_grad for t in inner):
+                raise ValueError(
+                    f'extra argument {k} of the reversible stage holds a tensor that requires grad '
+                    f'inside a {type(a).__name__}: its gradient would be lost; pass that tensor as an '
+                    'argument of its own (a side input) or detach it')
+        self.side_positions = [k for k, a in enumerate(args)
+                               if isinstance(a, Tensor) and a.requires_grad]
+        self.side_inputs = [args[k] for k in self.side_positions]
+        self.side_grads: Optional[List[Optional[Tensor]]] = None  # during a backward: accumulators
+        self.recompute_args = args  # args of the backward's recomputations (side inputs: proxies)
         self.alpha, self.beta = stage.alpha, stage.beta
         self.model_dtype, self.device = x0.dtype, x0.device
         self.out_positions = out_positions
@@ -87,12 +114,11 @@ class StageCall:
         self.kept_nodes: Dict[int, Any] = {}  # segment end -> weak reference to its node
         self.monitor = ReconstructionMonitor(streams, stage._record_errors)
 
-    def take(self, i: int, node: Any, saved: Tuple[Tensor, ...], g_output: Optional[Tensor]
+    def load(self, i: int, node: Any, saved: Tuple[Tensor, ...]
              ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-        """Step 1 of node i's backward: ``(x_i, y_i, dL/dx_i, dL/dy_i)`` (NOTE [ Stream handover ]).
-        ``node``: the node's context (its ``kept`` layout, None unless i ends a segment), ``saved``
-        its saved tensors; ``g_output``: the gradient of the stage output at i, or None. A gradient
-        received from outside is never modified in place."""
+        """Step 1 of node i's backward, ``(x_i, y_i, dL/dx_i, dL/dy_i)``, where the handover does not
+        hold the streams: node i ends a segment (``node.kept``), or node i+1 got no gradient
+        (NOTE [ Stream handover ]). ``node``: the node's context, ``saved`` its saved tensors."""
         handed, self.handover = self.handover, None
         if handed is not None and handed.position != i:
             handed = None
@@ -103,18 +129,23 @@ class StageCall:
                 self.monitor.check_kept_input(i, handed.x, handed.y, x, y)
             del handed
             self.streams.load_segment(i, node.kept.buffer(saved), x)
-        elif handed is not None:
-            x, y = handed.x, handed.y
         else:
             x, y = self.rebuild_from_kept(i)
-        if g_output is not None:
-            g_output = g_output.to(self.model_dtype)
-            g_x = g_output if g_x is None else g_x.add_(g_output)
         return x, y, g_x, g_y
+
+    def open_side_gradients(self) -> None:
+        """At the stage's first backward node: the recomputations' args with each side input
+        replaced by a proxy whose ``.grad`` accumulates dL/d(side input) (NOTE [ Side inputs ])."""
+        args, self.side_grads = list(self.args), []
+        for k in self.side_positions:
+            args[k] = args[k].detach().requires_grad_()
+            args[k].grad = torch.zeros_like(args[k])
+            self.side_grads.append(args[k].grad)
+        self.recompute_args = tuple(args)
 
     def rebuild_from_kept(self, i: int) -> Tuple[Tensor, Tensor]:
         """(x_i, y_i) by Eq. 2 from the nearest kept streams above i, without gradients (for node i
-        when node i+1 got no gradient)."""
+        when node i+1 got no gradient): each function recomputed as the forward ran it."""
         above = min(p for p in self.segment_ends if p > i)
         node = self.kept_nodes[above]()
         if node is None:
@@ -127,9 +158,9 @@ class StageCall:
         self.streams.load_segment(above, node.kept.buffer(saved), x)
         for j in range(above, i, -1):
             x_prev = self.streams.undo_beta(y)
-            with torch.no_grad(), replay_rng_state(self.rng_states.get(j)), \
-                    torch.autocast(**self.autocast):
-                f = run_branch(self.functions[j - 1], self.streams.branch_input(x_prev), self.args)
+            with torch.no_grad(), torch.autocast(**self.autocast):
+                f = backward_branch(self.functions[j - 1], self.streams.branch_input(x_prev),
+                                    self.args, None, self.rng_states.get(j, []))
             x, y = x_prev, self.streams.undo_step(x, f, x_prev)
         return x, y
 

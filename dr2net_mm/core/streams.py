@@ -14,9 +14,9 @@ operation on the streams (``stream_dtype`` picks one)::
 
 Two arithmetics:
 
-* ``'exact'`` (:class:`ExactStreams`, the default): fixed-point int64 streams (``fixed_point``), F's
-  output and α·x rounded onto the grid, and ``y = β·x`` made exactly invertible by a per-element buffer
-  of the discarded bits (``beta_buffer``). Eq. 2 then rebuilds every stream **bit for bit** at any
+* ``'exact'`` (:class:`ExactStreams` in ``exact_streams``, the default): fixed-point int64 streams
+  (``fixed_point``), F's output and α·x rounded onto the grid, and ``y = β·x`` made exactly invertible
+  by a per-element buffer of the discarded bits. Eq. 2 then rebuilds every stream **bit for bit** at any
   (α, β), so one segment per stage is precise; the kept buffer costs about ``log2(1/β)`` bits per
   element and function, the information-theoretic minimum. Streams must stay within ``|x| < 2^21``.
 * ``torch.float64`` / ``torch.float32`` (:class:`FloatStreams`): Eq. 1/2 in that dtype. Eq. 2 amplifies
@@ -26,15 +26,13 @@ Kept float64 streams with a float32 ``shared`` value (the stage output, which it
 cost that value plus a float32 remainder: ``x ≈ hi + lo``, ``hi = fp32(x)``, ``lo = fp32(x − hi)``
 (48 significant bits in 4 new bytes per element).
 """
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..checks import EXACT_STREAMS
-from .beta_buffer import BetaBuffer
-from .fixed_point import (FRACTION_BITS, MAX_VALUE, add_grid_values_, add_scaled_, beta_fraction,
-                          from_fixed, magnitude, scale_floor, to_fixed)
+from .exact_streams import ExactStreams
 
 EXACT = EXACT_STREAMS
 StreamDtype = Union[torch.dtype, str]
@@ -89,10 +87,6 @@ def unpack_stream(packed: Tuple[Tensor, ...], shared: Optional[Tensor],
     if _splits(stream_dtype, shared):
         return shared.to(torch.float64) + packed[0].to(torch.float64)
     return packed[0].to(stream_dtype)
-
-
-class StreamOverflow(OverflowError):
-    """A forward's exact streams left their range ``|x| < 2^21`` (:meth:`ExactStreams.finish_forward`)."""
 
 
 class FloatStreams:
@@ -155,119 +149,6 @@ class FloatStreams:
         return None
 
     def finish_forward(self) -> bool:
-        return True
-
-
-class ExactStreams:
-    """Fixed-point streams with an exact β buffer: Eq. 2 rebuilds Eq. 1's streams bit for bit.
-
-    With ``X = round(x·2^40)`` and ``β = n/d`` (``fixed_point``)::
-
-        X_i = round(f·2^40) + round(X_{i-1}·α) + Y_{i-1}     Y_i = β ⊗ X_{i-1}
-        X_0 = round(x_0·2^40)                                 Y_0 = floor(X_0·β)
-
-    where ``β ⊗`` is :meth:`BetaBuffer.multiply` (exactly undone by ``divide``). F_i gets
-    ``fp(X·2^-40)`` in the model dtype. Every forward records the largest magnitude it met;
-    :meth:`finish_forward` raises :class:`StreamOverflow` if a stream or branch output left
-    ``|x| < 2^21`` and returns False if one was not finite (the stage then returns NaN, so the step
-    is skipped like any non-finite step).
-    """
-    exact = True
-
-    def __init__(self, alpha: float, beta: float, model_dtype: torch.dtype):
-        self.alpha, self.beta_fraction = alpha, beta_fraction(beta)
-        self.model_dtype = model_dtype
-        self.buffer: Optional[BetaBuffer] = None
-        self.segment_bounds: Dict[int, List[int]] = {}  # segment end position -> buffer bounds
-        self.peak: Optional[Tensor] = None
-
-    def _observe(self, value: Tensor) -> None:
-        peak = magnitude(value)
-        self.peak = peak if self.peak is None else torch.maximum(self.peak, peak)
-
-    def start(self, x0: Tensor) -> Tuple[Tensor, Tensor]:
-        self._observe(x0)
-        x = to_fixed(x0)
-        return x, self.initial_y(x)
-
-    def initial_y(self, x: Tensor) -> Tensor:
-        return scale_floor(x, *self.beta_fraction)
-
-    def initial_y_residual(self, y: Tensor, x: Tensor) -> Tensor:
-        return y.sub_(self.initial_y(x))
-
-    def branch_input(self, x: Tensor) -> Tensor:
-        return from_fixed(x, self.model_dtype)
-
-    def next_x(self, f: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        self._observe(f)
-        x_new = add_scaled_(to_fixed(f), x, self.alpha).add_(y)
-        self._observe(x_new)
-        return x_new
-
-    def next_y(self, x: Tensor) -> Tensor:
-        if self.buffer is None:  # β = 0 (reference mode only)
-            return torch.zeros_like(x)
-        return self.buffer.multiply(x)
-
-    def undo_beta(self, y: Tensor) -> Tensor:
-        return self.buffer.divide(y)
-
-    def undo_step(self, x: Tensor, f: Tensor, x_prev: Tensor) -> Tensor:
-        return add_scaled_(add_grid_values_(x, f, sign=-1), x_prev, self.alpha, sign=-1)
-
-    def output(self, x: Tensor) -> Tensor:
-        return from_fixed(x, self.model_dtype)
-
-    def as_float64(self, stream: Tensor) -> Tensor:
-        return from_fixed(stream, torch.float64)
-
-    def pack(self, x: Tensor, shared: Optional[Tensor]) -> Tuple[Tensor, ...]:
-        """``X`` itself, or, where the stage returns ``shared = fp(X·2^-40)`` anyway, the int32
-        remainder ``X − round(shared·2^40)`` (it fits for float32 outputs with ``|x| < 2^15``;
-        checked here, one host sync per kept stream)."""
-        if shared is not None:
-            low = to_fixed(shared).neg_().add_(x)
-            if float(magnitude(low)) * 2.0**FRACTION_BITS < 2.0**31:
-                return (low.to(torch.int32), )
-        return (x, )
-
-    def unpack(self, packed: Tuple[Tensor, ...], shared: Optional[Tensor]) -> Tensor:
-        if packed[0].dtype == torch.int32:
-            return to_fixed(shared).add_(packed[0])
-        return packed[0]
-
-    def begin_segment(self, like: Tensor) -> None:
-        if self.beta_fraction[0] > 0:
-            self.buffer = BetaBuffer(*self.beta_fraction, like.shape, like.device)
-
-    def end_segment(self, position: int) -> Tuple[Tensor, ...]:
-        self.segment_bounds[position] = list(self.buffer.bounds)
-        packed = self.buffer.pack()
-        self.buffer = None
-        return packed
-
-    def load_segment(self, position: int, packed: Tuple[Tensor, ...], like: Tensor) -> None:
-        self.buffer = BetaBuffer(*self.beta_fraction, like.shape, like.device)
-        self.buffer.bounds = list(self.segment_bounds[position])
-        self.buffer.unpack(packed)
-
-    def segment_undone(self) -> Optional[Tensor]:
-        """0-dim bool: the current segment's buffer is back to 0 (every product undone exactly)."""
-        return self.buffer.is_empty()
-
-    def finish_forward(self) -> bool:
-        """Check the forward's range (one host sync per stage); False when it met a non-finite value."""
-        peak = float(self.peak) if self.peak is not None else 0.0
-        self.peak = None
-        if peak != peak or peak == float('inf'):
-            return False
-        if peak >= MAX_VALUE:
-            raise StreamOverflow(
-                f'reversible stage: a stream or branch output reached |x| = {peak:.4g}, outside '
-                f'the exact fixed-point streams\' range |x| < 2^21 = {MAX_VALUE:.4g}. Use '
-                "stream_dtype='float64' for this model (with segment_size to bound the rounding), or "
-                'find why its activations grow this large (learning rate, missing normalisation)')
         return True
 
 
