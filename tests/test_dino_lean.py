@@ -227,7 +227,8 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
     part = EncoderProbe(probe.encoder, {k: v[rows] if k in ('query_pos', 'key_padding_mask',
                                                             'valid_ratios') else v
                                         for k, v in encoder_inputs(batch=4).items()})
-    model = DistributedDataParallel(part, find_unused_parameters=True)
+    # each rank's positions are its own (buffers of the probe): not broadcast from rank 0
+    model = DistributedDataParallel(part, find_unused_parameters=True, broadcast_buffers=False)
     for _ in range(2):  # a parameter marked ready twice would fail on the second iteration
         model.zero_grad(set_to_none=True)
         _ddp_loss(model(x[rows])).backward()
@@ -243,8 +244,9 @@ def test_ddp_two_processes_with_the_reversible_encoder_match_one_process(tmp_pat
     for rank in range(2):
         got = torch.load(tmp_path / f'rank{rank}.pt')
         assert set(got) == set(expected)
-        for name in expected:
-            assert torch.allclose(got[name], expected[name], rtol=1e-5, atol=1e-6), (rank, name)
+        for name in expected:  # float32 sums over 2 vs 4 images: rounding only
+            error = (got[name] - expected[name]).norm() / expected[name].norm()
+            assert error <= 1e-5, (rank, name, error)
 
 
 # 4. Bad input ----------------------------------------------------------------------------------
