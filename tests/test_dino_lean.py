@@ -300,6 +300,7 @@ def test_dr2net_all_demo_trains_through_the_runner_with_both_stages_driven(tmp_p
     config = tmp_path / 'demo_all.py'
     config.write_text(f'_base_ = {DEMO_ALL!r}\n' + data_overrides(data_root) +
                       "model = dict(num_queries=20, encoder=dict(num_layers=2), "
+                      "backbone=dict(init_cfg=dict(checkpoint=data_root + 'swin_t.pth')), "
                       "decoder=dict(num_layers=2), dn_cfg=dict(group_cfg=dict(num_dn_queries=6)),"
                       " test_cfg=dict(max_per_img=20))\n"
                       "train_cfg = dict(max_epochs=2, val_interval=2)\n"
