@@ -137,7 +137,8 @@ def tiny_dino_cfg(encoder_mode='plain', decoder_mode='plain', mmdet=False):
     return cfg
 
 
-@pytest.mark.parametrize('encoder_mode,decoder_mode', [('plain', 'plain'), ('checkpoint', 'checkpoint'),
+@pytest.mark.parametrize('encoder_mode,decoder_mode', [('plain', 'plain'),
+                                                       ('checkpoint', 'checkpoint'),
                                                        ('reversible', 'checkpoint')])
 def test_mmdet_dino_state_dict_loads_into_every_mode_without_missing_or_unexpected_keys(
         encoder_mode, decoder_mode):

@@ -1,6 +1,7 @@
 """What DINO's decoder keeps for backward, plain vs checkpointed (the lean-decoder choice of
-Dr2NetDINO), one training forward of DINO-4scale Swin-T (configs/dino_swin_t_cp_all_coco.py, random weights, 3
-boxes per image; the decoder's figures do not depend on the backbone's or encoder's mode)::
+Dr2NetDINO), one training forward of DINO-4scale Swin-T (configs/dino_swin_t_cp_all_coco.py,
+random weights, 3 boxes per image; the decoder's figures do not depend on the backbone's or
+encoder's mode)::
 
     python tools/dino_decoder_memory.py --size 800x1333 --batch 1
 

@@ -12,8 +12,9 @@ A post-norm sub-layer ``x ↦ LN(x + G(x))`` is the residual step ``x ↦ x + F(
 
 so the ``2·num_layers`` sub-layers are the branches ``F_1..F_{2L}`` of one reversible stage (Eq. 1,
 :class:`~dr2net_mm.models.backbone.Dr2NetBackboneMixin`). At (α, β) = (1, 0) Eq. 1 is
-``x_i = x_{i-1} + F_i(x_{i-1}) = LN(x + G(x))``, mmdet's layer; there the encoder runs mmdet's own loop
-(``x = layer(x)``), bit for bit mmdet's encoder (the stage would round ``(LN − x) + x`` once more).
+``x_i = x_{i-1} + F_i(x_{i-1}) = LN(x + G(x))``, mmdet's layer; there the encoder runs mmdet's own
+loop (``x = layer(x)``), bit for bit mmdet's encoder (the stage would round ``(LN − x) + x`` once
+more).
 
 The attention branch takes the stage's extra arguments ``(query_pos, reference_points,
 spatial_shapes, level_start_index, key_padding_mask)``; ``query_pos`` (sine encoding + DINO's
@@ -50,9 +51,10 @@ __all__ = ['Dr2NetDeformableEncoder', 'DeformableAttentionBranch', 'DeformableFF
 
 
 def check_deformable_encoder(encoder: nn.Module, what: str, own_forward: bool = False) -> None:
-    """ValueError naming the types unless ``encoder`` is mmdet's Deformable-DETR encoder: its forward
-    (unless ``own_forward``), post-norm ``DetrTransformerEncoderLayer`` layers (not wrapped) with
-    mmcv's multi-scale deformable self-attention. ``what`` names the requested feature."""
+    """ValueError naming the types unless ``encoder`` is mmdet's Deformable-DETR encoder: its
+    forward (unless ``own_forward``), post-norm ``DetrTransformerEncoderLayer`` layers (not
+    wrapped) with mmcv's multi-scale deformable self-attention. ``what`` names the requested
+    feature."""
     layers = getattr(encoder, 'layers', None)
     odd = [] if isinstance(layers, nn.ModuleList) else [f'layers={type(layers).__name__}']
     for layer in layers if not odd else ():
@@ -65,10 +67,11 @@ def check_deformable_encoder(encoder: nn.Module, what: str, own_forward: bool = 
     if not deformable or odd:
         raise ValueError(
             f'{what} needs a Deformable-DETR encoder (mmdet DeformableDetrTransformerEncoder with '
-            f'DeformableDetrTransformerEncoderLayer layers: post-norm, MultiScaleDeformableAttention); '
+            f'DeformableDetrTransformerEncoderLayer layers: post-norm, '
+            f'MultiScaleDeformableAttention); '
             f'got {type(encoder).__name__}{" with " + ", ".join(sorted(set(odd))) if odd else ""}. '
-            "Use encoder=dict(mode='plain') for this detector, or a Deformable-DETR family detector "
-            '(DINO, Deformable DETR).')
+            "Use encoder=dict(mode='plain') for this detector, or a Deformable-DETR family "
+            'detector (DINO, Deformable DETR).')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,7 +114,8 @@ def sample_rows(attn: MultiScaleDeformableAttention, query: Tensor, value: Tenso
 class _SharedValue:
     """The projected values during a by-parts backward: every part samples ``leaf`` (a detached
     copy that requires grad), whose gradient sums over the parts; :class:`_QueryRows` hands it to
-    the graph of ``value`` when the engine back-propagates into the prologue, after the last part."""
+    the graph of ``value`` when the engine back-propagates into the prologue, after the last
+    part."""
 
     def __init__(self, value: Tensor):
         self.value = value
@@ -187,8 +191,9 @@ class DeformableAttentionBranch(nn.Module):
 
 
 class DeformableFFNBranch(nn.Module):
-    """``F(x) = norms[1](ffn(x)) − x``: the FFN sub-layer of a ``DeformableDetrTransformerEncoderLayer``
-    as a branch (mmcv's FFN adds ``x`` itself); the stage's extra arguments are accepted and unused.
+    """``F(x) = norms[1](ffn(x)) − x``: the FFN sub-layer of a
+    ``DeformableDetrTransformerEncoderLayer`` as a branch (mmcv's FFN adds ``x`` itself); the
+    stage's extra arguments are accepted and unused.
 
     The FFN's in-place activations (DINO's ``ReLU(inplace=True)``) are made out of place, the same
     values: in the reversible backward a linear layer's output may be a view that autograd refuses
@@ -233,13 +238,13 @@ def _filter_checkpoint(checkpoint, model, prefix=None, logger=None):
 
 @MODELS.register_module()
 class Dr2NetDeformableEncoder(Dr2NetBackboneMixin, DeformableDetrTransformerEncoder):
-    """mmdet's ``DeformableDetrTransformerEncoder`` run as one reversible dual-residual stage over its
-    ``2·num_layers`` post-norm sub-layers (module docstring): same arguments, submodules, state-dict
-    keys (plus ``alpha``/``beta``), inputs and output ``(B, N, C)``.
+    """mmdet's ``DeformableDetrTransformerEncoder`` run as one reversible dual-residual stage over
+    its ``2·num_layers`` post-norm sub-layers (module docstring): same arguments, submodules,
+    state-dict keys (plus ``alpha``/``beta``), inputs and output ``(B, N, C)``.
 
     Args: mmdet's (``num_cp`` must stay ≤ 0: mmdet checkpoints through fairscale's reentrant
-    wrapper, which a reversible stage has no use for), then the Dr²Net arguments ``alpha``, ``beta``,
-    ``reversible``, ``stream_dtype``, ``segment_size``
+    wrapper, which a reversible stage has no use for), then the Dr²Net arguments ``alpha``,
+    ``beta``, ``reversible``, ``stream_dtype``, ``segment_size``
     (:class:`~dr2net_mm.models.backbone.Dr2NetBackboneMixin`).
     """
 
@@ -273,9 +278,9 @@ class Dr2NetDeformableEncoder(Dr2NetBackboneMixin, DeformableDetrTransformerEnco
                 spatial_shapes: Tensor, level_start_index: Tensor, valid_ratios: Tensor,
                 **kwargs) -> Tensor:
         """mmdet's encoder interface: ``query`` ``(B, N, C)`` (the flattened multi-scale features),
-        ``query_pos`` ``(B, N, C)``, ``key_padding_mask`` ``(B, N)`` (True: padding), ``spatial_shapes``
-        ``(levels, 2)``, ``level_start_index`` ``(levels,)``, ``valid_ratios`` ``(B, levels, 2)``;
-        returns the memory ``(B, N, C)``."""
+        ``query_pos`` ``(B, N, C)``, ``key_padding_mask`` ``(B, N)`` (True: padding),
+        ``spatial_shapes`` ``(levels, 2)``, ``level_start_index`` ``(levels,)``, ``valid_ratios``
+        ``(B, levels, 2)``; returns the memory ``(B, N, C)``."""
         if kwargs:
             raise TypeError(f'{type(self).__name__} passes no extra arguments to its layers; got '
                             f'{sorted(kwargs)}')

@@ -11,18 +11,18 @@ dict, outputs) and selects per part, in the ``encoder`` / ``decoder`` config dic
     (mode='plain', the default: mmdet's encoder / decoder)
 
 * ``'reversible'``: :class:`~dr2net_mm.models.deformable_encoder.Dr2NetDeformableEncoder` (the
-  Dr²Net arguments ``alpha``, ``beta``, ``reversible``, ``stream_dtype``, ``segment_size`` as for the
-  backbones; ``AlphaBetaHook`` drives it with the backbone). Its state dict is mmdet's plus
-  ``encoder.alpha``/``encoder.beta``, which an mmdet checkpoint need not have.
+  Dr²Net arguments ``alpha``, ``beta``, ``reversible``, ``stream_dtype``, ``segment_size``
+  as for the backbones; ``AlphaBetaHook`` drives it with the backbone). Its state dict is mmdet's
+  plus ``encoder.alpha``/``encoder.beta``, which an mmdet checkpoint need not have.
 * ``'checkpoint'``: each layer runs under ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``
   in training (DDP-safe with unused parameters, RNG replayed; no fairscale): the forward keeps each
   layer's inputs only and the backward recomputes one layer at a time. The state dict is mmdet's.
 
 The lean decoder is ``decoder=dict(mode='checkpoint')``, chosen by measurement: at 800×1333, batch 1
-(DINO-4scale Swin-T, CPU; ``python tools/dino_decoder_memory.py --size 800x1333 --batch 1``) the plain
-decoder keeps 654.3 MB for backward (265.8 MB of it self-attention, 1098 queries), the checkpointed
-one 39.8 MB. Its backward recomputes one layer at a time, whose self-attention holds about
-266 / 6 ≈ 44 MB: all that memory-efficient attention could still remove, so it was not added
+(DINO-4scale Swin-T, CPU; ``python tools/dino_decoder_memory.py --size 800x1333 --batch 1``) the
+plain decoder keeps 654.3 MB for backward (265.8 MB of it self-attention, 1098 queries), the
+checkpointed one 39.8 MB. Its backward recomputes one layer at a time, whose self-attention holds
+about 266 / 6 ≈ 44 MB: all that memory-efficient attention could still remove, so it was not added
 (``docs/detection.md``, Dr²Net-all).
 
 :func:`lean_transformer` applies the same to a built DETR-family detector; a mode its encoder cannot
