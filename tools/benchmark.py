@@ -48,7 +48,14 @@ DINO_CONFIGS = {
     'conventional': 'configs/dino_swin_t_coco.py',
     'checkpointing': 'configs/dino_swin_t_cp_coco.py',
     'dr2net': 'configs/dino_dr2net_swin_t_coco.py',
+    # with_cp + every encoder and decoder layer checkpointed: the strongest checkpointing baseline
+    'cp_all': 'configs/dino_swin_t_cp_all_coco.py',
+    # Dr²Net backbone + reversible encoder + checkpointed decoder
+    'dr2net_all': 'configs/dino_dr2net_all_swin_t_coco.py',
 }
+# frozen-backbone rows (the floor of any backbone method): the variant's config, all four Swin
+# stages frozen (mmdet frozen_stages=4)
+DINO_FROZEN = {'frozen_backbone': 'conventional', 'frozen_backbone_cp_all': 'cp_all'}
 SEG_CONFIGS = {
     'UPerNet Swin-T': {
         'conventional': 'configs/upernet_swin_t_ade20k.py',
@@ -276,7 +283,7 @@ def settings(args) -> Dict[str, list]:
         configs = with_float64_segments(POINTS_CONFIGS, args.extra)
         return {f'Pix4Point ViT-S S3DIS, {args.points} points / 1536 tokens, batch {args.batch}':
                 points_variants(configs, args.points, args.batch)}
-    configs = with_float64_segments(DINO_CONFIGS, args.extra)
+    configs = with_frozen_backbones(with_float64_segments(DINO_CONFIGS, args.extra))
     return {f'DINO-4scale Swin-T, {size_label(args.size)}, batch {args.batch}':
             detector_variants(configs, args.size, args.batch)}
 
@@ -290,6 +297,16 @@ def with_float64_segments(paths: Dict[str, str], extra) -> Dict[str, object]:
         segmented = Config.fromfile(configs['dr2net'])
         segmented.model.backbone.update(stream_dtype='float64', segment_size=4)
         configs[name] = segmented
+    return configs
+
+
+def with_frozen_backbones(configs: Dict[str, object]) -> Dict[str, object]:
+    """``configs`` plus the :data:`DINO_FROZEN` rows: a variant with its whole backbone frozen."""
+    configs = dict(configs)
+    for name, base in DINO_FROZEN.items():
+        frozen = Config.fromfile(configs[base])
+        frozen.model.backbone.frozen_stages = 4
+        configs[name] = frozen
     return configs
 
 

@@ -1,12 +1,15 @@
-"""Backbones registered into MMEngine's root MODELS registry."""
+"""Backbones, and DINO with a lean transformer, registered into MMEngine's root MODELS registry."""
 from importlib.util import find_spec
 
 from .pretrained import PretrainedMismatchError
+from .deformable_encoder import Dr2NetDeformableEncoder
+from .dino import Dr2NetDINO
 from .plain_vit import PlainViT
 from .swin import Dr2NetSwin
 from .vit import Dr2NetViT
 
-__all__ = ['Dr2NetSwin', 'Dr2NetViT', 'PlainViT', 'PretrainedMismatchError']
+__all__ = ['Dr2NetDeformableEncoder', 'Dr2NetDINO', 'Dr2NetSwin', 'Dr2NetViT', 'PlainViT',
+           'PretrainedMismatchError']
 
 if find_spec('mmaction') is not None:  # the video backbones need mmaction2
     from .swin3d import Dr2NetSwin3D
