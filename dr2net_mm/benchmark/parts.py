@@ -47,9 +47,16 @@ def _loss_modules(model: nn.Module) -> List[nn.Module]:
     return [module for _, module in found]
 
 
+def _members(module: nn.Module) -> List[nn.Module]:
+    """What runs as ``module``: itself, or for a container without a forward (ModuleList,
+    ModuleDict) its children."""
+    return list(module.children()) if type(module).forward is nn.Module.forward else [module]
+
+
 def default_parts(model: nn.Module) -> Dict[str, List[nn.Module]]:
     """The model's direct children by name, plus ``losses`` (see the module docstring)."""
-    parts = {name: [child] for name, child in model.named_children() if not name.startswith('loss')}
+    parts = {name: _members(child) for name, child in model.named_children()
+             if not name.startswith('loss')}
     losses = _loss_modules(model)
     if losses:
         parts[LOSSES] = losses
@@ -65,12 +72,12 @@ def resolve_parts(model: nn.Module, names: Optional[Sequence[str]] = None) -> Di
         if name in parts:
             continue
         if name not in modules or not name:
-            children = ', '.join(sorted(default_parts(model)))
+            example = next((n for n in modules if '.' in n), 'backbone')
             raise ValueError(
                 f'unknown part {name!r}: {type(model).__name__} has no submodule of that name. Name '
-                f'one of its parts ({children}) or a dotted submodule path such as '
-                f'{next(iter(modules.keys() - {""}), "backbone")!r} (print(model) lists them)')
-        parts[name] = [modules[name]]
+                f'one of its parts ({", ".join(parts)}) or a dotted submodule path such as '
+                f'{example!r} (print(model) lists them)')
+        parts[name] = _members(modules[name])
     return parts
 
 
