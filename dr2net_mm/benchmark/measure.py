@@ -64,12 +64,19 @@ def _start_ns(event) -> int:
     return event.start_ns() if hasattr(event, 'start_ns') else event.start_us() * 1000
 
 
-def _cpu_peak_bytes(run: Callable[[], None]) -> int:
-    """Peak of live CPU bytes allocated while ``run()`` executes, from profiler memory events."""
+def profiled_events(run: Callable[[], None], cuda: bool = False) -> list:
+    """The profiler events (ops, ranges and ``[memory]`` allocation events) of ``run()``."""
     activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         run()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'
+    return prof.profiler.kineto_results.events()
+
+
+def _cpu_peak_bytes(run: Callable[[], None]) -> int:
+    """Peak of live CPU bytes allocated while ``run()`` executes, from profiler memory events."""
+    events = [e for e in profiled_events(run) if e.name() == '[memory]'
               and e.device_type() == torch.autograd.DeviceType.CPU]
     live = peak = 0
     for event in sorted(events, key=_start_ns):

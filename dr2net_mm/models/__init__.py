@@ -1,4 +1,5 @@
-"""Backbones, and DINO with a lean transformer, registered into MMEngine's root MODELS registry."""
+"""Backbones, and DINO with a lean transformer, registered into MMEngine's root MODELS registry (and,
+with mmseg, ``LeanUPerHead`` into mmseg's)."""
 from importlib.util import find_spec
 
 from .pretrained import PretrainedMismatchError
@@ -15,3 +16,7 @@ if find_spec('mmaction') is not None:  # the video backbones need mmaction2
     from .swin3d import Dr2NetSwin3D
     from .video_vit import Dr2NetVideoViT, PlainVideoViT
     __all__ += ['Dr2NetSwin3D', 'Dr2NetVideoViT', 'PlainVideoViT']
+
+if find_spec('mmseg') is not None:  # the lean UPerNet head subclasses mmseg's UPerHead
+    from .lean_head import LeanUPerHead
+    __all__ += ['LeanUPerHead']
