@@ -68,8 +68,8 @@ def _draw_action(rng: np.random.Generator, video: np.ndarray, label: int, start:
             if k % 4 < 2:
                 cv2.rectangle(video[t], (int(x), int(y)), (int(x) + side - 1, int(y) + side - 1),
                               colour, -1)
-        else:  # pulsing: a disk whose radius swings between a quarter and all of side/2
-            radius = int(round(side / 2 * (0.625 + 0.375 * np.sin(2 * np.pi * k / 8))))
+        else:  # pulsing: a disk whose radius swings between half and all of side/2
+            radius = int(round(side / 2 * (0.75 + 0.25 * np.sin(2 * np.pi * k / 8))))
             cv2.circle(video[t], (int(x) + side // 2, int(y) + side // 2), max(radius, 1), colour,
                        -1)
 
