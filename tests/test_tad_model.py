@@ -202,6 +202,7 @@ def test_head_alone_learns_to_find_a_segment_on_one_dimensional_features():
 @pytest.mark.parametrize('kwargs, message', [
     (dict(num_levels=0), 'num_levels=0 must be >= 1'),
     (dict(num_levels=2, regress_ranges=[(0, 4)]), 'regress_ranges has 1 entries for num_levels=2'),
+    (dict(test_cfg=dict(nms_thr=0.5)), r"test_cfg has unknown keys \['nms_thr'\]"),
 ])
 def test_bad_head_arguments_are_refused_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):

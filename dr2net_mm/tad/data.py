@@ -188,7 +188,8 @@ class DecodeWholeVideo(BaseTransform):
                           'video at a higher frame rate to avoid it.')
         results['imgs'] = list(frames)
         results.update(total_frames=total, frame_inds=indices, clip_len=self.num_frames,
-                       num_clips=1, img_shape=frames.shape[1:3], original_shape=frames.shape[1:3])
+                       num_clips=1, img_shape=frames.shape[1:3], original_shape=frames.shape[1:3],
+                       modality='RGB')  # (mmaction2's Flip reads it)
         return results
 
 

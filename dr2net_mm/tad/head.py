@@ -116,7 +116,12 @@ class ActionFormerHead(BaseModule):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.loss_reg_weight = loss_reg_weight
         self.test_cfg = dict(score_thr=1e-3, pre_nms_topk=2000, nms_sigma=0.5, min_score=1e-3,
-                             max_per_video=100, **(test_cfg or {}))
+                             max_per_video=100)
+        unknown = set(test_cfg or {}) - set(self.test_cfg)
+        if unknown:
+            raise ValueError(f'test_cfg has unknown keys {sorted(unknown)}; known: '
+                             f'{sorted(self.test_cfg)}')
+        self.test_cfg.update(test_cfg or {})
         self.input_proj = nn.Sequential(_conv_block(in_channels, feat_channels),
                                         _conv_block(feat_channels, feat_channels))
         self.downsample = nn.ModuleList(
