@@ -57,7 +57,7 @@ gpu-wheels:
 demo-video: install
 	$(PY) tools/demo_video.py
 
-# Temporal action detection end to end with a Dr²Net VideoMAE-layout ViT on generated long videos
-# (mAP at the end beside a random-segment baseline; `--backbones vit swin` adds Dr²Net Video Swin)
+# Temporal action detection end to end with a Dr²Net Video Swin on generated long videos (mAP at the
+# end beside a random-segment baseline; `tools/demo_tad.py --backbones swin vit` adds a Dr²Net ViT)
 demo-tad: install
 	$(PY) tools/demo_tad.py

@@ -267,7 +267,7 @@ def settings(args) -> Dict[str, list]:
                                args.heads, device=device, extra=tuple(args.extra or ()))
             for frames in args.frames
         }
-    if args.model == 'tad':  # the four ActivityNet TAD configs, whole detectors (dr2net_mm.benchmark.tad)
+    if args.model == 'tad':  # the four TAD configs, whole detectors (dr2net_mm.benchmark.tad)
         from dr2net_mm.benchmark.tad import tad_variants
         return {f'TAD Video Swin-T {clip_label(frames, args.size)}, batch {args.batch}':
                 tad_variants(frames, args.size, args.batch) for frames in args.frames}

@@ -3,9 +3,10 @@ and packing.
 
 Annotation file (ActivityNet v1.3's layout; only these fields are read)::
 
-    {"database": {"<video id>": {"subset": "training" | "validation" | "testing",
-                                 "duration": <seconds>,
-                                 "annotations": [{"segment": [<start s>, <end s>], "label": "<name>"}]}}}
+    {"database": {"<video id>": {
+        "subset": "training" | "validation" | "testing",
+        "duration": <seconds>,
+        "annotations": [{"segment": [<start s>, <end s>], "label": "<name>"}]}}}
 
 The video of id ``vid`` is ``data_prefix['video'] / filename_tmpl.format(vid)`` (ActivityNet's files
 are usually ``v_<id>.mp4``: ``filename_tmpl='v_{}.mp4'``). Targets are in normalised time

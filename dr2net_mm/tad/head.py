@@ -22,7 +22,7 @@ the number of positive points ``N+``::
 
     loss_cls = Σ_points Σ_k focal(z_k, y_k) / N+          (sigmoid focal loss, α = 0.25, γ = 2)
     loss_reg = Σ_positives (1 - IoU_1d(pred, target)) / N+,
-    IoU_1d = (min(d_s, d_s*) + min(d_e, d_e*)) / (d_s + d_e + d_s* + d_e* - min(d_s, d_s*) - min(d_e, d_e*))
+    IoU_1d = I / (d_s + d_e + d_s* + d_e* - I),   I = min(d_s, d_s*) + min(d_e, d_e*)
 
 Decoding (:meth:`ActionFormerHead.predict`): scores ``sigmoid(z)``; candidates above
 ``score_thr``, the ``pre_nms_topk`` best per video; Gaussian soft-NMS per class

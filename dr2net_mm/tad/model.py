@@ -74,8 +74,9 @@ class TemporalActionDetector(BaseModel):
         if isinstance(feats, (tuple, list)):
             feats = feats[-1]
         if feats.dim() != 5:
-            raise ValueError(f'the backbone returned a {feats.dim()}D tensor; TemporalActionDetector '
-                             'needs NCTHW feature maps (Video ViT: set return_feat_map=True)')
+            raise ValueError(f'the backbone returned a {feats.dim()}D tensor; '
+                             'TemporalActionDetector needs NCTHW feature maps (Video ViT: set '
+                             'return_feat_map=True)')
         return feats.mean(dim=(3, 4))
 
     def forward(self, inputs: Tensor, data_samples: Optional[Sequence] = None,
