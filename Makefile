@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra --durations=25
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all test-compat demo demo-seg demo-points demo-video reproduce clean gpu-wheels
+.PHONY: install test test-all test-compat demo demo-seg demo-points demo-video demo-tad reproduce clean gpu-wheels
 
 install:
 	bash tools/install.sh
@@ -56,3 +56,8 @@ gpu-wheels:
 # end; `.venv/bin/python tools/demo_video.py --backbones vit swin` adds Dr²Net Video Swin)
 demo-video: install
 	$(PY) tools/demo_video.py
+
+# Temporal action detection end to end with a Dr²Net Video Swin on generated long videos (mAP at the
+# end beside a random-segment baseline; `tools/demo_tad.py --backbones swin vit` adds a Dr²Net ViT)
+demo-tad: install
+	$(PY) tools/demo_tad.py

@@ -7,6 +7,7 @@
     python tools/benchmark.py points --points 24000 --batch 2 --out results/pix4point
     python tools/benchmark.py swin3d --frames 32 --size 224 --iters 2 --warmup 1 --rss --out results/video_swin_t_32x224
     python tools/benchmark.py videomae --frames 16 --size 224 --iters 3 --rss --out results/videomae_vit_s_16x224
+    python tools/benchmark.py tad --frames 64 128 256 --size 112 --iters 2 --rss --out results/tad_swin_t_112
 
 ``swin3d`` is mmaction2's Video Swin (``SwinTransformer3D``, ``with_cp=True``, ``Dr2NetSwin3D``) and
 ``videomae`` mmaction2's VideoMAE ViT (``VisionTransformer``, ``PlainVideoViT(with_cp=True)``,
@@ -123,8 +124,8 @@ def swin_heads(embed_dims: int) -> tuple:
 
 # what an option left out means, per model (None: the option is not used by that model)
 DEFAULTS = {
-    'size': dict(swin3d=224, videomae=224, default=512),
-    'frames': dict(swin3d=[32], videomae=[16]),
+    'size': dict(swin3d=224, videomae=224, tad=112, default=512),
+    'frames': dict(swin3d=[32], videomae=[16], tad=[64]),
     'arch': dict(vit='vit_small_patch16_224', swin3d='tiny'),
     'embed_dims': dict(swin=96, videomae=384),
     'depths': dict(swin=[[2, 2, 6, 2]]),
@@ -134,7 +135,7 @@ DEFAULTS = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg', 'points', 'swin3d',
-                                          'videomae'])
+                                          'videomae', 'tad'])
     parser.add_argument('--size', type=parse_size, default=None,
                         help='input size: 512 (square) or, for dino, HxW such as 800x1333 '
                         '(default 512; swin3d, videomae: 224, the frame size)')
@@ -176,7 +177,7 @@ def parse_args(argv=None):
     parser.add_argument('--rss-child', default=None, help=argparse.SUPPRESS)  # SETTING:VARIANT
     parser.add_argument('--rss-out', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    video = args.model in ('swin3d', 'videomae')
+    video = args.model in ('swin3d', 'videomae', 'tad')
     if args.model == 'swin3d' and args.arch is not None and (args.depths or args.embed_dims):
         parser.error('swin3d: either --arch or a custom arch (--depths, --embed-dims), not both')
     if args.model == 'swin3d' and args.depths and len(args.depths) > 1:
@@ -221,6 +222,8 @@ def parse_args(argv=None):
     if video and unknown:
         parser.error(f'--extra {" ".join(unknown)}: {args.model} has the extra variants '
                      f'{" ".join(sorted(STREAM_OPTIONS))}')
+    if args.model == 'tad' and args.extra:
+        parser.error(f'--extra {" ".join(args.extra)}: tad measures its four configs only')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
                      'BatchNorm over 1x1 maps, which cannot train on one image)')
@@ -271,6 +274,10 @@ def settings(args) -> Dict[str, list]:
                                args.heads, device=device, extra=tuple(args.extra or ()))
             for frames in args.frames
         }
+    if args.model == 'tad':  # the four TAD configs, whole detectors (dr2net_mm.benchmark.tad)
+        from dr2net_mm.benchmark.tad import tad_variants
+        return {f'TAD Video Swin-T {clip_label(frames, args.size)}, batch {args.batch}':
+                tad_variants(frames, args.size, args.batch) for frames in args.frames}
     if args.model == 'seg':
         return {
             f'{segmentor} ADE20K (150 classes), {args.size}², batch {args.batch}':
