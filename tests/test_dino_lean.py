@@ -293,6 +293,7 @@ def test_lean_encoder_for_a_non_deformable_detector_is_refused_and_nothing_chang
 
 
 # 5. A short run through MMEngine's Runner ------------------------------------------------------
+@pytest.mark.slow
 def test_dr2net_all_demo_trains_through_the_runner_with_both_stages_driven(tmp_path):
     from dr2net_mm.demo.data import make_demo_coco, write_swin_official_checkpoint
     data_root = str(tmp_path / 'coco') + '/'
