@@ -232,7 +232,7 @@ def test_gpu_report_of_a_stopped_test_step_keeps_the_printed_figures(tmp_path):
 
 
 # 5. the script ----------------------------------------------------------------------------------
-STEPS = ('environment', 'wheels', 'install', 'mmcv', 'cuda-tests', 'bench_swin_t_1024', 'bench_vit_l_256',
+STEPS = ('environment', 'wheels', 'install', 'mmcv', 'cuda-tests', 'bench_swin_t_1024', 'fsdp', 'bench_vit_l_256',
          'bench_dino_800x1333')
 
 
