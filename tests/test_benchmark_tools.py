@@ -89,6 +89,7 @@ def test_swin3d_benchmark_measures_video_swin_per_frame_count(tmp_path):
                for variants in sweep.values())
 
 
+@pytest.mark.slow  # 31 s; the rss test below covers --rss
 def test_videomae_benchmark_with_resident_peaks(tmp_path):
     """tools/benchmark.py videomae: mmaction2's VideoMAE VisionTransformer, PlainVideoViT with_cp,
     Dr2NetVideoViT; with --rss each variant's resident peak from a fresh process."""
@@ -152,6 +153,7 @@ def test_segmentor_benchmark_reports_both_backbones_against_both_peers(tmp_path)
     assert os.path.getsize(str(tmp_path / 'seg.png')) > 0
 
 
+@pytest.mark.slow  # 71 s on 2 cores (four Pix4Point variants)
 def test_points_benchmark_reports_dr2net_against_both_peers():
     """tools/benchmark.py points: Pix4Point training steps from the S3DIS configs (ViT-S, 1536
     tokens) with PlainViT, PlainViT with_cp and Dr2NetViT."""
@@ -232,12 +234,17 @@ def test_resident_peak_counts_what_a_step_touches():
     assert rss.child_env()['MALLOC_MMAP_THRESHOLD_'] == '65536'
 
 
-def test_benchmark_rss_runs_each_variant_in_a_fresh_process(tmp_path):
+def test_benchmark_rss_runs_each_chosen_variant_in_a_fresh_process(tmp_path, capsys):
     out = str(tmp_path / 'vit')
-    report = tool('benchmark')['main'](['vit', '--arch', 'vit_tiny_patch16_224', '--size', '64',
-                                        '--iters', '1', '--rss', '--out', out])
+    main = tool('benchmark')['main']
+    report = main(['vit', '--arch', 'vit_tiny_patch16_224', '--size', '64', '--iters', '1',
+                   '--rss', '--variants', 'dr2net', 'checkpointing', '--out', out])
     results = next(iter(report['settings'].values()))
+    assert [r['name'] for r in results] == ['checkpointing', 'dr2net']  # the table's order
     assert all(r['rss_peak_mb'] > 0 for r in results)
+    with pytest.raises(SystemExit, match='--variants cp: not a variant here; choose from '
+                       'conventional checkpointing dr2net'):
+        main(['vit', '--arch', 'vit_tiny_patch16_224', '--size', '64', '--variants', 'cp'])
     with open(out + '.md') as f:
         assert 'peak, resident (MB)' in f.read()
 

@@ -53,6 +53,7 @@ def test_train_runs_and_validates_with_coco_metric_then_test_uses_stored_coeffic
     assert 'evaluated with (alpha, beta) = (0.3, 0.7)' in out
 
 
+@pytest.mark.slow  # 53 s; tests/test_reliability.py covers exact resume
 def test_resume_continues_with_the_right_iteration_and_coefficients(demo):
     work_dir = str(demo['root'] / 'resume')
     run([PYTHON, 'tools/train.py', demo['config'], '--work-dir', work_dir, '--cfg-options',

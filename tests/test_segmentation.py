@@ -176,7 +176,9 @@ def test_reversible_training_step_matches_the_reference_mode_inside_the_segmento
         for module in model.modules():  # dropout off: a deterministic comparison
             if isinstance(module, torch.nn.Dropout2d):
                 module.p = 0.0
+        model.data_preprocessor.size = (64, 64)  # the config pads to its 512² crop otherwise
         batch = model.data_preprocessor(segmentor_batch(2, 64, 150), True)
+        assert batch['inputs'].shape[-2:] == (64, 64)
         losses = model(**batch, mode='loss')
         loss = losses['decode.loss_ce'] + losses['aux.loss_ce']
         loss.backward()

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from mmengine.config import Config
@@ -170,6 +170,9 @@ def parse_args(argv=None):
                         help='extra Dr²Net variants: dr2net_fp32 dr2net_f64 dr2net_f64_seg4 (swin, '
                         'vit, swin3d, videomae), dr2net_f64_seg4 (points, dino: float64 streams, '
                         'segment_size=4)')
+    parser.add_argument('--variants', nargs='+', default=None, metavar='NAME',
+                        help='measure only these variants (names as in the table: conventional, '
+                        'checkpointing, dr2net, ...; default all)')
     parser.add_argument('--out', default=None, help='output path without extension')
     parser.add_argument('--rss', action='store_true',
                         help='also measure each variant\'s resident high-water mark in a fresh '
@@ -353,6 +356,19 @@ def plot(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+def chosen(variants: list, names: Optional[List[str]]) -> list:
+    """``variants`` in their order, only those named in ``names`` (all when None); an unknown
+    name is an error that lists the known ones."""
+    if names is None:
+        return variants
+    known = [v.name for v in variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f'--variants {" ".join(unknown)}: not a variant here; choose from '
+                         f'{" ".join(known)}')
+    return [v for v in variants if v.name in names]
+
+
 def rss_child(args) -> None:
     """Measure one variant's resident peak in this (fresh) process and write it as JSON."""
     setting, name = args.rss_child.split(':', 1)
@@ -408,6 +424,7 @@ def main(argv=None) -> dict:
     tables = []
     for index, (label, variants) in enumerate(settings(args).items()):
         print(f'== {label}', flush=True)
+        variants = chosen(variants, args.variants)
         results = compare(variants, device, iters=args.iters, warmup=args.warmup,
                           log=lambda line: print(line, flush=True))
         if args.rss and device.type == 'cpu':

@@ -26,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dr2net_mm.demo.runs import run_logged, step  # noqa: E402
+from dr2net_mm.demo.runs import epoch_options, step, train_then_test  # noqa: E402
 
 DATA = 'data/demo_tad'
 CONFIGS = {'swin': 'configs/demo/tad_dr2net_swin_t_demo.py',
@@ -35,14 +35,6 @@ NAMES = {'swin': 'Dr²Net Video Swin (48 wide)', 'vit': 'Dr²Net VideoMAE-layout
 SHOW = r'Epoch\(train\)\s+\[\d+\]\[\s*16/|Epoch\(val\)|Epoch\(test\)|Error|error:'
 MAP = re.compile(r'tad/mAP@0\.5: ([\d.]+)\s+tad/mAP@0\.75: ([\d.]+)\s+tad/mAP@0\.95: ([\d.]+)\s+'
                  r'tad/mAP: ([\d.]+)')
-
-
-def epoch_options(epochs: int) -> list:
-    """--cfg-options for a schedule of ``epochs`` epochs (the first warms the lr up)."""
-    return ['--cfg-options', f'train_cfg.max_epochs={epochs}', f'train_cfg.val_begin={epochs}',
-            f'train_cfg.val_interval={epochs}', f'param_scheduler.1.T_max={epochs - 1}',
-            f'param_scheduler.1.end={epochs}', f'default_hooks.checkpoint.interval={epochs}',
-            f'custom_hooks.0.end_epoch={max(epochs // 2, 1)}']
 
 
 def main(argv=None):
@@ -72,29 +64,14 @@ def main(argv=None):
           f'{TAD_DEMO_ACTIONS} and two checkpoints ({time.time() - t:.0f} s)')
 
     results = {}
-    number = 2
-    for name in args.backbones:
-        work_dir = os.path.join(args.work_dir, name)
-        os.makedirs(work_dir, exist_ok=True)
-        options = epoch_options(args.epochs) if args.epochs else []
-        t = step(f'{number}/{total} train {CONFIGS[name]} (tools/train.py)')
-        run_logged([sys.executable, 'tools/train.py', CONFIGS[name], '--work-dir', work_dir,
-                    *options], os.path.join(work_dir, 'train_output.log'), SHOW)
-        train_s = time.time() - t
-        with open(os.path.join(work_dir, 'last_checkpoint')) as f:
-            checkpoint = f.read().strip()
-        t = step(f'{number + 1}/{total} evaluate {checkpoint} (tools/test.py)')
-        output = run_logged([sys.executable, 'tools/test.py', CONFIGS[name], checkpoint,
-                             '--work-dir', work_dir], os.path.join(work_dir, 'test_output.log'),
-                            SHOW)
-        found = MAP.findall(output)
-        if not found:
-            raise SystemExit(f'tools/test.py printed no tad/mAP; see {work_dir}/test_output.log')
-        values = [float(v) for v in found[-1]]
-        results[name] = dict(config=CONFIGS[name], **dict(zip(
-            ('mAP@0.5', 'mAP@0.75', 'mAP@0.95', 'mAP'), values)), train_seconds=train_s,
-            test_seconds=time.time() - t, checkpoint=checkpoint)
-        number += 2
+    for number, name in enumerate(args.backbones):
+        options = epoch_options(args.epochs, warmup_epochs=1) if args.epochs else []
+        titles = (f'{2 * number + 2}/{total} train {CONFIGS[name]} (tools/train.py)',
+                  f'{2 * number + 3}/{total} evaluate {{checkpoint}} (tools/test.py)')
+        run = train_then_test(sys.executable, CONFIGS[name], os.path.join(args.work_dir, name),
+                              options, SHOW, MAP, titles)
+        values = run.pop('values')
+        results[name] = dict(run, **dict(zip(('mAP@0.5', 'mAP@0.75', 'mAP@0.95', 'mAP'), values)))
 
     step(f'{total}/{total} summary')
     print(f'random segments (10 per video): mAP@0.5 {baseline["mAP@0.50"]:.3f}, '

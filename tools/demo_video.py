@@ -24,7 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dr2net_mm.demo.runs import run_logged, step  # noqa: E402
+from dr2net_mm.demo.runs import epoch_options, step, train_then_test  # noqa: E402
 
 DATA = 'data/demo_clips'
 CONFIGS = {'swin': 'configs/demo/video_dr2net_swin_t_demo.py',
@@ -61,33 +61,13 @@ def main(argv=None):
           f'checkpoints ({time.time() - t:.0f} s)')
 
     results = {}
-    number = 2
-    for name in args.backbones:
-        work_dir = os.path.join(args.work_dir, name)
-        os.makedirs(work_dir, exist_ok=True)
-        options = []
-        if args.epochs:
-            options = ['--cfg-options', f'train_cfg.max_epochs={args.epochs}',
-                       f'train_cfg.val_begin={args.epochs}', f'train_cfg.val_interval={args.epochs}',
-                       f'param_scheduler.1.T_max={args.epochs - 2}',
-                       f'param_scheduler.1.end={args.epochs}',
-                       f'default_hooks.checkpoint.interval={args.epochs}',
-                       f'custom_hooks.0.end_epoch={max(args.epochs // 2, 1)}']
-        t = step(f'{number}/{total} train {CONFIGS[name]} (tools/train.py)')
-        run_logged([sys.executable, 'tools/train.py', CONFIGS[name], '--work-dir', work_dir,
-                    *options], os.path.join(work_dir, 'train_output.log'), SHOW)
-        train_s = time.time() - t
-        with open(os.path.join(work_dir, 'last_checkpoint')) as f:
-            checkpoint = f.read().strip()
-        t = step(f'{number + 1}/{total} evaluate {checkpoint} (tools/test.py)')
-        output = run_logged([sys.executable, 'tools/test.py', CONFIGS[name], checkpoint,
-                             '--work-dir', work_dir], os.path.join(work_dir, 'test_output.log'), SHOW)
-        found = TOP1.findall(output)
-        if not found:
-            raise SystemExit(f'tools/test.py printed no acc/top1; see {work_dir}/test_output.log')
-        results[name] = dict(config=CONFIGS[name], top1=float(found[-1]), train_seconds=train_s,
-                             test_seconds=time.time() - t, checkpoint=checkpoint)
-        number += 2
+    for number, name in enumerate(args.backbones):
+        options = epoch_options(args.epochs, warmup_epochs=2) if args.epochs else []
+        titles = (f'{2 * number + 2}/{total} train {CONFIGS[name]} (tools/train.py)',
+                  f'{2 * number + 3}/{total} evaluate {{checkpoint}} (tools/test.py)')
+        run = train_then_test(sys.executable, CONFIGS[name], os.path.join(args.work_dir, name),
+                              options, SHOW, TOP1, titles)
+        results[name] = dict(run, top1=run.pop('values')[0])
 
     step(f'{total}/{total} summary')
     chance = 1 / len(DEMO_ACTIONS)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .data import already_written, write_stamp
 
-__all__ = ['DEMO_ACTIONS', 'make_demo_clips', 'draw_clip']
+__all__ = ['DEMO_ACTIONS', 'make_demo_clips', 'draw_clip', 'write_video']
 
 # class index -> name: how the shape moves (its direction is random)
 DEMO_ACTIONS = ('standing still', 'moving slowly', 'moving fast', 'blinking')
@@ -68,7 +68,9 @@ def draw_clip(rng: np.random.Generator, label: int, frames: int, size: int) -> n
     return clip
 
 
-def _write_video(path: str, clip: np.ndarray, fps: int = 8) -> None:
+def write_video(path: str, clip: np.ndarray, fps: int = 8) -> None:
+    """Write ``clip`` (T, H, W, 3 uint8, BGR) to ``path`` as mp4, whole or not at all (a temporary
+    file renamed at the end)."""
     height, width = clip.shape[1:3]
     tmp = path + '.tmp.mp4'
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
@@ -102,7 +104,7 @@ def make_demo_clips(out_dir: str, num_train: int = 96, num_val: int = 32, frames
         for index in range(count):
             label = index % len(DEMO_ACTIONS)
             name = f'{split}/{index:06d}.mp4'
-            _write_video(osp.join(out_dir, name), draw_clip(rng, label, frames, size))
+            write_video(osp.join(out_dir, name), draw_clip(rng, label, frames, size))
             lines.append(f'{name} {label}\n')
         with open(osp.join(out_dir, f'{split}_list.txt'), 'w') as f:
             f.writelines(lines)

@@ -21,7 +21,7 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-from ..demo.clips import _write_video
+from ..demo.clips import write_video
 from ..demo.data import already_written, write_stamp
 
 __all__ = ['TAD_DEMO_ACTIONS', 'draw_video', 'make_demo_tad', 'random_segment_mAP']
@@ -121,7 +121,7 @@ def make_demo_tad(out_dir: str, num_train: int = 64, num_val: int = 16, frames: 
         for index in range(count):
             vid = f'{subset[:5]}_{index:04d}'
             video, spans = draw_video(rng, frames, size)
-            _write_video(osp.join(out_dir, 'videos', vid + '.mp4'), video, fps=fps)
+            write_video(osp.join(out_dir, 'videos', vid + '.mp4'), video, fps=fps)
             database[vid] = dict(subset=subset, duration=frames / fps, annotations=[
                 dict(segment=[s / fps, e / fps], label=TAD_DEMO_ACTIONS[k]) for s, e, k in spans])
     with open(ann_file, 'w') as f:
