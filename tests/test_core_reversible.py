@@ -8,8 +8,6 @@ import weakref
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.parallel import DistributedDataParallel
 
@@ -19,6 +17,7 @@ from dr2net_mm.core import (ReversibleSequence, branch_input, count_saved_bytes,
 from dr2net_mm.core.autocast import autocast_state
 from dr2net_mm.core.streams import ExactStreams, pack_stream, unpack_stream
 from toys import MLPBranch, make_input, make_stage
+from two_processes import on_two_processes, weighted_loss
 
 ALPHA_BETA_GRID = [(a, b) for a in (0.0, 0.3, 0.7, 1.0) for b in (0.1, 0.3, 0.7, 1.0)]
 
@@ -218,17 +217,8 @@ DDP_MODES = {'static': dict(find_unused_parameters=False), 'find_unused': dict(
     find_unused_parameters=True), 'no_sync_accumulation': dict(find_unused_parameters=False)}
 
 
-def _ddp_loss(out):
-    w = torch.linspace(-1, 1, out[0].numel()).view_as(out[0])
-    return (out * w).flatten(1).sum(1).mean()
-
-
-def _ddp_worker(rank, world_size, init_file, out_dir):
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                            world_size=world_size)
-    torch.set_num_threads(1)
-    x = make_input(batch=8)
-    part = x.chunk(world_size)[rank]
+def _ddp_rank(rank, world_size):
+    part = make_input(batch=8).chunk(world_size)[rank]
     results = {}
     for mode, kwargs in DDP_MODES.items():
         stage = make_stage(n=6, alpha=0.5, beta=0.5)
@@ -238,22 +228,20 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
             if mode == 'no_sync_accumulation':
                 first, second = part.chunk(2)
                 with model.no_sync():
-                    (_ddp_loss(model(first)) / 2).backward()
-                (_ddp_loss(model(second)) / 2).backward()
+                    (weighted_loss(model(first)) / 2).backward()
+                (weighted_loss(model(second)) / 2).backward()
             else:
-                _ddp_loss(model(part)).backward()
+                weighted_loss(model(part)).backward()
         results[mode] = param_grads(stage)
-    torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
-    dist.destroy_process_group()
+    return results
 
 
 def test_ddp_two_processes_match_one_process_on_the_full_batch(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
+    ranks = on_two_processes(_ddp_rank, tmp_path)
     stage = make_stage(n=6, alpha=0.5, beta=0.5)
-    _ddp_loss(stage(make_input(batch=8))).backward()
+    weighted_loss(stage(make_input(batch=8))).backward()
     expected = param_grads(stage)
-    for rank in range(2):
-        results = torch.load(tmp_path / f'rank{rank}.pt')
+    for rank, results in enumerate(ranks):
         for mode in DDP_MODES:
             got = results[mode]
             assert set(got) == set(expected), mode

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from mmdet.models.layers.transformer import DeformableDetrTransformerEncoder
 from mmengine.config import Config
 from torch import nn
@@ -23,6 +21,7 @@ from dr2net_mm.core import chunks, gradient_error, reversible_stages
 from dr2net_mm.models import Dr2NetDeformableEncoder, Dr2NetDINO
 from dr2net_mm.models.dino import CheckpointedLayer, lean_transformer
 from tool_runs import ROOT, data_overrides, run_tool, scalars
+from two_processes import on_two_processes, weighted_loss
 
 DEMO_ALL = os.path.join(ROOT, 'configs/demo/dino_dr2net_all_swin_t_demo.py')
 LAYER_CFG = dict(
@@ -213,15 +212,7 @@ def _probe(train_pos: bool = False) -> EncoderProbe:
                         train_pos).train()
 
 
-def _ddp_loss(out):
-    w = torch.linspace(-1, 1, out[0].numel()).view_as(out[0])
-    return (out * w).flatten(1).sum(1).mean()
-
-
-def _ddp_worker(rank, world_size, init_file, out_dir):
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                            world_size=world_size)
-    torch.set_num_threads(1)
+def _ddp_rank(rank, world_size):
     probe = _probe()
     x = encoder_inputs(batch=4)['query']
     rows = slice(rank * 2, rank * 2 + 2)
@@ -232,18 +223,16 @@ def _ddp_worker(rank, world_size, init_file, out_dir):
     model = DistributedDataParallel(part, find_unused_parameters=True, broadcast_buffers=False)
     for _ in range(2):  # a parameter marked ready twice would fail on the second iteration
         model.zero_grad(set_to_none=True)
-        _ddp_loss(model(x[rows])).backward()
-    torch.save(param_grads(probe.encoder), os.path.join(out_dir, f'rank{rank}.pt'))
-    dist.destroy_process_group()
+        weighted_loss(model(x[rows])).backward()
+    return param_grads(probe.encoder)
 
 
 def test_ddp_two_processes_with_the_reversible_encoder_match_one_process(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
+    ranks = on_two_processes(_ddp_rank, tmp_path)
     probe = _probe()
-    _ddp_loss(probe(encoder_inputs(batch=4)['query'])).backward()
+    weighted_loss(probe(encoder_inputs(batch=4)['query'])).backward()
     expected = param_grads(probe.encoder)
-    for rank in range(2):
-        got = torch.load(tmp_path / f'rank{rank}.pt')
+    for rank, got in enumerate(ranks):
         assert set(got) == set(expected)
         for name in expected:  # float32 sums over 2 vs 4 images: rounding only
             error = (got[name] - expected[name]).norm() / expected[name].norm()

@@ -32,7 +32,11 @@ class _LinearInto(torch.autograd.Function):
                 b_into: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.into = (w_into, b_into)
-        return F.linear(x, weight, bias)
+        # F.linear of a batched x returns a view of its 2-D product, and autograd refuses in-place
+        # ops (an in-place activation in the branch) on a view made inside a custom Function; the
+        # same product reshaped with _unsafe_view, as aten's linear does, is no view.
+        out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+        return torch.ops.aten._unsafe_view(out, (*x.shape[:-1], weight.shape[0]))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
