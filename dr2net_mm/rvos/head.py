@@ -46,7 +46,8 @@ __all__ = ['MultimodalTransformer', 'FPNMaskDecoder', 'ReferringCriterion']
 
 
 def _layer_cfg(embed_dims: int, num_heads: int, ffn_dims: int, dropout: float, cross: bool):
-    attn = dict(embed_dims=embed_dims, num_heads=num_heads, dropout=dropout, batch_first=True)
+    attn = dict(embed_dims=embed_dims, num_heads=num_heads, attn_drop=dropout, proj_drop=dropout,
+                batch_first=True)
     cfg = dict(self_attn_cfg=attn, ffn_cfg=dict(
         embed_dims=embed_dims, feedforward_channels=ffn_dims, num_fcs=2, ffn_drop=dropout,
         act_cfg=dict(type='ReLU', inplace=True)))
