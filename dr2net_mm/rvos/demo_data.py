@@ -61,7 +61,7 @@ def _objects(rng: np.random.Generator, size: int, frames: int) -> List[dict]:
         side = int(rng.integers(size // 6, size // 4 + 1))
         direction = list(DIRECTIONS)[int(rng.integers(0, 4))]
         dx, dy = DIRECTIONS[direction]
-        speed = float(rng.uniform(0.8, 1.4))
+        speed = float(rng.uniform(0.8, 1.4)) * size / 64  # pixels a frame
         travel = speed * (frames - 1)
         lo, hi = 0.0, size - side - 1.0
         # start so that the whole path stays inside the frame
