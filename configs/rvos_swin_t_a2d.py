@@ -31,7 +31,7 @@ model = dict(
         config=dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12,
                     num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514,
                     type_vocab_size=1, layer_norm_eps=1e-5),
-        hf_tokenizer=roberta, weights=roberta + 'pytorch_model.bin', freeze=True),
+        hf_tokenizer=roberta, weights=roberta + 'pytorch_model.bin', frozen=True),
     transformer=dict(embed_dims=256, num_heads=8, ffn_dims=2048, dropout=0.1, num_queries=50,
                      num_encoder_layers=3, num_decoder_layers=3),
     mask_decoder=dict(mask_dims=8, fpn_dims=256, groups=8),

@@ -101,7 +101,7 @@ def test_text_encoder_pads_and_loads_weights_from_a_local_file(vocab, tmp_path):
     path = str(tmp_path / 'roberta.pth')
     torch.save({'roberta.' + k: v for k, v in source.roberta.state_dict().items()}, path)
     torch.manual_seed(1)
-    target = RobertaTextEncoder(config, vocab_file=vocab, weights=path, freeze=True)
+    target = RobertaTextEncoder(config, vocab_file=vocab, weights=path, frozen=True)
     target.init_weights()
     target.eval(), source.eval()
     assert torch.equal(target(SENTENCES)[0], source(SENTENCES)[0])

@@ -17,7 +17,7 @@ model = dict(
         _delete_=True,
         config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=128),
-        vocab_file=data_root + 'text_annotations/vocab.json', freeze=False),
+        vocab_file=data_root + 'text_annotations/vocab.json', frozen=False),
     transformer=dict(embed_dims=64, num_heads=4, ffn_dims=128, dropout=0.0, num_queries=8,
                      num_encoder_layers=1, num_decoder_layers=2),
     mask_decoder=dict(mask_dims=16, fpn_dims=32, groups=8))

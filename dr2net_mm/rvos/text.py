@@ -133,7 +133,7 @@ class RobertaTextEncoder(BaseModule):
         hf_tokenizer: instead, the local folder of a ``transformers`` tokenizer.
         weights: a local file of RoBERTa weights (``torch.save`` state dict or ``.safetensors``;
             ``roberta.`` prefixes and the pooler are dropped), loaded by :meth:`init_weights`.
-        freeze: MTTR's setting: no gradients, eval mode, run under ``no_grad``.
+        frozen: MTTR's setting: no gradients, eval mode, run under ``no_grad``.
         max_length: tokens per sentence at most, ``<s>`` and ``</s>`` included.
 
     ``forward(sentences)`` -> ``(features (B, L, hidden_size), padding (B, L) bool, True = pad)``.
@@ -141,7 +141,7 @@ class RobertaTextEncoder(BaseModule):
 
     def __init__(self, config: dict, vocab_file: Optional[str] = None,
                  hf_tokenizer: Optional[str] = None, weights: Optional[str] = None,
-                 freeze: bool = False, max_length: int = 32, init_cfg=None):
+                 frozen: bool = False, max_length: int = 32, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if (vocab_file is None) == (hf_tokenizer is None):
             raise ValueError('RobertaTextEncoder needs exactly one of vocab_file (a word '
@@ -164,8 +164,8 @@ class RobertaTextEncoder(BaseModule):
             config.update(bos_token_id=0, pad_token_id=1, eos_token_id=2)
         self.roberta = RobertaModel(RobertaConfig(**config), add_pooling_layer=False)
         self.hidden_size = self.roberta.config.hidden_size
-        self.weights, self.freeze, self.max_length = weights, freeze, max_length
-        if freeze:
+        self.weights, self.frozen, self.max_length = weights, frozen, max_length
+        if frozen:
             self.roberta.requires_grad_(False)
 
     def init_weights(self) -> None:
@@ -193,7 +193,7 @@ class RobertaTextEncoder(BaseModule):
 
     def train(self, mode: bool = True) -> 'RobertaTextEncoder':
         super().train(mode)
-        if self.freeze:
+        if self.frozen:
             self.roberta.eval()
         return self
 
@@ -201,7 +201,7 @@ class RobertaTextEncoder(BaseModule):
         ids, mask = self.tokenizer(sentences, self.max_length)
         device = self.roberta.embeddings.word_embeddings.weight.device
         ids, mask = ids.to(device), mask.to(device)
-        if self.freeze:
+        if self.frozen:
             with torch.no_grad():
                 feats = self.roberta(input_ids=ids, attention_mask=mask).last_hidden_state
         else:
