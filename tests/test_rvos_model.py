@@ -40,7 +40,7 @@ def segmentor(vocab, backbone_type='SwinTransformer3D', seed=0, **kwargs):
                                       intermediate_size=32), vocab_file=vocab),
         transformer=dict(embed_dims=16, num_heads=2, ffn_dims=32, dropout=0.0, num_queries=4,
                          num_encoder_layers=1, num_decoder_layers=1),
-        mask_decoder=dict(mask_dims=8, fpn_dims=16, groups=4), **kwargs))
+        mask_decoder=dict(mask_dims=8, fpn_dims=16, groups=2), **kwargs))
     model.init_weights()
     return model
 

@@ -20,7 +20,7 @@ model = dict(
         vocab_file=data_root + 'text_annotations/vocab.json', frozen=False),
     transformer=dict(embed_dims=64, num_heads=4, ffn_dims=128, dropout=0.0, num_queries=8,
                      num_encoder_layers=1, num_decoder_layers=2),
-    mask_decoder=dict(mask_dims=16, fpn_dims=32, groups=8))
+    mask_decoder=dict(mask_dims=16, fpn_dims=64, groups=4))
 
 pipeline = [
     dict(type='DecodeReferringClip', clip_len=8, frame_interval=1),

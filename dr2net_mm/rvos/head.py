@@ -10,9 +10,10 @@ object queries, shared by all frames (MTTR's instance sequences), over that fram
 memory. Out: query embeddings ``(B·T', N, d)`` and the encoded vision tokens ``(B·T', d, h, w)``.
 
 **Mask decoder** (:class:`FPNMaskDecoder`). An FPN over the encoded vision map (top) and the
-backbone's earlier stages (1×1 laterals, 2× upsampling, 3×3 conv + GroupNorm + ReLU) gives mask
-features ``(B·T', m, H/4, W/4)``; each query's kernel (a 3-layer MLP of its embedding, ``m``
-values) dotted with them gives its mask logits (MTTR's dynamic kernels).
+backbone's earlier stages (1×1 laterals, 2× upsampling, 3×3 conv + GroupNorm + ReLU; the width
+halves at every finer level, as MTTR's spatial decoder) gives mask features
+``(B·T', m, H/4, W/4)``; each query's kernel (a 3-layer MLP of its embedding, ``m`` values) dotted
+with them gives its mask logits (MTTR's dynamic kernels).
 
 **Losses** (:class:`ReferringCriterion`), on the annotated frame of each clip. The targets are every
 instance of that frame, labelled *referred* (class 0, the sentence's) or *not referred* (class 1).
@@ -116,18 +117,28 @@ class FPNMaskDecoder(BaseModule):
         in_channels: channels of the backbone stages below the last, finest first.
         embed_dims: the transformer's width (the top of the FPN, the query embeddings).
         mask_dims: channels of the mask features (= kernel length).
+        fpn_dims: the FPN's width at the top; it halves at every finer level.
         groups: GroupNorm groups of the 3×3 convolutions.
     """
 
     def __init__(self, in_channels: Sequence[int], embed_dims: int, mask_dims: int = 8,
-                 fpn_dims: int = 64, groups: int = 8, init_cfg=None):
+                 fpn_dims: int = 256, groups: int = 8, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        levels = len(in_channels)
+        dims = [fpn_dims // 2 ** k for k in range(levels + 1)]  # top, then finer and finer
+        if dims[-1] < groups or any(d % groups for d in dims):
+            raise ValueError(f'fpn_dims={fpn_dims} halves to {dims} over {levels} levels: each '
+                             f'must be a multiple of groups={groups}')
         norm = dict(type='GN', num_groups=groups)
-        self.top = ConvModule(embed_dims, fpn_dims, 3, padding=1, norm_cfg=norm)
-        self.laterals = nn.ModuleList(nn.Conv2d(c, fpn_dims, 1) for c in in_channels)
-        self.outputs = nn.ModuleList(ConvModule(fpn_dims, fpn_dims, 3, padding=1, norm_cfg=norm)
-                                     for _ in in_channels)
-        self.project = nn.Conv2d(fpn_dims, mask_dims, 1)
+        self.top = ConvModule(embed_dims, dims[0], 3, padding=1, norm_cfg=norm)
+        # laterals[i] / outputs[i]: stage i (finest first); stage i is reached after levels - i
+        # halvings
+        self.laterals = nn.ModuleList(nn.Conv2d(c, dims[levels - 1 - i], 1)
+                                      for i, c in enumerate(in_channels))
+        self.outputs = nn.ModuleList(ConvModule(dims[levels - 1 - i], dims[levels - i], 3,
+                                                padding=1, norm_cfg=norm)
+                                     for i in range(levels))
+        self.project = nn.Conv2d(dims[-1], mask_dims, 1)
         self.kernel = nn.Sequential(nn.Linear(embed_dims, embed_dims), nn.ReLU(inplace=True),
                                     nn.Linear(embed_dims, embed_dims), nn.ReLU(inplace=True),
                                     nn.Linear(embed_dims, mask_dims))
