@@ -22,9 +22,13 @@ roberta = data_root + 'roberta-base/'
 
 model = dict(
     type='ReferringVideoSegmentor',
-    # a Kinetics-400 recognizer checkpoint: its `backbone.` weights load into the backbone; the
-    # temporal patch of 1 keeps one feature map per frame (the 2-frame kernel is summed by loading)
-    backbone=dict(type='SwinTransformer3D', arch='tiny', pretrained=swin_k400, pretrained2d=False,
+    # A Kinetics-400 recognizer checkpoint, its `backbone.` weights loaded by init_cfg's prefix
+    # (mmaction2's own `pretrained=` with pretrained2d=False does not strip that prefix and loads
+    # nothing from a recognizer file). The temporal patch of 1 (MTTR's) keeps one feature map per
+    # frame; the checkpoint's 2-frame patch embedding does not fit it and stays at its
+    # initialisation (the loaders warn), everything else loads.
+    backbone=dict(type='SwinTransformer3D', arch='tiny', pretrained=None, pretrained2d=False,
+                  init_cfg=dict(type='Pretrained', checkpoint=swin_k400, prefix='backbone.'),
                   patch_size=(1, 4, 4), window_size=(8, 7, 7), drop_path_rate=0.1,
                   out_indices=(0, 1, 2, 3)),
     text_encoder=dict(

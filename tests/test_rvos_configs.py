@@ -35,7 +35,8 @@ def test_config_sets_the_intended_backbone_text_encoder_data_and_metric(kind):
     assert cfg.model.type == 'ReferringVideoSegmentor'
     backbone = cfg.model.backbone
     assert backbone.type == ('Dr2NetSwin3D' if kind == 'dr2net' else 'SwinTransformer3D')
-    assert backbone.arch == 'tiny' and 'kinetics400' in backbone.pretrained
+    assert backbone.arch == 'tiny' and backbone.pretrained is None
+    assert backbone.init_cfg.prefix == 'backbone.' and 'kinetics400' in backbone.init_cfg.checkpoint
     assert tuple(backbone.out_indices) == (0, 1, 2, 3) and tuple(backbone.patch_size) == (1, 4, 4)
     assert backbone.get('with_cp', False) is (kind == 'cp')
     assert cfg.model.get('freeze_backbone', False) is (kind == 'frozen')
@@ -71,7 +72,7 @@ def tiny_run_config(kind: str, root: str, work_dir: str) -> Config:
     half an epoch."""
     cfg = load(kind)
     cfg.work_dir = work_dir
-    cfg.model.backbone.pretrained = None
+    cfg.model.backbone.init_cfg = None  # (the Kinetics file cannot be downloaded here)
     cfg.model.text_encoder = dict(
         config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                     intermediate_size=64),

@@ -11,8 +11,10 @@ max_epochs = 3
 arch = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
 
 model = dict(
-    backbone=dict(arch=dict(_delete_=True, **arch), pretrained=None, window_size=(4, 4, 4),
-                  drop_path_rate=0.0),
+    # random weights: mmaction2's default initialisation instead of the base's checkpoint
+    backbone=dict(arch=dict(_delete_=True, **arch), window_size=(4, 4, 4), drop_path_rate=0.0,
+                  init_cfg=[dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
+                            dict(type='Constant', layer='LayerNorm', val=1., bias=0.)]),
     text_encoder=dict(
         _delete_=True,
         config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
