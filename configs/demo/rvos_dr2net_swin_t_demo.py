@@ -1,18 +1,21 @@
 # The RVOS demo: ReferringVideoSegmentor + Dr2NetSwin3D on the generated shapes set
 # (data/demo_rvos, made by `python -m dr2net_mm.rvos.demo_data`: 24-frame 64x64 videos of 2-3
 # moving shapes, sentences such as "the red square moving left", A2D-Sentences layout). Same model
-# as ../rvos_dr2net_swin_t_a2d.py, narrowed for CPU speed (Video Swin 32 wide, depths 2-2-2-2, a
-# 4x4x4 window, random weights: nothing can be downloaded; a small random RoBERTa over the set's
-# word vocabulary, trained; 8 queries, 1 + 2 transformer layers), 8-frame clips at 64x64.
+# as ../rvos_dr2net_swin_t_a2d.py, narrowed for CPU speed: a Video Swin 32 wide with three stages
+# (depths 2-2-2; at 64x64 a fourth would leave the transformer 2x2 tokens a frame, too few to tell
+# the shapes apart: the demo learned far less with it), a 4x4x4 window, random weights (nothing
+# can be downloaded); a small random RoBERTa over the set's word vocabulary, trained; 8 queries,
+# 2 + 2 transformer layers; 8-frame clips at 64x64.
 _base_ = '../rvos_dr2net_swin_t_a2d.py'
 
 data_root = 'data/demo_rvos/'
 max_epochs = 3
-arch = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
+arch = dict(embed_dims=32, depths=[2, 2, 2], num_heads=[1, 2, 4])
 
 model = dict(
     # random weights: mmaction2's default initialisation instead of the base's checkpoint
-    backbone=dict(arch=dict(_delete_=True, **arch), window_size=(4, 4, 4), drop_path_rate=0.0,
+    backbone=dict(arch=dict(_delete_=True, **arch), out_indices=(0, 1, 2), window_size=(4, 4, 4),
+                  drop_path_rate=0.0,
                   init_cfg=[dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
                             dict(type='Constant', layer='LayerNorm', val=1., bias=0.)]),
     text_encoder=dict(
@@ -21,7 +24,7 @@ model = dict(
                     intermediate_size=128),
         vocab_file=data_root + 'text_annotations/vocab.json', frozen=False),
     transformer=dict(embed_dims=64, num_heads=4, ffn_dims=128, dropout=0.0, num_queries=8,
-                     num_encoder_layers=1, num_decoder_layers=2),
+                     num_encoder_layers=2, num_decoder_layers=2),
     mask_decoder=dict(mask_dims=16, fpn_dims=64, groups=4))
 
 pipeline = [
