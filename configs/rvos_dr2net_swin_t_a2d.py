@@ -11,7 +11,8 @@ model = dict(
         alpha=1.0,
         beta=0.1,
         reversible=True,
-        # exact streams: bit-exact rebuilds at every (α, β), one segment per stage (docs/precision.md)
+        # exact streams: bit-exact rebuilds at every (α, β), one segment per stage
+        # (docs/precision.md)
         stream_dtype='exact'))
 
 custom_hooks = [

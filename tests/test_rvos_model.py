@@ -74,7 +74,7 @@ class Outputs(torch.nn.Module):
         return [out['referred_logits'], out['mask_logits']]
 
 
-# 1. The text side -----------------------------------------------------------------------------------
+# 1. The text side ---------------------------------------------------------------------------------
 def test_word_tokenizer_gives_roberta_ids_padding_and_unknown_words(tmp_path):
     assert sentence_words('The red-square, moving LEFT!') == ['the', 'red', 'square', 'moving',
                                                               'left']
@@ -110,7 +110,7 @@ def test_text_encoder_pads_and_loads_weights_from_a_local_file(vocab, tmp_path):
         RobertaTextEncoder(dict(config, vocab_size=3), vocab_file=vocab)
 
 
-# 2. Dr²Net at (1, 0) is the conventional model ------------------------------------------------------
+# 2. Dr²Net at (1, 0) is the conventional model ---------------------------------------------------
 def test_dr2net_segmentor_at_alpha1_beta0_equals_the_conventional_one(vocab):
     reference = segmentor(vocab).eval()
     model = segmentor(vocab, 'Dr2NetSwin3D',
@@ -171,7 +171,7 @@ def test_a_backbone_that_does_not_return_every_stage_is_refused(vocab):
                           text_encoder=dict(config=dict(hidden_size=16), vocab_file=vocab)))
 
 
-# 3. Matching and losses -----------------------------------------------------------------------------
+# 3. Matching and losses ---------------------------------------------------------------------------
 def test_matching_pairs_each_target_with_the_query_that_fits_it():
     """Query 2 predicts the referred target's mask and "referred"; query 0 the other's mask and
     "not referred": those are the pairs, and the losses of a perfect answer are near their floor."""

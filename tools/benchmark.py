@@ -8,7 +8,7 @@
     python tools/benchmark.py swin3d --frames 32 --size 224 --iters 2 --warmup 1 --rss --out results/video_swin_t_32x224
     python tools/benchmark.py videomae --frames 16 --size 224 --iters 3 --rss --out results/videomae_vit_s_16x224
     python tools/benchmark.py tad --frames 64 128 256 --size 112 --iters 2 --rss --out results/tad_swin_t_112
-    python tools/benchmark.py rvos --frames 8 --size 224 --iters 1 --warmup 1 --rss --out results/rvos_swin_t_8x224
+    python tools/benchmark.py rvos --frames 8 --size 224 --iters 1 --rss --out results/rvos_8x224
 
 ``swin3d`` is mmaction2's Video Swin (``SwinTransformer3D``, ``with_cp=True``, ``Dr2NetSwin3D``) and
 ``videomae`` mmaction2's VideoMAE ViT (``VisionTransformer``, ``PlainVideoViT(with_cp=True)``,

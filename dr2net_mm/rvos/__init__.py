@@ -1,8 +1,8 @@
 """Referring video object segmentation (RVOS), MTTR-style, on MMEngine and mmaction2: the paper's
 fifth task (A2D-Sentences with a Kinetics-pretrained Video Swin-T).
 
-``import dr2net_mm.rvos`` (the RVOS configs list it in ``custom_imports``) registers into mmaction2's
-registries: the model :class:`~.model.ReferringVideoSegmentor`, the dataset
+``import dr2net_mm.rvos`` (the RVOS configs list it in ``custom_imports``) registers into
+mmaction2's registries: the model :class:`~.model.ReferringVideoSegmentor`, the dataset
 :class:`~.data.A2DSentencesDataset` with its transforms, and the metric
 :class:`~.metric.ReferringSegmentationMetric`. docs/rvos.md describes them.
 """
