@@ -131,6 +131,15 @@ def test_dr2net_segmentor_at_alpha1_beta0_equals_the_conventional_one(vocab):
         assert torch.equal(a.pred_instances.scores, b.pred_instances.scores)
 
 
+# RoBERTa's attention key bias adds the same amount to every score of a query, which the softmax
+# removes: its true gradient is 0, so its relative error is rounding over rounding (~1e9) for any
+# backward. The worst error over every other parameter and the input:
+def worst(summary) -> float:
+    values = [v for n, v in summary.per_parameter.items()
+              if not n.endswith('attention.self.key.bias')]
+    return max(values + [summary.input])
+
+
 @pytest.mark.parametrize('alpha,beta', [(1.0, 0.1), (0.3, 0.7)])
 def test_reversible_segmentor_gradients_as_precise_as_ordinary_autograd(vocab, alpha, beta):
     """Text encoder, transformer and mask decoder included, drop path 0.2 replayed: every gradient
@@ -138,9 +147,9 @@ def test_reversible_segmentor_gradients_as_precise_as_ordinary_autograd(vocab, a
     model = segmentor(vocab, 'Dr2NetSwin3D', drop_path_rate=0.2,
                       backbone=dict(alpha=alpha, beta=beta)).train()
     report = gradient_error(Outputs(model), clip(2, 3, 4, 32, 32))
-    print(f'\n({alpha}, {beta}): reversible {report.reversible_vs_truth.worst:.3g}, '
-          f'reference {report.reference_vs_truth.worst:.3g}')
-    assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst
+    reversible, reference = worst(report.reversible_vs_truth), worst(report.reference_vs_truth)
+    print(f'\n({alpha}, {beta}): reversible {reversible:.3g}, reference {reference:.3g}')
+    assert reversible <= 2 * reference < 1e-4
     assert model.backbone.reconstruction_errors() == [0.0] * 4
 
 
