@@ -4,7 +4,7 @@ PY := $(DR2NET_VENV)/bin/python
 PYTEST_FLAGS ?= -q -ra --durations=25
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: install test test-all test-compat demo demo-seg demo-points demo-video demo-tad reproduce clean gpu-wheels
+.PHONY: install test test-all test-compat demo demo-seg demo-points demo-video demo-tad demo-rvos reproduce clean gpu-wheels
 
 install:
 	bash tools/install.sh
@@ -61,3 +61,9 @@ demo-video: install
 # end beside a random-segment baseline; `tools/demo_tad.py --backbones swin vit` adds a Dr²Net ViT)
 demo-tad: install
 	$(PY) tools/demo_tad.py
+
+# Referring video object segmentation (MTTR-style) with a Dr²Net Video Swin on generated clips of
+# moving shapes and sentences ("the red square moving left"): mask mAP, overall and mean IoU at the
+# end beside the empty-mask and whole-frame baselines
+demo-rvos: install
+	$(PY) tools/demo_rvos.py

@@ -15,7 +15,7 @@ PACKAGE = ROOT / 'dr2net_mm'
 # packages, stands above them all).
 LAYERS = {'version': 0, 'checks': 0, 'core': 1, 'branches': 2, 'timm_models': 2, 'models': 2,
           'engine': 3, 'points': 3, 'benchmark': 4, 'demo': 4, 'runner_utils': 4, 'env': 4,
-          'mmcv_ops': 4, 'distributed': 4, 'compiling': 4, 'tad': 4,
+          'mmcv_ops': 4, 'distributed': 4, 'compiling': 4, 'tad': 4, 'rvos': 4,
           'mmaction_compat': 0}
 OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain', 'mmaction')
 

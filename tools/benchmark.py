@@ -8,6 +8,7 @@
     python tools/benchmark.py swin3d --frames 32 --size 224 --iters 2 --warmup 1 --rss --out results/video_swin_t_32x224
     python tools/benchmark.py videomae --frames 16 --size 224 --iters 3 --rss --out results/videomae_vit_s_16x224
     python tools/benchmark.py tad --frames 64 128 256 --size 112 --iters 2 --rss --out results/tad_swin_t_112
+    python tools/benchmark.py rvos --frames 8 --size 224 --iters 1 --rss --out results/rvos_8x224
 
 ``swin3d`` is mmaction2's Video Swin (``SwinTransformer3D``, ``with_cp=True``, ``Dr2NetSwin3D``) and
 ``videomae`` mmaction2's VideoMAE ViT (``VisionTransformer``, ``PlainVideoViT(with_cp=True)``,
@@ -124,8 +125,8 @@ def swin_heads(embed_dims: int) -> tuple:
 
 # what an option left out means, per model (None: the option is not used by that model)
 DEFAULTS = {
-    'size': dict(swin3d=224, videomae=224, tad=112, default=512),
-    'frames': dict(swin3d=[32], videomae=[16], tad=[64]),
+    'size': dict(swin3d=224, videomae=224, tad=112, rvos=224, default=512),
+    'frames': dict(swin3d=[32], videomae=[16], tad=[64], rvos=[8]),
     'arch': dict(vit='vit_small_patch16_224', swin3d='tiny'),
     'embed_dims': dict(swin=96, videomae=384),
     'depths': dict(swin=[[2, 2, 6, 2]]),
@@ -135,7 +136,7 @@ DEFAULTS = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('model', choices=['swin', 'vit', 'dino', 'seg', 'points', 'swin3d',
-                                          'videomae', 'tad'])
+                                          'videomae', 'tad', 'rvos'])
     parser.add_argument('--size', type=parse_size, default=None,
                         help='input size: 512 (square) or, for dino, HxW such as 800x1333 '
                         '(default 512; swin3d, videomae: 224, the frame size)')
@@ -180,7 +181,7 @@ def parse_args(argv=None):
     parser.add_argument('--rss-child', default=None, help=argparse.SUPPRESS)  # SETTING:VARIANT
     parser.add_argument('--rss-out', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    video = args.model in ('swin3d', 'videomae', 'tad')
+    video = args.model in ('swin3d', 'videomae', 'tad', 'rvos')
     if args.model == 'swin3d' and args.arch is not None and (args.depths or args.embed_dims):
         parser.error('swin3d: either --arch or a custom arch (--depths, --embed-dims), not both')
     if args.model == 'swin3d' and args.depths and len(args.depths) > 1:
@@ -225,8 +226,9 @@ def parse_args(argv=None):
     if video and unknown:
         parser.error(f'--extra {" ".join(unknown)}: {args.model} has the extra variants '
                      f'{" ".join(sorted(STREAM_OPTIONS))}')
-    if args.model == 'tad' and args.extra:
-        parser.error(f'--extra {" ".join(args.extra)}: tad measures its four configs only')
+    if args.model in ('tad', 'rvos') and args.extra:
+        parser.error(f'--extra {" ".join(args.extra)}: {args.model} measures its four configs '
+                     'only')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
                      'BatchNorm over 1x1 maps, which cannot train on one image)')
@@ -281,6 +283,10 @@ def settings(args) -> Dict[str, list]:
         from dr2net_mm.benchmark.tad import tad_variants
         return {f'TAD Video Swin-T {clip_label(frames, args.size)}, batch {args.batch}':
                 tad_variants(frames, args.size, args.batch) for frames in args.frames}
+    if args.model == 'rvos':  # the four RVOS configs, whole segmentors (dr2net_mm.benchmark.rvos)
+        from dr2net_mm.benchmark.rvos import rvos_variants
+        return {f'RVOS Video Swin-T {clip_label(frames, args.size)}, batch {args.batch}':
+                rvos_variants(frames, args.size, args.batch) for frames in args.frames}
     if args.model == 'seg':
         return {
             f'{segmentor} ADE20K (150 classes), {args.size}², batch {args.batch}':

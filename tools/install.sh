@@ -228,7 +228,7 @@ say "mmcv step done ($((SECONDS - step))s)"
 # ---- 4. the rest of the stack, then this package (editable) ----
 step=$SECONDS
 pip_install mmengine mmdet mmsegmentation timm pycocotools numpy opencv-python ftfy regex \
-    pytest setuptools scikit-learn mmaction2 opencv-contrib-python importlib_metadata einops decord
+    pytest setuptools scikit-learn mmaction2 opencv-contrib-python importlib_metadata einops decord transformers h5py
 say "mmengine $(pin mmengine), mmdet $(pin mmdet), mmseg $(pin mmsegmentation), mmaction2 $(pin mmaction2), timm $(pin timm) ... ok ($((SECONDS - step))s)"
 step=$SECONDS
 quiet "$PY" -m pip install --disable-pip-version-check --no-deps -e "$ROOT"
