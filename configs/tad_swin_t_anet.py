@@ -19,8 +19,11 @@ swin_k400 = ('https://download.openmmlab.com/mmaction/v1.0/recognition/swin/'
 
 model = dict(
     type='TemporalActionDetector',
-    # a Kinetics-400 recognizer checkpoint: its `backbone.` weights load into the backbone
-    backbone=dict(type='SwinTransformer3D', arch='tiny', pretrained=swin_k400, pretrained2d=False,
+    # a Kinetics-400 recognizer checkpoint: its `backbone.` weights load into the backbone through
+    # init_cfg's prefix (mmaction2's `pretrained=` with pretrained2d=False keeps the prefix and
+    # loads nothing from a recognizer file)
+    backbone=dict(type='SwinTransformer3D', arch='tiny', pretrained=None, pretrained2d=False,
+                  init_cfg=dict(type='Pretrained', checkpoint=swin_k400, prefix='backbone.'),
                   patch_size=(2, 4, 4), window_size=(8, 7, 7), drop_path_rate=0.1),
     head=dict(type='ActionFormerHead', num_classes=num_classes, in_channels=768,
               feat_channels=256, num_levels=6, center_sample_radius=1.5,

@@ -32,7 +32,8 @@ def test_config_sets_the_intended_backbone_head_data_and_metric(kind):
     assert cfg.model.head.type == 'ActionFormerHead' and cfg.model.head.num_classes == 200
     backbone = cfg.model.backbone
     assert backbone.type == ('Dr2NetSwin3D' if kind == 'dr2net' else 'SwinTransformer3D')
-    assert backbone.arch == 'tiny' and 'kinetics400' in backbone.pretrained
+    assert backbone.arch == 'tiny' and backbone.pretrained is None
+    assert 'kinetics400' in backbone.init_cfg.checkpoint and backbone.init_cfg.prefix == 'backbone.'
     assert backbone.get('with_cp', False) is (kind == 'cp')
     assert cfg.model.get('freeze_backbone', False) is (kind == 'frozen')
     hooks = [h for h in cfg.get('custom_hooks', []) if h.type == 'AlphaBetaHook']
@@ -62,7 +63,7 @@ def tiny_run_config(kind: str, root, ann_file: str, work_dir: str) -> Config:
     validation, 3 classes, no pretrained file, fp32; (α, β) reach (0.3, 0.7) after half an epoch."""
     cfg = load(kind)
     cfg.work_dir = work_dir
-    cfg.model.backbone.pretrained = None
+    cfg.model.backbone.init_cfg = None
     cfg.model.head.num_classes = 3
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].update(batch_size=2, num_workers=0, persistent_workers=False)

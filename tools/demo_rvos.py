@@ -23,7 +23,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dr2net_mm.demo.runs import run_logged, step  # noqa: E402
+from dr2net_mm.demo.runs import epoch_options, step, train_then_test  # noqa: E402
 
 DATA = 'data/demo_rvos'
 CONFIG = 'configs/demo/rvos_dr2net_swin_t_demo.py'
@@ -31,14 +31,6 @@ SHOW = r'Epoch\(train\)\s+\[\d+\]\[\s*(100|176)/|Epoch\(val\)|Epoch\(test\)|Erro
 NAMES = ('mAP', 'mAP@0.5', 'mAP@0.75', 'overall_IoU', 'mean_IoU')
 METRICS = re.compile(r'rvos/mAP: ([\d.]+)\s+rvos/mAP@0\.5: ([\d.]+)\s+rvos/mAP@0\.75: ([\d.]+)\s+'
                      r'rvos/overall_IoU: ([\d.]+)\s+rvos/mean_IoU: ([\d.]+)')
-
-
-def epoch_options(epochs: int) -> list:
-    """--cfg-options for a schedule of ``epochs`` epochs."""
-    return ['--cfg-options', f'train_cfg.max_epochs={epochs}', f'train_cfg.val_begin={epochs}',
-            f'train_cfg.val_interval={epochs}', f'param_scheduler.1.T_max={epochs}',
-            f'param_scheduler.1.end={epochs}', f'default_hooks.checkpoint.interval={epochs}',
-            f'custom_hooks.0.end_epoch={max(epochs // 2, 1)}']
 
 
 def main(argv=None):
@@ -59,23 +51,12 @@ def main(argv=None):
     print(f'{DATA}: 96 training and 24 test videos in A2D-Sentences layout '
           f'({time.time() - t:.0f} s)')
 
-    os.makedirs(args.work_dir, exist_ok=True)
-    options = epoch_options(args.epochs) if args.epochs else []
-    t = step(f'2/4 train {CONFIG} (tools/train.py)')
-    run_logged([sys.executable, 'tools/train.py', CONFIG, '--work-dir', args.work_dir, *options],
-               os.path.join(args.work_dir, 'train_output.log'), SHOW)
-    train_s = time.time() - t
-    with open(os.path.join(args.work_dir, 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
-    t = step(f'3/4 evaluate {checkpoint} (tools/test.py)')
-    output = run_logged([sys.executable, 'tools/test.py', CONFIG, checkpoint, '--work-dir',
-                         args.work_dir], os.path.join(args.work_dir, 'test_output.log'), SHOW)
-    found = METRICS.findall(output)
-    if not found:
-        raise SystemExit(f'tools/test.py printed no rvos metrics; see '
-                         f'{args.work_dir}/test_output.log')
-    result = dict(zip(NAMES, (float(v) for v in found[-1])))
-    test_s = time.time() - t
+    options = epoch_options(args.epochs, warmup_epochs=0) if args.epochs else []
+    run = train_then_test(sys.executable, CONFIG, args.work_dir, options, SHOW, METRICS,
+                          (f'2/4 train {CONFIG} (tools/train.py)',
+                           '3/4 evaluate {checkpoint} (tools/test.py)'))
+    result = dict(zip(NAMES, run['values']))
+    checkpoint, train_s, test_s = run['checkpoint'], run['train_seconds'], run['test_seconds']
 
     step('4/4 summary')
     print(f'baselines (overall IoU): empty mask {baselines["empty_mask"]:.3f}, whole frame '
