@@ -5,7 +5,8 @@
 
 Each round runs one step (forward + backward) of every variant in turn, so load from other jobs
 falls on all of them alike; the reported time of a variant is the median over the rounds after
-``--warmup`` untimed rounds, and its ratio is to ``checkpointing``. Only time is measured (no
+``--warmup`` untimed rounds, and its ratio is to ``checkpointing``; the same for the process's CPU
+time (``time.process_time``), which other jobs on a shared machine disturb less. Only time is measured (no
 profiler, no peak memory: ``tools/benchmark.py`` does those). ``--variants`` picks variants by name
 (``checkpointing`` is always run); ``--out`` writes ``OUT.json``.
 """
@@ -55,24 +56,30 @@ def main(argv=None) -> dict:
     for model in models.values():
         model.train()  # not chained: some mm backbones' train() returns None
     times = {v.name: [] for v in variants}
+    cpu_times = {v.name: [] for v in variants}
     for round_ in range(args.warmup + args.rounds):
         for variant in variants:
             model = models[variant.name]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             variant.forward_loss(model).backward()
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             model.zero_grad(set_to_none=False)
             if round_ >= args.warmup:
                 times[variant.name].append(elapsed)
+                cpu_times[variant.name].append(cpu)
     base = statistics.median(times['checkpointing'])
+    cpu_base = statistics.median(cpu_times['checkpointing'])
     report = dict(setting=label, threads=torch.get_num_threads(), rounds=args.rounds,
                   warmup=args.warmup, variants={})
     for name, values in times.items():
-        median = statistics.median(values)
-        report['variants'][name] = dict(step_s=round(median, 3), ratio=round(median / base, 3),
-                                        steps_s=[round(t, 3) for t in values])
+        median, cpu = statistics.median(values), statistics.median(cpu_times[name])
+        report['variants'][name] = dict(
+            step_s=round(median, 3), ratio=round(median / base, 3),
+            steps_s=[round(t, 3) for t in values], cpu_s=round(cpu, 3),
+            cpu_ratio=round(cpu / cpu_base, 3))
         print(f'{label}: {name:16s} {median:8.3f} s   {median / base:6.3f}x checkpointing   '
-              f'({", ".join(f"{t:.2f}" for t in values)})')
+              f'({", ".join(f"{t:.2f}" for t in values)});  process CPU time {cpu:.3f} s, '
+              f'{cpu / cpu_base:.3f}x')
     if args.out:
         with open(args.out + '.json', 'w') as f:
             json.dump(report, f, indent=1)

@@ -100,9 +100,10 @@ class BetaBuffer:
         self.limbs: List[Tensor] = []  # int32, values in [0, 2^31), emitted by the state
         self.bounds: List[int] = [0]
 
-    def scale(self, fixed: Tensor, inverse: bool = False) -> Tensor:
-        """``β ⊗ X`` as a new tensor, recording the discarded bits; ``inverse``: the ``X`` that ``β ⊗``
-        turned into ``fixed`` (the last product not yet undone), in ``fixed``'s memory. Both are one
+    def scale(self, fixed: Tensor, inverse: bool = False, in_place: bool = False) -> Tensor:
+        """``β ⊗ X`` as a new tensor (``in_place``: in ``fixed``'s memory), recording the discarded
+        bits; ``inverse``: the ``X`` that ``β ⊗`` turned into ``fixed`` (the last product not yet
+        undone), in ``fixed``'s memory. Both are one
         exchange with the buffer, with ``(a, b) = (d, n)``, or ``(n, d)`` for the inverse::
 
             value = q·a + r        B·a + r = B'·b + s        result = q·b + s
@@ -123,7 +124,7 @@ class BetaBuffer:
         a, b = (n, d) if inverse else (d, n)
         if self.state is None:
             self.state = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
-        result = fixed if inverse else torch.empty_like(fixed)
+        result = fixed if inverse or in_place else torch.empty_like(fixed)
         limb = (self.limbs.pop() if inverse else torch.empty(self.shape, dtype=torch.int32,
                                                              device=self.device)) if emit else None
         values, results, states = fixed.view(-1), result.view(-1), self.state.view(-1)
@@ -141,7 +142,8 @@ class BetaBuffer:
                 estimate.copy_(state.sub_(limb_part)).mul_(2.0**-LIMB_BITS)
                 state.copy_(estimate)
             if a > 1:  # value = quotient·a + rest: a float64 estimate, |error| < 2^11, corrected
-                quotient = out if b == 1 else quotient  # (b = 1: the result is the quotient)
+                if b == 1 and result is not fixed:  # (b = 1: the result is the quotient)
+                    quotient = out
                 estimate.copy_(value).mul_(1 / a).floor_()
                 quotient.copy_(estimate)
                 torch.sub(value, quotient, alpha=a, out=rest)
@@ -150,6 +152,8 @@ class BetaBuffer:
                 rest.sub_(fix, alpha=a)
                 if b == 1:  # B' = B·a + rest
                     torch.add(rest, state, alpha=a, out=state)
+                    if quotient is not out:
+                        out.copy_(quotient)
                     continue
                 rest.add_(state, alpha=a)  # t = B·a + rest
             else:  # a = 1: quotient = value, t = B
@@ -339,19 +343,12 @@ class ExactStreams:
         self.kept: List[Tuple[Tensor, float, bool]] = []  # per kept x_i: peak, bound, int32 used
         self.failure: Optional[StreamOverflow] = None
         self._last_peak: Optional[Tensor] = None
+        self._reusable = True  # the streams next_x/next_y get are nobody else's (not kept)
 
     def _observe(self, value: Tensor) -> Tensor:
         peak = magnitude(value)
         self.peak = peak if self.peak is None else torch.maximum(self.peak, peak)
         return peak
-
-    def _unit(self, dtype: torch.dtype, device: torch.device, checked: bool = False) -> Tensor:
-        """2^-40 as a 0-dim tensor of ``dtype`` (float64, else float32); ``checked``: 0 when the
-        forward so far left the range, NaN when it met a non-finite value."""
-        unit = torch.full((), 2.0**-40, dtype=torch.float64, device=device)
-        if checked and self.peak is not None:
-            unit = torch.where(self.peak < MAX_VALUE, unit, 0.0) + self.peak * 0.0
-        return unit if dtype == torch.float64 else unit.to(torch.float32)
 
     def to_fixed(self, values: Tensor) -> Tensor:
         """``round(values·2^40)`` as a new int64 tensor (round half to even; exact: the product is
@@ -383,17 +380,19 @@ class ExactStreams:
         return y.sub_(self.initial_y(x))
 
     def branch_input(self, x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-        """``fp(X·2^-40)`` in ``dtype`` (default: the model dtype), in one pass: ``X`` rounded once
-        to float32 (or float64) and scaled by 2^-40 (exact); narrower dtypes round from float32."""
+        """``fp(X·2^-40)`` in ``dtype`` (default: the model dtype): ``X`` rounded once to float32 (or
+        float64) and scaled by 2^-40 (exact); narrower dtypes round from float32."""
         dtype = dtype or self.model_dtype
-        out = torch.mul(x, torch.full((), 2.0**-40, dtype=torch.float64 if dtype == torch.float64
-                                      else torch.float32, device=x.device))
+        out = torch.empty(x.shape, dtype=dtype if dtype == torch.float64 else torch.float32,
+                          device=x.device)
+        out.copy_(x).mul_(2.0**-40)  # (torch.mul(x, 2^-40) would convert element by element)
         return out if out.dtype == dtype else out.to(dtype)
 
     def next_x(self, f: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Eq. 1: ``X_i = T(f, X_{i-1}) + Y_{i-1}`` (module doc), as a new tensor."""
+        """Eq. 1: ``X_i = T(f, X_{i-1}) + Y_{i-1}`` (module doc), in y's memory unless a node keeps
+        y (the caller drops y)."""
         self._observe(f)
-        x_new = torch.empty_like(x)
+        x_new = y if self._reusable else torch.empty_like(x)
         flat, values, xs, ys = x_new.view(-1), f.reshape(-1), x.view(-1), y.view(-1)
         wide = self.alpha not in (0.0, 1.0) or f.dtype == torch.float64
         size = self.parts[0].stop
@@ -417,10 +416,11 @@ class ExactStreams:
         return x_new
 
     def next_y(self, x: Tensor) -> Tensor:
-        """Eq. 1: ``Y_i = β ⊗ X_{i-1}``."""
+        """Eq. 1: ``Y_i = β ⊗ X_{i-1}``, in x's memory unless a node keeps x (the caller drops x)."""
+        reusable, self._reusable = self._reusable, True  # (until end_segment keeps the new pair)
         if self.buffer is None:  # β = 0 (reference mode only)
             return torch.zeros_like(x)
-        return self.buffer.scale(x)
+        return self.buffer.scale(x, in_place=reusable)
 
     def undo_beta(self, y: Tensor) -> Tensor:
         """Eq. 2: ``X_{i-1}`` from ``Y_i = β ⊗ X_{i-1}``, in place on y."""
@@ -450,7 +450,12 @@ class ExactStreams:
     def output(self, x: Tensor) -> Tensor:
         """The stage output ``fp(X·2^-40)``; 0 after an overflow, NaN after a non-finite value
         (NOTE [ Deferred range checks ])."""
-        out = torch.mul(x, self._unit(self.model_dtype, x.device, checked=True))
+        wide = self.model_dtype == torch.float64
+        out = torch.empty(x.shape, dtype=torch.float64 if wide else torch.float32, device=x.device)
+        unit = torch.full((), 2.0**-40, dtype=out.dtype, device=x.device)
+        if self.peak is not None:
+            unit = torch.where(self.peak < MAX_VALUE, unit, 0.0) + (self.peak * 0.0).to(out.dtype)
+        out.copy_(x).mul_(unit)
         return out if out.dtype == self.model_dtype else out.to(self.model_dtype)
 
     def as_float64(self, stream: Tensor) -> Tensor:
@@ -482,6 +487,7 @@ class ExactStreams:
             self.buffer = BetaBuffer(*self.beta_fraction, like.shape, like.device)
 
     def end_segment(self, position: int) -> Tuple[Tensor, ...]:
+        self._reusable = False  # the node saves x_i (or its remainder) and y_i
         self.segment_bounds[position] = list(self.buffer.bounds)
         packed = self.buffer.pack()
         self.buffer = None
