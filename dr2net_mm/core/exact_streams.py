@@ -2,12 +2,13 @@
 
 With ``X = round(x·2^40)`` and ``β = n/d`` (``fixed_point``), :class:`ExactStreams` computes::
 
-    X_i = T(f, X_{i-1}) + Y_{i-1}        Y_i = β ⊗ X_{i-1}        X_0 = round(x_0·2^40), Y_0 = β ⊗ X_0
+    X_i = T(f, X_{i-1}) + Y_{i-1}        Y_i = β ⊗ X_{i-1}
+    X_0 = round(x_0·2^40)                 Y_0 = β ⊗ X_0
 
-where ``T(f, X) = round(f·2^40) + X`` at α = 1 (``round(f·2^40)`` at α = 0) and ``round(f·2^40 +
-α·X)`` in float64 otherwise, and F_i gets ``fp(X·2^-40)`` in the model dtype. Sums of grid values are
-exact and ``T`` is recomputed from the same ``f`` and an exactly rebuilt ``X``, so Eq. 2 undoes all of
-it, given an exactly invertible ``β ⊗``.
+where ``T(f, X) = round(f·2^40) + X`` at α = 1 (``round(f·2^40)`` at α = 0) and
+``round(f·2^40 + α·X)`` in float64 otherwise, and F_i gets ``fp(X·2^-40)`` in the model dtype.
+Sums of grid values are exact and ``T`` is recomputed from the same ``f`` and an exactly rebuilt
+``X``, so Eq. 2 undoes all of it, given an exactly invertible ``β ⊗``.
 
 The exact product ``β ⊗`` (:class:`BetaBuffer`). ``y_i = β·x_{i-1}`` contracts: from ``round(β·X)``
 alone ``X`` cannot be recovered. Each element carries an integer ``B >= 0`` (its *buffer*, 0 at the
@@ -35,7 +36,7 @@ Range checks without host syncs: NOTE [ Deferred range checks ].
 """
 import math
 import weakref
-from functools import lru_cache
+from functools import lru_cache, partialmethod
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -77,15 +78,15 @@ def _layout(numerator: int, denominator: int, products: int) -> Tuple[Tuple[int,
 
 
 class StreamOverflow(OverflowError):
-    """A forward's exact streams left their range (``ExactStreams``, NOTE [ Deferred range checks ])."""
+    """A forward's exact streams left their range (NOTE [ Deferred range checks ])."""
 
 
 class BetaBuffer:
     """The buffers of one tensor's elements for repeated exact products by ``β = numerator/denominator``.
 
     ``scale(X)`` returns ``Y = β ⊗ X`` and records the discarded bits; ``scale(Y, inverse=True)``
-    returns ``X`` and removes them (last in, first out). ``bounds`` lists the information bound after
-    every product so far; ``state`` and ``limbs`` hold the bits (module doc).
+    returns ``X`` and removes them (last in, first out). ``bounds`` lists the information bound
+    after every product so far; ``state`` and ``limbs`` hold the bits (module doc).
     """
 
     def __init__(self, numerator: int, denominator: int, shape: torch.Size, device: torch.device):
@@ -135,7 +136,8 @@ class BetaBuffer:
         for part in self.parts:
             value, out, state = values[part], results[part], states[part]
             count = value.numel()
-            rest, quotient, fix, estimate = (t[:count] for t in (rests, quotients, fixes, estimates))
+            rest, quotient, fix, estimate = (t[:count]
+                                             for t in (rests, quotients, fixes, estimates))
             if emit and not inverse:  # state = state'·2^31 + limb (exact in float64: < 2^53)
                 limb_part = limb.view(-1)[part]
                 limb_part.copy_(state).bitwise_and_(_LIMB_MASK)  # int64 -> int32 keeps the low bits
@@ -173,8 +175,8 @@ class BetaBuffer:
         """0-dim bool tensor: every element's buffer is 0 (true at the start of a segment)."""
         if self.state is None:
             return torch.ones((), dtype=torch.bool, device=self.device)
-        empty = self.state.eq(0).all()
-        return empty if not self.limbs else empty & torch.stack([l.eq(0).all() for l in self.limbs]).all()
+        # (limbs remain only while products remain to undo)
+        return self.state.eq(0).all() & (len(self.limbs) == 0)
 
     # --------------------------------------------------------------- keeping a buffer for backward
     def pack(self) -> Tuple[Tensor, ...]:
@@ -198,7 +200,8 @@ class BetaBuffer:
             return
         low = packed[count] if bits > LIMB_BITS else None
         pieces = packed[count + 1:] if low is not None else packed[count:]
-        state = unpack_bits(pieces, bits - LIMB_BITS * (low is not None), self.shape).to(torch.int64)
+        state = unpack_bits(pieces, bits - (LIMB_BITS if low is not None else 0), self.shape)
+        state = state.to(torch.int64)
         self.state = state if low is None else state.mul_(1 << LIMB_BITS).add_(low)
 
 
@@ -246,8 +249,8 @@ def unpack_bits(packed: Tuple[Tensor, ...], bits: int, shape: torch.Size) -> Ten
 # pipeline. So a stage reads it eagerly (``finish_forward``) only until its first clean forward;
 # after that the forward only *registers* the check (``_PENDING``) and its outputs carry the verdict
 # on the device: they are computed as ``X·u`` with ``u = 2^-40`` in range, 0 out of range and NaN
-# after a non-finite value (a finite, zero loss; or the NaN that makes the step skipped). One read of
-# all pending checks at once (``resolve_checks``: one sync per step and device) happens at
+# after a non-finite value (a finite, zero loss; or the NaN that makes the step skipped). One read
+# of all pending checks at once (``resolve_checks``: one sync per step and device) happens at
 #
 #   * the first backward node of any stage (``check_forward``): an overflow raises there, before
 #     any gradient reaches a parameter of that stage and before any optimizer step;
@@ -255,11 +258,11 @@ def unpack_bits(packed: Tuple[Tensor, ...], bits: int, shape: torch.Size) -> Ten
 #   * a read of ``stage.overflow`` (``RecordedOverflow``; ``ReversibleGuardHook`` reads it after the
 #     forward): a stage with ``record_overflow`` keeps the error there instead of raising it.
 #
-# The same read decides how kept streams are packed: x_i, kept against the stage output fp(X_i·2^-40),
-# costs 4 bytes (the int32 remainder) only while |x_i| stays below the output dtype's bound
-# (``_narrow_limit``); the stage uses it when the previous check saw |x_i| below a quarter of that
-# bound and full int64 otherwise. If a step nevertheless passes the bound, its check raises (the
-# kept stream is lost; the next step keeps it in full).
+# The same read decides how kept streams are packed: x_i, kept against the stage output
+# fp(X_i·2^-40), costs 4 bytes (its int32 remainder) only while |x_i| stays below a bound of the
+# output dtype (``_narrow_limit``: 2^15 for float32); a stage keeps it so when the previous check
+# saw |x_i| below a quarter of that bound, in full int64 otherwise. A step that still passes the
+# bound cannot be rebuilt: its check raises, and the next step keeps that stream in full.
 
 
 class _Memo:
@@ -371,7 +374,7 @@ class ExactStreams:
         return x, self.initial_y(x)
 
     def initial_y(self, x: Tensor) -> Tensor:
-        """``Y_0 = β ⊗ X_0`` with an empty buffer (then dropped: y_0 is recomputed, never undone)."""
+        """``Y_0 = β ⊗ X_0`` with an empty buffer, then dropped (y_0 is recomputed, not undone)."""
         if self.beta_fraction[0] == 0:
             return torch.zeros_like(x)
         return BetaBuffer(*self.beta_fraction, x.shape, x.device).scale(x)
@@ -380,43 +383,51 @@ class ExactStreams:
         return y.sub_(self.initial_y(x))
 
     def branch_input(self, x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-        """``fp(X·2^-40)`` in ``dtype`` (default: the model dtype): ``X`` rounded once to float32 (or
-        float64) and scaled by 2^-40 (exact); narrower dtypes round from float32."""
+        """``fp(X·2^-40)`` in ``dtype`` (default: the model dtype): ``X`` rounded once to float32
+        (or float64) and scaled by 2^-40 (exact); narrower dtypes round from float32."""
         dtype = dtype or self.model_dtype
         out = torch.empty(x.shape, dtype=dtype if dtype == torch.float64 else torch.float32,
                           device=x.device)
         out.copy_(x).mul_(2.0**-40)  # (torch.mul(x, 2^-40) would convert element by element)
         return out if out.dtype == dtype else out.to(dtype)
 
-    def next_x(self, f: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Eq. 1: ``X_i = T(f, X_{i-1}) + Y_{i-1}`` (module doc), in y's memory unless a node keeps
-        y (the caller drops y)."""
-        self._observe(f)
-        x_new = y if self._reusable else torch.empty_like(x)
-        flat, values, xs, ys = x_new.view(-1), f.reshape(-1), x.view(-1), y.view(-1)
+    def add_step(self, out: Tensor, f: Tensor, x_prev: Tensor, sign: int = 1) -> Tensor:
+        """``out + sign·T(f, X_{i-1})`` in place on ``out`` (``T``: module doc): Eq. 1 with
+        ``out = Y_{i-1}``, Eq. 2 (:meth:`undo_step`) with ``out = X_i`` and ``sign = -1``."""
+        flat, values, source = out.view(-1), f.reshape(-1), x_prev.view(-1)
         wide = self.alpha not in (0.0, 1.0) or f.dtype == torch.float64
         size = self.parts[0].stop
-        scratch = torch.empty(size, dtype=torch.float64 if wide else torch.float32, device=x.device)
-        grid = torch.empty(size, dtype=torch.int64, device=x.device)
+        scratch = torch.empty(size, dtype=torch.float64 if wide else torch.float32,
+                              device=out.device)
+        grid = torch.empty(size, dtype=torch.int64, device=out.device)
         for part in self.parts:
             count = flat[part].numel()
             t, g = scratch[:count], grid[:count]
-            if self.alpha not in (0.0, 1.0):
-                t.copy_(xs[part]).mul_(self.alpha).add_(values[part], alpha=SCALE).round_()
-            elif values.dtype == t.dtype:
+            if self.alpha not in (0.0, 1.0):  # round(f·2^40 + α·X) in float64
+                t.copy_(source[part]).mul_(self.alpha).add_(values[part], alpha=SCALE).round_()
+            elif values.dtype == t.dtype:  # round(f·2^40), exact in f's dtype
                 torch.mul(values[part], SCALE, out=t).round_()
             else:
                 t.copy_(values[part]).mul_(SCALE).round_()
-            g.copy_(t)
-            if self.alpha == 1.0:
-                torch.add(xs[part], ys[part], out=flat[part]).add_(g)
-            else:
-                torch.add(g, ys[part], out=flat[part])
+            flat[part].add_(g.copy_(t), alpha=sign)
+            if self.alpha == 1.0:  # + X, exactly
+                flat[part].add_(source[part], alpha=sign)
+        return out
+
+    # Eq. 2: ``Y_{i-1} = X_i − T(f, X_{i-1})``, in place on x: ``undo_step(x, f, x_prev)``
+    undo_step = partialmethod(add_step, sign=-1)
+
+    def next_x(self, f: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Eq. 1: ``X_i = T(f, X_{i-1}) + Y_{i-1}``, in y's memory unless a node keeps y (the
+        caller drops y)."""
+        self._observe(f)
+        x_new = self.add_step(y if self._reusable else y.clone(), f, x)
         self._last_peak = self._observe(x_new)
         return x_new
 
     def next_y(self, x: Tensor) -> Tensor:
-        """Eq. 1: ``Y_i = β ⊗ X_{i-1}``, in x's memory unless a node keeps x (the caller drops x)."""
+        """Eq. 1: ``Y_i = β ⊗ X_{i-1}``, in x's memory unless a node keeps x (the caller drops
+        x)."""
         reusable, self._reusable = self._reusable, True  # (until end_segment keeps the new pair)
         if self.buffer is None:  # β = 0 (reference mode only)
             return torch.zeros_like(x)
@@ -425,27 +436,6 @@ class ExactStreams:
     def undo_beta(self, y: Tensor) -> Tensor:
         """Eq. 2: ``X_{i-1}`` from ``Y_i = β ⊗ X_{i-1}``, in place on y."""
         return self.buffer.scale(y, inverse=True)
-
-    def undo_step(self, x: Tensor, f: Tensor, x_prev: Tensor) -> Tensor:
-        """Eq. 2: ``Y_{i-1} = X_i − T(f, X_{i-1})``, in place on x (``T`` as in :meth:`next_x`)."""
-        flat, values, source = x.view(-1), f.reshape(-1), x_prev.view(-1)
-        wide = self.alpha not in (0.0, 1.0) or f.dtype == torch.float64
-        size = self.parts[0].stop
-        scratch = torch.empty(size, dtype=torch.float64 if wide else torch.float32, device=x.device)
-        grid = torch.empty(size, dtype=torch.int64, device=x.device)
-        for part in self.parts:
-            count = flat[part].numel()
-            t, g = scratch[:count], grid[:count]
-            if self.alpha not in (0.0, 1.0):
-                t.copy_(source[part]).mul_(self.alpha).add_(values[part], alpha=SCALE).round_()
-            elif values.dtype == t.dtype:
-                torch.mul(values[part], SCALE, out=t).round_()
-            else:
-                t.copy_(values[part]).mul_(SCALE).round_()
-            flat[part].sub_(g.copy_(t))
-            if self.alpha == 1.0:
-                flat[part].sub_(source[part])
-        return x
 
     def output(self, x: Tensor) -> Tensor:
         """The stage output ``fp(X·2^-40)``; 0 after an overflow, NaN after a non-finite value

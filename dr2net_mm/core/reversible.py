@@ -92,12 +92,12 @@ class ReversibleSequence(nn.Module):
             the backbone's state-dict layout), so the stage adds no parameters, buffers or state-dict
             keys; their train/eval mode and device follow their owners.
         record_overflow: False (default): a forward whose exact streams leave |x| < 2^21 raises
-            ``OverflowError`` (a ``StreamOverflow``): after a stage's first clean forward, at the
-            first backward node or the next forward (NOTE [ Deferred range checks ] in
-            ``exact_streams``: no host sync per forward). True: it returns zeros in place of its
-            outputs (finite for whatever the model computes next) and keeps the error in
-            :attr:`overflow`, for a caller that skips the whole step (``ReversibleGuardHook`` sets
-            it, so that all DDP ranks finish the forward and agree to skip the batch together).
+            ``OverflowError`` (a ``StreamOverflow``; after the stage's first clean forward, at the
+            first backward node or the next forward: NOTE [ Deferred range checks ] in
+            ``exact_streams``). True: it returns zeros in place of its outputs (finite for
+            whatever the model computes next) and keeps the error in :attr:`overflow`, for a caller
+            that skips the whole step (``ReversibleGuardHook`` sets it, so that all DDP ranks
+            finish the forward and agree to skip the batch together).
 
     Reconstruction-error monitor: after each reversible backward, per segment, the relative distance of
     the rebuilt segment-input streams from their true value: for the first segment
@@ -135,7 +135,6 @@ class ReversibleSequence(nn.Module):
         self.max_error = None if max_error is None else float(max_error)
         self.preserve_rng_state = preserve_rng_state
         self.record_overflow = bool(record_overflow)
-        self.overflow = None
         self._errors: Optional[Tensor] = None
 
     @property
@@ -153,8 +152,7 @@ class ReversibleSequence(nn.Module):
 
     def segment_boundaries(self) -> Tuple[int, ...]:
         """Positions i whose streams (x_i, y_i) the reversible forward keeps (always includes n)."""
-        n = len(self.functions)
-        k = self.segment_size or n
+        n, k = len(self.functions), self.segment_size or len(self.functions)
         return tuple(range(k, n, k)) + (n, )
 
     # ----------------------------------------------------------------- monitor
@@ -170,16 +168,13 @@ class ReversibleSequence(nn.Module):
         """The worst segment's reconstruction error of the latest reversible backward, or None."""
         if self._errors is None:
             return None
-        worst = self._errors.max()
-        return float('nan') if not torch.isfinite(self._errors).all() else worst.item()
+        return float('nan') if not torch.isfinite(self._errors).all() else self._errors.max().item()
 
     def reconstruction_ok(self) -> bool:
         """False when the latest reversible backward rebuilt non-finite streams or exceeded
         ``max_error`` (the caller should skip that optimizer step)."""
-        error = self.reconstruction_error()
-        if error is None:
-            return True
-        return error == error and (self.max_error is None or error <= self.max_error)
+        error, limit = self.reconstruction_error(), self.max_error
+        return error is None or (error == error and (limit is None or error <= limit))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor, *args: Any,
@@ -281,10 +276,11 @@ def set_stream_dtype(model: nn.Module, stream_dtype: torch.dtype) -> None:
 #   chunks.py          backward_branch                    step 3: the plan's parts, RNG replay
 #   param_grads.py     _RouteLinear.__torch_function__    step 3, in the branch: each F.linear adds
 #                      _LinearInto.forward, .backward     its weight gradient into its target
-#   exact_streams.py   ExactStreams.undo_step             step 4
+#   exact_streams.py   ExactStreams.add_step              step 4 (as ExactStreams.undo_step)
 #
-# A node that ends a segment also enters StageCall.load (stage_call.py: its kept streams, the
-# monitor); the stage's first backward node with side inputs, StageCall.open_side_gradients.
+# A node that ends a segment also enters ExactStreams.check_forward (the forward's deferred range
+# check) and StageCall.load (stage_call.py: its kept streams, the monitor); the stage's first
+# backward node with side inputs, StageCall.open_side_gradients.
 
 
 class _StepFunction(torch.autograd.Function):
