@@ -183,18 +183,21 @@ def test_a_kept_stream_too_large_for_its_remainder_raises_once_then_is_kept_in_f
 
 
 @pytest.mark.parametrize('beta', [0.1, 0.01, 0.7, 1 / 1024])
-def test_the_beta_buffer_emits_limbs_and_takes_them_back_over_many_products(beta):
+def test_the_beta_buffer_emits_limbs_and_takes_them_back_over_many_products(monkeypatch, beta):
     """A long segment (60 products) crosses several limb emissions (the state stays below 2^53);
     every product is undone exactly, down to an empty buffer, and the kept buffer holds the
     information bound plus about one bit per limb."""
+    from dr2net_mm.core import fixed_point
     from dr2net_mm.core.fixed_point import LIMIT, beta_fraction
+    monkeypatch.setattr(fixed_point, 'MIN_CHUNK', 1 << 14)  # 4 parts of the 70001 elements
     n, d = beta_fraction(beta)
     products = 60
     bounds, emits = _layout(n, d, products)
     assert max(bounds) < 2**53 and (beta > 0.5 or sum(emits) >= 1)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(-LIMIT, LIMIT, (70_001, ), generator=gen, dtype=torch.int64)  # 2 parts
+    x = torch.randint(-LIMIT, LIMIT, (70_001, ), generator=gen, dtype=torch.int64)
     buffer, xs = BetaBuffer(n, d, x.shape, x.device), []
+    assert len(buffer.parts) == 4
     for _ in range(products):
         xs.append(x)
         x = buffer.scale(x)
