@@ -104,8 +104,8 @@ class BetaBuffer:
     def scale(self, fixed: Tensor, inverse: bool = False, in_place: bool = False) -> Tensor:
         """``β ⊗ X`` as a new tensor (``in_place``: in ``fixed``'s memory), recording the discarded
         bits; ``inverse``: the ``X`` that ``β ⊗`` turned into ``fixed`` (the last product not yet
-        undone), in ``fixed``'s memory. Both are one
-        exchange with the buffer, with ``(a, b) = (d, n)``, or ``(n, d)`` for the inverse::
+        undone), in ``fixed``'s memory. Both are one exchange with the buffer, with
+        ``(a, b) = (d, n)``, or ``(n, d)`` for the inverse::
 
             value = q·a + r        B·a + r = B'·b + s        result = q·b + s
 
@@ -143,13 +143,13 @@ class BetaBuffer:
                 limb_part.copy_(state).bitwise_and_(_LIMB_MASK)  # int64 -> int32 keeps the low bits
                 estimate.copy_(state.sub_(limb_part)).mul_(2.0**-LIMB_BITS)
                 state.copy_(estimate)
-            if a > 1:  # value = quotient·a + rest: a float64 estimate, |error| < 2^11, corrected
+            if a > 1:  # value = quotient·a + rest: a float64 estimate (off by < 2^11), corrected
                 if b == 1 and result is not fixed:  # (b = 1: the result is the quotient)
                     quotient = out
                 estimate.copy_(value).mul_(1 / a).floor_()
                 quotient.copy_(estimate)
                 torch.sub(value, quotient, alpha=a, out=rest)
-                estimate.copy_(rest).add_(0.5).mul_(1 / a).floor_()  # exact for |rest| < 2^40/a
+                estimate.copy_(rest).add_(0.5).mul_(1 / a).floor_()  # exact: |rest| < 2^11 + 2a
                 quotient.add_(fix.copy_(estimate))
                 rest.sub_(fix, alpha=a)
                 if b == 1:  # B' = B·a + rest

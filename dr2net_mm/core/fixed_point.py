@@ -54,10 +54,11 @@ def nearest_beta(coefficients: Tuple[float, float]) -> Tuple[float, float]:
 
 
 # The stream arithmetic runs over at most CHUNKS equal parts of a tensor (of at least MIN_CHUNK
-# elements each, so that a part is worth its Python call overhead), so that its float64 and int64
+# elements each, so that a part is worth its Python calls; larger parts measured slower on a CPU:
+# 1.15× against 1.08× with_cp for Swin 2-2-18-2 at 512² with 2^17), so that its float64 and int64
 # temporaries cost about 4 bytes per stream element instead of 32.
 CHUNKS = 8
-MIN_CHUNK = 1 << 17
+MIN_CHUNK = 1 << 16
 
 
 def grid_parts(numel: int) -> List[slice]:
