@@ -139,3 +139,23 @@ def test_simple_feature_pyramid_levels_and_bad_arguments():
         SimpleFeaturePyramid([16, 32])
     with pytest.raises(ValueError, match='in_channels=18 must be divisible by 4'):
         SimpleFeaturePyramid(18, scale_factors=(4.0, 1.0))
+
+
+def test_benchmark_dino_backbones_choose_their_configs_and_refuse_unknown_variants(capsys):
+    import runpy
+    benchmark = runpy.run_path(os.path.join(ROOT, 'tools', 'benchmark.py'), run_name='benchmark')
+    args = benchmark['parse_args'](['dino', '--backbone', 'vit_l', '--size', '1024'])
+    ((label, variants), ) = benchmark['settings'](args).items()
+    assert label.startswith('DINO-4scale ViT-L/16') and label.endswith('1024², batch 1')
+    assert [v.name for v in variants] == ['cp_all', 'dr2net_all']
+    args = benchmark['parse_args'](['dino', '--backbone', 'swin_l', '--variants', 'checkpointing',
+                                    'dr2net_all', 'frozen_backbone_cp_all'])
+    assert [v.name for v in next(iter(benchmark['settings'](args).values()))] == [
+        'checkpointing', 'dr2net_all', 'frozen_backbone_cp_all']
+    for argv in (['dino', '--backbone', 'vit_l', '--variants', 'frozen_backbone'],
+                 ['dino', '--backbone', 'swin_l', '--extra', 'dr2net_f64_seg4'],
+                 ['vit', '--backbone', 'vit_l']):
+        with pytest.raises(SystemExit):
+            benchmark['parse_args'](argv)
+    assert 'dino --backbone vit_l has the variants conventional checkpointing cp_all' in (
+        capsys.readouterr().err)

@@ -340,14 +340,20 @@ def settings(args) -> Dict[str, list]:
 
 
 def load_dino_config(entry):
-    """A config of :data:`DINO_BACKBONES`: a path in this repository or ``mmdet::`` (returned as a
-    path), or ``(path, model overrides)`` (returned as a ``Config``)."""
+    """A config of :data:`DINO_BACKBONES`: a path in this repository (returned as a path) or in
+    mmdet's installed configs (``mmdet::...``), or ``(path, model overrides)`` (returned as a
+    ``Config``)."""
     path, overrides = (entry, None) if isinstance(entry, str) else entry
-    if overrides is None and not path.startswith('mmdet::'):
-        return os.path.join(ROOT, path)
-    cfg = Config.fromfile(path if path.startswith('mmdet::') else os.path.join(ROOT, path))
-    if overrides:
-        cfg.merge_from_dict(dict(model=overrides))
+    if path.startswith('mmdet::'):
+        import mmdet
+        path = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs',
+                            path[len('mmdet::'):])
+    else:
+        path = os.path.join(ROOT, path)
+    if not overrides:
+        return path
+    cfg = Config.fromfile(path)
+    cfg.merge_from_dict(dict(model=overrides))
     return cfg
 
 
