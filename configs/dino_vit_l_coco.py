@@ -31,9 +31,9 @@ model = dict(
         out_channels=256,
         scale_factors=(2.0, 1.0, 0.5),
         top_pool=True),
-    data_preprocessor=dict(
-        pad_size_divisor=32,
-        batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=False)]))
+    # the batch is padded to a multiple of 32 (not to 1024² as ViTDet: the position embedding is
+    # resampled to any patch grid)
+    data_preprocessor=dict(pad_size_divisor=32))
 
 # ViTDet's large-scale jitter at 1024×1024
 backend_args = None

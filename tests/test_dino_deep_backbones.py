@@ -29,7 +29,6 @@ def tiny(cfg: Config, vit: bool) -> Config:
         model.backbone.update(arch=None, embed_dims=32, depth=2, num_heads=2, out_indices=(1, ),
                               drop_path_rate=0.0)
         model.neck.in_channels = 32
-        model.data_preprocessor.batch_augments = None  # the 1024² pad
     else:
         model.backbone.update(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4],
                               window_size=4, drop_path_rate=0.0)
