@@ -3,6 +3,7 @@
     python tools/benchmark.py swin --size 1024 --depths 2-2-6-2 2-2-18-2 2-2-30-2 --out results/swin
     python tools/benchmark.py vit --arch vit_small_patch16_224 --size 512 --out results/vit_s
     python tools/benchmark.py dino --size 800x1333 --batch 1 --out results/dino
+    python tools/benchmark.py dino --backbone vit_l --size 1024 --iters 1 --rss --out results/dino_vit_l_1024
     python tools/benchmark.py seg --size 512 --batch 2 --out results/upernet
     python tools/benchmark.py points --points 24000 --batch 2 --out results/pix4point
     python tools/benchmark.py swin3d --frames 32 --size 224 --iters 2 --warmup 1 --rss --out results/video_swin_t_32x224
@@ -23,6 +24,7 @@ What is measured is documented in :mod:`dr2net_mm.benchmark`. ``--device cuda`` 
 The functions here are importable (``main(argv)``); the measuring code is ``dr2net_mm.benchmark``.
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -54,6 +56,27 @@ DINO_CONFIGS = {
     'cp_all': 'configs/dino_swin_t_cp_all_coco.py',
     # Dr²Net backbone + reversible encoder + checkpointed decoder
     'dr2net_all': 'configs/dino_dr2net_all_swin_t_coco.py',
+}
+# dino --backbone: the detector's configs by variant, its label, and the variants measured when
+# --variants is not given (deep backbones: the all-checkpointing baseline and Dr²Net-all)
+DINO_BACKBONES = {
+    'swin_t': dict(label='DINO-4scale Swin-T', configs=DINO_CONFIGS,
+                   default=[*DINO_CONFIGS, 'frozen_backbone', 'frozen_backbone_cp_all']),
+    'vit_l': dict(label='DINO-4scale ViT-L/16 (SimpleFeaturePyramid, global attention)',
+                  configs={'conventional': 'configs/dino_vit_l_coco.py',
+                           'checkpointing': ('configs/dino_vit_l_coco.py',
+                                             dict(backbone=dict(with_cp=True))),
+                           'cp_all': 'configs/dino_vit_l_cp_all_coco.py',
+                           'dr2net_all': 'configs/dino_dr2net_all_vit_l_coco.py'},
+                  default=['cp_all', 'dr2net_all']),
+    # mmdet's zoo config itself checkpoints every Swin block (with_cp=True): 'checkpointing'
+    'swin_l': dict(label='DINO-5scale Swin-L (mmdet zoo)',
+                   configs={'checkpointing': 'mmdet::dino/dino-5scale_swin-l_8xb2-12e_coco.py',
+                            'conventional': ('mmdet::dino/dino-5scale_swin-l_8xb2-12e_coco.py',
+                                             dict(backbone=dict(with_cp=False))),
+                            'cp_all': 'configs/dino_swin_l_cp_all_coco.py',
+                            'dr2net_all': 'configs/dino_dr2net_all_swin_l_coco.py'},
+                   default=['cp_all', 'dr2net_all']),
 }
 # frozen-backbone rows (the floor of any backbone method): the variant's config, all four Swin
 # stages frozen (mmdet frozen_stages=4)
@@ -165,6 +188,10 @@ def parse_args(argv=None):
                         help='points: points per crop (the S3DIS config: 24000, 1536 tokens)')
     parser.add_argument('--segmentors', nargs='+', choices=sorted(SEG_CONFIGS),
                         default=sorted(SEG_CONFIGS), help='seg: which segmentors to measure')
+    parser.add_argument('--backbone', choices=sorted(DINO_BACKBONES), default='swin_t',
+                        help='dino: the detector (swin_t: DINO-4scale Swin-T; vit_l: DINO with '
+                        'ViT-L/16 and a simple feature pyramid; swin_l: the mmdet zoo\'s '
+                        'DINO-5scale Swin-L)')
     parser.add_argument('--out-indices', type=int, nargs='+', default=None,
                         help='backbone outputs (Swin default 0 1 2 3; ViT default -1)')
     parser.add_argument('--extra', nargs='*', default=None,
@@ -173,7 +200,8 @@ def parse_args(argv=None):
                         'segment_size=4)')
     parser.add_argument('--variants', nargs='+', default=None, metavar='NAME',
                         help='measure only these variants (names as in the table: conventional, '
-                        'checkpointing, dr2net, ...; default all)')
+                        'checkpointing, dr2net, cp_all, ...; default all, for dino --backbone '
+                        'vit_l and swin_l: cp_all dr2net_all)')
     parser.add_argument('--out', default=None, help='output path without extension')
     parser.add_argument('--rss', action='store_true',
                         help='also measure each variant\'s resident high-water mark in a fresh '
@@ -229,6 +257,18 @@ def parse_args(argv=None):
     if args.model in ('tad', 'rvos') and args.extra:
         parser.error(f'--extra {" ".join(args.extra)}: {args.model} measures its four configs '
                      'only')
+    if args.model != 'dino' and args.backbone != 'swin_t':
+        parser.error(f'--backbone: only dino takes it; {args.model} does not')
+    if args.model == 'dino':
+        known = [*DINO_BACKBONES[args.backbone]['configs'], *(args.extra or ())]
+        if args.backbone != 'vit_l':  # frozen rows freeze Swin stages
+            known += list(DINO_FROZEN)
+        unknown = sorted(set(args.variants or ()) - set(known))
+        if unknown:
+            parser.error(f'--variants {" ".join(unknown)}: dino --backbone {args.backbone} has '
+                         f'the variants {" ".join(known)}')
+        if args.extra and args.backbone != 'swin_t':
+            parser.error('--extra: only dino --backbone swin_t has extra variants')
     if args.model == 'seg' and args.batch < 2:
         parser.error(f'--batch {args.batch}: seg needs batch >= 2 (the UPerNet pooling module has '
                      'BatchNorm over 1x1 maps, which cannot train on one image)')
@@ -299,16 +339,36 @@ def settings(args) -> Dict[str, list]:
         configs = with_float64_segments(POINTS_CONFIGS, args.extra)
         return {f'Pix4Point ViT-S S3DIS, {args.points} points / 1536 tokens, batch {args.batch}':
                 points_variants(configs, args.points, args.batch)}
-    configs = with_frozen_backbones(with_float64_segments(DINO_CONFIGS, args.extra))
-    return {f'DINO-4scale Swin-T, {size_label(args.size)}, batch {args.batch}':
-            detector_variants(configs, args.size, args.batch)}
+    detector = DINO_BACKBONES[args.backbone]
+    configs = with_frozen_backbones(with_float64_segments(detector['configs'], args.extra))
+    names = args.variants or [*detector['default'], *(args.extra or ())]
+    return {f'{detector["label"]}, {size_label(args.size)}, batch {args.batch}':
+            detector_variants({name: configs[name] for name in names}, args.size, args.batch)}
 
 
-def with_float64_segments(paths: Dict[str, str], extra) -> Dict[str, object]:
+def load_dino_config(entry):
+    """A config of :data:`DINO_BACKBONES`: a path in this repository (returned as a path) or in
+    mmdet's installed configs (``mmdet::...``), or ``(path, model overrides)`` (returned as a
+    ``Config``)."""
+    path, overrides = (entry, None) if isinstance(entry, str) else entry
+    if path.startswith('mmdet::'):
+        import mmdet
+        path = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs',
+                            path[len('mmdet::'):])
+    else:
+        path = os.path.join(ROOT, path)
+    if not overrides:
+        return path
+    cfg = Config.fromfile(path)
+    cfg.merge_from_dict(dict(model=overrides))
+    return cfg
+
+
+def with_float64_segments(paths: Dict[str, object], extra) -> Dict[str, object]:
     """The configs by variant name, plus ``dr2net_f64_seg4`` (the Dr²Net config with float64
     streams in segments of 4 branches instead of the default exact streams) when ``extra`` names it
     (checked in parse_args)."""
-    configs = {name: os.path.join(ROOT, path) for name, path in paths.items()}
+    configs = {name: load_dino_config(entry) for name, entry in paths.items()}
     for name in extra or ():
         segmented = Config.fromfile(configs['dr2net'])
         segmented.model.backbone.update(stream_dtype='float64', segment_size=4)
@@ -317,10 +377,14 @@ def with_float64_segments(paths: Dict[str, str], extra) -> Dict[str, object]:
 
 
 def with_frozen_backbones(configs: Dict[str, object]) -> Dict[str, object]:
-    """``configs`` plus the :data:`DINO_FROZEN` rows: a variant with its whole backbone frozen."""
+    """``configs`` plus the :data:`DINO_FROZEN` rows: a variant with its whole backbone frozen
+    (Swin backbones; the rows are left out where their base variant is not there)."""
     configs = dict(configs)
     for name, base in DINO_FROZEN.items():
-        frozen = Config.fromfile(configs[base])
+        if base not in configs:
+            continue
+        frozen = configs[base]
+        frozen = Config.fromfile(frozen) if isinstance(frozen, str) else copy.deepcopy(frozen)
         frozen.model.backbone.frozen_stages = 4
         configs[name] = frozen
     return configs

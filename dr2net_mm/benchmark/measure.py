@@ -17,8 +17,9 @@ Per variant (a constructor for a model in train mode plus an input and a loss):
 * ``step_ms``: median wall time of a training step over ``iters`` steps after ``warmup`` steps.
 
 ``compare`` runs variants one after another in one process (so ratios hold on a noisy machine) and
-adds ratios to the variants named ``conventional`` and ``checkpointing`` when present. The variants
-themselves are built in :mod:`dr2net_mm.benchmark.variants`.
+adds ratios to the variants named ``conventional``, ``checkpointing`` and ``cp_all`` (a detector's
+all-checkpointing baseline) when present. The variants themselves are built in
+:mod:`dr2net_mm.benchmark.variants`.
 """
 import gc
 import statistics
@@ -32,6 +33,8 @@ from torch import Tensor, nn
 from ..core import count_saved_bytes
 
 MB = 2.0**20
+# the variants others are compared with, when present
+PEERS = ('conventional', 'checkpointing', 'cp_all')
 
 
 @dataclass
@@ -145,7 +148,7 @@ def measure(variant: Variant, device: torch.device, iters: int = 5, warmup: int 
 
 def compare(variants: Sequence[Variant], device: torch.device, iters: int = 5, warmup: int = 1,
             log: Callable[[str], None] = print) -> List[Measurement]:
-    """Measure ``variants`` in order and add ratios to ``conventional`` / ``checkpointing``."""
+    """Measure ``variants`` in order and add ratios to each of :data:`PEERS` present."""
     results = []
     for index, variant in enumerate(variants, 1):
         log(f'[{index}/{len(variants)}] {variant.name} ...')
@@ -156,7 +159,7 @@ def compare(variants: Sequence[Variant], device: torch.device, iters: int = 5, w
     by_name = {r.name: r for r in results}
     for result in results:
         result.ratios = {}
-        for peer in ('conventional', 'checkpointing'):
+        for peer in PEERS:
             if peer in by_name and peer != result.name:
                 ref = by_name[peer]
                 result.ratios[f'saved_vs_{peer}'] = result.saved_mb / ref.saved_mb
@@ -166,13 +169,16 @@ def compare(variants: Sequence[Variant], device: torch.device, iters: int = 5, w
 
 
 def markdown_table(results: Sequence[Measurement], title: str = '') -> str:
-    """The results as a markdown table (ratios to conventional and checkpointing when known; the
-    resident-memory peak and its ratio to the allocator peak when measured)."""
+    """The results as a markdown table (ratios to conventional and checkpointing when known, and to
+    cp_all where there is one; the resident-memory peak and its ratio to the allocator peak when
+    measured)."""
+    peers = ['conventional', 'checkpointing'] + [
+        p for p in PEERS[2:] if any(f'peak_vs_{p}' in (r.ratios or {}) for r in results)]
     lines = [f'#### {title}', ''] if title else []
     lines += ['| variant | saved for backward (MB) | peak step memory (MB) | peak, resident (MB) | '
-              'step time (ms) | peak / conventional | peak / checkpointing | time / conventional | '
-              'time / checkpointing |',
-              '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+              'step time (ms) | ' + ' | '.join(f'peak / {p}' for p in peers) + ' | ' +
+              ' | '.join(f'time / {p}' for p in peers) + ' |',
+              '|---|---:|---:|---:|---:|' + '---:|' * (2 * len(peers))]
 
     def ratio(r, key):
         value = (r.ratios or {}).get(key)
@@ -180,7 +186,7 @@ def markdown_table(results: Sequence[Measurement], title: str = '') -> str:
 
     for r in results:
         rss = '—' if r.rss_peak_mb is None else f'{r.rss_peak_mb:.1f} ({r.rss_peak_mb / r.peak_mb:.2f}×)'
+        cells = [ratio(r, f'{kind}_vs_{p}') for kind in ('peak', 'time') for p in peers]
         lines.append(f'| {r.name} | {r.saved_mb:.1f} | {r.peak_mb:.1f} | {rss} | {r.step_ms:.0f} | '
-                     f'{ratio(r, "peak_vs_conventional")} | {ratio(r, "peak_vs_checkpointing")} | '
-                     f'{ratio(r, "time_vs_conventional")} | {ratio(r, "time_vs_checkpointing")} |')
+                     + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

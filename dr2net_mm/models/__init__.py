@@ -6,11 +6,12 @@ from .pretrained import PretrainedMismatchError
 from .deformable_encoder import Dr2NetDeformableEncoder
 from .dino import Dr2NetDINO
 from .plain_vit import PlainViT
+from .simple_fpn import SimpleFeaturePyramid
 from .swin import Dr2NetSwin
 from .vit import Dr2NetViT
 
 __all__ = ['Dr2NetDeformableEncoder', 'Dr2NetDINO', 'Dr2NetSwin', 'Dr2NetViT', 'PlainViT',
-           'PretrainedMismatchError']
+           'PretrainedMismatchError', 'SimpleFeaturePyramid']
 
 if find_spec('mmaction') is not None:  # the video backbones need mmaction2
     from .swin3d import Dr2NetSwin3D
