@@ -25,7 +25,7 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-from ..demo.clips import _write_video
+from ..demo.clips import write_video
 from ..demo.data import already_written, write_stamp
 from .data import read_instance_masks, read_sentences, read_videoset, write_instance_masks
 from .text import WordTokenizer
@@ -136,7 +136,7 @@ def make_demo_rvos(out_dir: str, num_train: int = 96, num_val: int = 24, frames:
         for index in range(count):
             vid = f'{"train" if usage == 0 else "test"}{index:04d}'
             video, objects, annotated = draw_video(rng, frames, size)
-            _write_video(osp.join(out_dir, 'Release/clips320H', vid + '.mp4'), video, fps=fps)
+            write_video(osp.join(out_dir, 'Release/clips320H', vid + '.mp4'), video, fps=fps)
             for number, masks in annotated.items():
                 write_instance_masks(osp.join(out_dir, 'a2d_annotation_with_instances', vid,
                                               f'{number:05d}.h5'),
