@@ -5,13 +5,15 @@
 * :func:`checkpointed` and :func:`checkpoint_branches`: ``with_cp``, one rule for every backbone (as
   mmdet's single ``with_cp`` branch per block and timm's ``checkpoint_seq``), and
   :func:`recompute_after` for the layers after a reversible stage;
-* :func:`window_attention_plan` and :func:`token_plan`: how the reversible backward recomputes a
-  window-attention branch (Swin, Video Swin) or a token-wise MLP branch part by part (the
-  ``plan`` protocol of :mod:`dr2net_mm.core.chunks`).
+* :func:`window_attention_plan`, :func:`global_attention_plan` and :func:`token_plan`: how the
+  reversible backward recomputes a window-attention branch (Swin, Video Swin), a global-attention
+  branch (ViT, VideoMAE, Pix4Point's ViT) or a token-wise MLP branch part by part (the ``plan``
+  protocol of :mod:`dr2net_mm.core.chunks`).
 """
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -21,7 +23,8 @@ from .core.chunks import BranchPlan, row_parts
 
 __all__ = [
     'StageOptions', 'stage_options', 'branch_sequence', 'check_block_type', 'checkpointed',
-    'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'token_plan'
+    'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'global_attention_plan',
+    'attention_rows', 'attention_mask_rows', 'sdpa', 'token_plan'
 ]
 
 
@@ -127,4 +130,69 @@ def token_plan(x: Tensor, hidden: int, layers: Callable[[Tensor], Tensor],
     if len(parts) == 1:
         return None
     return BranchPlan(x.reshape(-1, channels), parts, lambda h, part: layers(h),
-                      lambda out: drop_path(out.view(x.shape)))
+                      lambda out: drop_path(out.view(x.shape)),
+                      merge_vjp=lambda grad: drop_path(grad).reshape(-1, channels))
+
+
+def attention_rows(batch: int, tokens: int, heads: int) -> Optional[List[slice]]:
+    """The query rows of a global-attention branch over ``batch`` samples of ``tokens`` tokens as
+    parts: runs of query rows inside each sample, each holding about
+    :data:`~dr2net_mm.core.chunks.PART_ELEMENTS` attention weights (``heads·tokens`` per row).
+    None when one sample's attention fits in one part (the branch runs as it is)."""
+    per_sample = row_parts(tokens, heads * tokens)
+    if len(per_sample) == 1:
+        return None
+    return [slice(b * tokens + p.start, b * tokens + p.stop) for b in range(batch)
+            for p in per_sample]
+
+
+def global_attention_plan(parts: Sequence[slice], qkv: Tensor, heads: int,
+                          attend: Callable[[Tensor, Tensor, Tensor, int, slice], Tensor],
+                          project: Callable[[Tensor], Tensor],
+                          drop_path: Callable[[Tensor], Tensor]) -> BranchPlan:
+    """A multi-head self-attention branch ``F(x) = drop_path(project(attention(qkv)))`` by runs of
+    query rows (``parts`` from :func:`attention_rows`), with a shared prologue: ``qkv`` ``(B, N, 3·D)``
+    (the qkv projection of the normalised input, columns q | k | v, each ``heads × D/heads``) is
+    computed once; its K and V columns are the plan's ``shared`` views, read whole by every part
+    (their gradients add up across parts); ``body`` takes a part's q columns through
+    ``attend(q, k, v, sample, rows)`` (the ``(1, heads, r, d)`` queries of the rows ``rows`` of
+    sample ``sample`` against its ``(1, heads, N, d)`` keys and values; returns ``(1, heads, r,
+    d)``) and ``project`` (row-wise layers: output projection, layer scale); ``merge`` reshapes
+    to ``(B, N, C)`` and applies ``drop_path``."""
+    batch, tokens, width = qkv.shape
+    head_dims = width // (3 * heads)
+
+    def shared(h: Tensor) -> Tuple[Tensor, Tensor]:
+        split = h.view(batch, tokens, 3, heads, head_dims)
+        return split[:, :, 1].transpose(1, 2), split[:, :, 2].transpose(1, 2)
+
+    def body(h: Tensor, part: slice, k: Tensor, v: Tensor) -> Tensor:
+        sample, rows = divmod(part.start, tokens)
+        q = h.view(1, h.shape[0], 3, heads, head_dims)[:, :, 0].transpose(1, 2)
+        out = attend(q, k[sample:sample + 1], v[sample:sample + 1], sample,
+                     slice(rows, rows + h.shape[0]))
+        return project(out.transpose(1, 2).reshape(h.shape[0], heads * head_dims))
+
+    return BranchPlan(qkv.reshape(batch * tokens, width), parts, body,
+                      lambda out: drop_path(out.view(batch, tokens, -1)), shared=shared,
+                      merge_vjp=lambda grad: drop_path(grad).reshape(batch * tokens, -1))
+
+
+def attention_mask_rows(mask: Optional[Tensor], sample: int, rows: slice) -> Optional[Tensor]:
+    """The rows of an attention mask (``scaled_dot_product_attention`` semantics: broadcastable to
+    ``(B, heads, N, N)``) for the queries ``rows`` of sample ``sample``."""
+    if mask is None:
+        return None
+    mask = mask.view((1, ) * (4 - mask.dim()) + tuple(mask.shape))
+    if mask.shape[0] > 1:
+        mask = mask[sample:sample + 1]
+    return mask[:, :, rows] if mask.shape[2] > 1 else mask
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None,
+         scale: Optional[float] = None) -> Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` without dropout (``scale``: None is
+    ``head_dim**-0.5``)."""
+    if scale is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
