@@ -10,7 +10,7 @@
   branch (ViT, VideoMAE, Pix4Point's ViT) or a token-wise MLP branch part by part (the ``plan``
   protocol of :mod:`dr2net_mm.core.chunks`).
 """
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .checks import check_bool, check_segment_size, parse_stream_dtype
 from .core import ReversibleSequence
+from .core import chunks
 from .core.chunks import BranchPlan, row_parts
 
 __all__ = [
@@ -26,6 +27,10 @@ __all__ = [
     'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'global_attention_plan',
     'attention_rows', 'attention_mask_rows', 'sdpa', 'token_plan'
 ]
+
+
+# the fewest token rows of a part of a token-wise branch (matrix products stay efficient)
+MIN_PART_ROWS = 64
 
 
 class StageOptions(NamedTuple):
@@ -123,10 +128,14 @@ def window_attention_plan(windows: Tensor, batch: int, attention: Callable[..., 
 def token_plan(x: Tensor, hidden: int, layers: Callable[[Tensor], Tensor],
                drop_path: Callable[[Tensor], Tensor]) -> Optional[BranchPlan]:
     """A branch ``F(x) = drop_path(layers(x))`` whose ``layers`` act on every token alone (norm,
-    MLP, layer scale) as runs of token rows, sized by the widest layer's width ``hidden``; None when
-    one run would hold all tokens."""
+    MLP, layer scale) as runs of token rows, sized by the widest layer's width ``hidden`` (a run's
+    widest activation holds at most ``PART_ELEMENTS`` elements and at most half of ``x``, but at
+    least :data:`MIN_PART_ROWS` rows); None when one run would hold all tokens."""
     channels = x.shape[-1]
-    parts = row_parts(x.numel() // channels, hidden)
+    # a part's widest layer holds at most PART_ELEMENTS elements, and at most half a stream (so
+    # that for short sequences it is small beside the streams), but never under MIN_PART_ROWS rows
+    cap = max(x.numel() // 2, MIN_PART_ROWS * hidden)
+    parts = row_parts(x.numel() // channels, hidden * max(1.0, chunks.PART_ELEMENTS / cap))
     if len(parts) == 1:
         return None
     return BranchPlan(x.reshape(-1, channels), parts, lambda h, part: layers(h),
@@ -153,8 +162,9 @@ def global_attention_plan(parts: Sequence[slice], qkv: Tensor, heads: int,
     """A multi-head self-attention branch ``F(x) = drop_path(project(attention(qkv)))`` by runs of
     query rows (``parts`` from :func:`attention_rows`), with a shared prologue: ``qkv`` ``(B, N, 3·D)``
     (the qkv projection of the normalised input, columns q | k | v, each ``heads × D/heads``) is
-    computed once; its K and V columns are the plan's ``shared`` views, read whole by every part
-    (their gradients add up across parts); ``body`` takes a part's q columns through
+    computed once; its K and V columns are the plan's ``shared`` views (per sample, so that no
+    part's backward allocates the gradient of all samples), read whole by every part (their
+    gradients add up across parts); ``body`` takes a part's q columns through
     ``attend(q, k, v, sample, rows)`` (the ``(1, heads, r, d)`` queries of the rows ``rows`` of
     sample ``sample`` against its ``(1, heads, N, d)`` keys and values; returns ``(1, heads, r,
     d)``) and ``project`` (row-wise layers: output projection, layer scale); ``merge`` reshapes
@@ -162,14 +172,14 @@ def global_attention_plan(parts: Sequence[slice], qkv: Tensor, heads: int,
     batch, tokens, width = qkv.shape
     head_dims = width // (3 * heads)
 
-    def shared(h: Tensor) -> Tuple[Tensor, Tensor]:
+    def shared(h: Tensor) -> List[Tensor]:  # k_0, v_0, k_1, v_1, ...: (1, heads, N, d) views
         split = h.view(batch, tokens, 3, heads, head_dims)
-        return split[:, :, 1].transpose(1, 2), split[:, :, 2].transpose(1, 2)
+        return [split[b:b + 1, :, j].transpose(1, 2) for b in range(batch) for j in (1, 2)]
 
-    def body(h: Tensor, part: slice, k: Tensor, v: Tensor) -> Tensor:
+    def body(h: Tensor, part: slice, *kv: Tensor) -> Tensor:
         sample, rows = divmod(part.start, tokens)
         q = h.view(1, h.shape[0], 3, heads, head_dims)[:, :, 0].transpose(1, 2)
-        out = attend(q, k[sample:sample + 1], v[sample:sample + 1], sample,
+        out = attend(q, kv[2 * sample], kv[2 * sample + 1], sample,
                      slice(rows, rows + h.shape[0]))
         return project(out.transpose(1, 2).reshape(h.shape[0], heads * head_dims))
 

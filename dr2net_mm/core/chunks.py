@@ -132,6 +132,14 @@ def check_views(shared: Sequence[Tensor], h: Tensor) -> Sequence[Tensor]:
     return shared
 
 
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride()
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def capture_rng_state(device: torch.device) -> RNGState:
     """The CPU generator's state, plus the accelerator generator's for tensors on ``device``."""
     generators = [torch.default_generator]
@@ -171,9 +179,18 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
         h = plan.inputs
         wants_h = grad is not None and h.requires_grad
         shared: Sequence[Tensor] = ()
-        anchor = None
+        anchor = out = g_out = None
+        if grad is not None and plan.merge_vjp is not None:
+            for generator, state in rng:
+                generator.set_state(state)
+            with torch.no_grad():
+                g_out = plan.merge_vjp(grad)
         if plan.shared is None:  # every row of h belongs to exactly one part: no zero fill
-            h_grad = torch.empty_like(h) if wants_h else None
+            # a part's rows of dL/d(out) are read before its rows of dL/dh are written: one buffer
+            # serves both when dL/d(out) is a buffer of its own of h's layout
+            h_grad = (g_out if g_out is not None and _same_layout(g_out, h)
+                      and not _shares_memory(g_out, grad) else torch.empty_like(h)) \
+                if wants_h else None
         else:
             h_grad = torch.zeros_like(h) if wants_h else None
             shared = check_views(plan.shared(h.detach()), h)
@@ -181,12 +198,6 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
                 anchor = torch.empty(0, device=h.device, requires_grad=True)
                 shared = [_GradInto.apply(anchor, value, into)
                           for value, into in zip(shared, plan.shared(h_grad))]
-        out = g_out = None
-        if grad is not None and plan.merge_vjp is not None:
-            for generator, state in rng:
-                generator.set_state(state)
-            with torch.no_grad():
-                g_out = plan.merge_vjp(grad)
         for part in plan.parts:
             if anchor is not None:
                 piece_in = _GradInto.apply(anchor, h[part].detach(), h_grad[part])
