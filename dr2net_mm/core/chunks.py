@@ -109,7 +109,7 @@ def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tenso
     plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
     if plan is None:
         return function(inp, *args)
-    shared = () if plan.shared is None else tuple(plan.shared(plan.inputs))
+    shared = () if plan.shared is None else check_views(plan.shared(plan.inputs), plan.inputs)
     if torch.is_grad_enabled():
         return plan.merge(torch.cat([plan.body(plan.inputs[p], p, *shared) for p in plan.parts]))
     out = None
