@@ -130,14 +130,16 @@ def token_plan(x: Tensor, hidden: int, layers: Callable[[Tensor], Tensor],
     """A branch ``F(x) = drop_path(layers(x))`` whose ``layers`` act on every token alone (norm,
     MLP, layer scale) as runs of token rows, sized by the widest layer's width ``hidden`` (a run's
     widest activation holds at most ``PART_ELEMENTS`` elements and at most half of ``x``, but at
-    least :data:`MIN_PART_ROWS` rows); None when one run would hold all tokens."""
+    least :data:`MIN_PART_ROWS` rows); None when one run of ``PART_ELEMENTS`` would hold all
+    tokens."""
     channels = x.shape[-1]
     # a part's widest layer holds at most PART_ELEMENTS elements, and at most half a stream (so
     # that for short sequences it is small beside the streams), but never under MIN_PART_ROWS rows
-    cap = max(x.numel() // 2, MIN_PART_ROWS * hidden)
-    parts = row_parts(x.numel() // channels, hidden * max(1.0, chunks.PART_ELEMENTS / cap))
-    if len(parts) == 1:
+    rows = x.numel() // channels
+    if len(row_parts(rows, hidden)) == 1:
         return None
+    cap = max(x.numel() // 2, MIN_PART_ROWS * hidden)
+    parts = row_parts(rows, hidden * max(1.0, chunks.PART_ELEMENTS / cap))
     return BranchPlan(x.reshape(-1, channels), parts, lambda h, part: layers(h),
                       lambda out: drop_path(out.view(x.shape)),
                       merge_vjp=lambda grad: drop_path(grad).reshape(-1, channels))
