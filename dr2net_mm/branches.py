@@ -162,9 +162,9 @@ def global_attention_plan(parts: Sequence[slice], qkv: Tensor, heads: int,
                           project: Callable[[Tensor], Tensor],
                           drop_path: Callable[[Tensor], Tensor]) -> BranchPlan:
     """A multi-head self-attention branch ``F(x) = drop_path(project(attention(qkv)))`` by runs of
-    query rows (``parts`` from :func:`attention_rows`), with a shared prologue: ``qkv`` ``(B, N, 3·D)``
-    (the qkv projection of the normalised input, columns q | k | v, each ``heads × D/heads``) is
-    computed once; its K and V columns are the plan's ``shared`` views (per sample, so that no
+    query rows (``parts`` from :func:`attention_rows`), with a shared prologue: ``qkv``
+    ``(B, N, 3·D)`` (the qkv projection of the normalised input, columns q | k | v, each
+    ``heads × D/heads``) is computed once; its K and V columns are the plan's ``shared`` views (per sample, so that no
     part's backward allocates the gradient of all samples), read whole by every part (their
     gradients add up across parts); ``body`` takes a part's q columns through
     ``attend(q, k, v, sample, rows)`` (the ``(1, heads, r, d)`` queries of the rows ``rows`` of

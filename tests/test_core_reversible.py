@@ -716,7 +716,8 @@ def test_a_plan_with_a_shared_view_gives_reference_gradients_and_refuses_other_t
     it in place: the reversible gradients equal the reference mode's; ``shared`` returning anything
     but views of ``h`` is refused with a clear error."""
     torch.manual_seed(0)
-    stage = ReversibleSequence([SharedMeanBranch(32) for _ in range(3)], alpha=0.3, beta=0.7).train()
+    stage = ReversibleSequence([SharedMeanBranch(32) for _ in range(3)], alpha=0.3,
+                               beta=0.7).train()
     x = make_input(batch=2, tokens=8)
     gx_rev, g_rev, _ = grads_of(stage, x, seed=5, reversible=True)
     gx_ref, g_ref, _ = grads_of(stage, x, seed=5, reversible=False)

@@ -60,10 +60,10 @@ class BranchPlan(NamedTuple):
 
 
 class _GradInto(torch.autograd.Function):
-    """``x`` itself (an alias) in forward; in backward its gradient is added into ``into`` (a view of
-    a gradient buffer) and nothing flows on. ``anchor``, an empty leaf, only puts the node in the
-    graph. So the parts' gradients for a shared tensor add up in place, with no gradient the size
-    of the whole buffer per part (as autograd's backward of a view would allocate)."""
+    """``x`` itself (an alias) in forward; in backward its gradient is added into ``into`` (a
+    view of a gradient buffer) and nothing flows on. ``anchor``, an empty leaf, only puts the node
+    in the graph. So the parts' gradients for a shared tensor add up in place, with no gradient the
+    size of the whole buffer per part (as autograd's backward of a view would allocate)."""
 
     @staticmethod
     def forward(ctx, anchor: Tensor, x: Tensor, into: Tensor) -> Tensor:
