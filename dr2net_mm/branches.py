@@ -5,24 +5,32 @@
 * :func:`checkpointed` and :func:`checkpoint_branches`: ``with_cp``, one rule for every backbone (as
   mmdet's single ``with_cp`` branch per block and timm's ``checkpoint_seq``), and
   :func:`recompute_after` for the layers after a reversible stage;
-* :func:`window_attention_plan` and :func:`token_plan`: how the reversible backward recomputes a
-  window-attention branch (Swin, Video Swin) or a token-wise MLP branch part by part (the
-  ``plan`` protocol of :mod:`dr2net_mm.core.chunks`).
+* :func:`window_attention_plan`, :func:`global_attention_plan` and :func:`token_plan`: how the
+  reversible backward recomputes a window-attention branch (Swin, Video Swin), a global-attention
+  branch (ViT, VideoMAE, Pix4Point's ViT) or a token-wise MLP branch part by part (the ``plan``
+  protocol of :mod:`dr2net_mm.core.chunks`).
 """
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .checks import check_bool, check_segment_size, parse_stream_dtype
 from .core import ReversibleSequence
+from .core import chunks
 from .core.chunks import BranchPlan, row_parts
 
 __all__ = [
     'StageOptions', 'stage_options', 'branch_sequence', 'check_block_type', 'checkpointed',
-    'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'token_plan'
+    'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'global_attention_plan',
+    'attention_rows', 'attention_mask_rows', 'sdpa', 'token_plan'
 ]
+
+
+# the fewest token rows of a part of a token-wise branch (matrix products stay efficient)
+MIN_PART_ROWS = 64
 
 
 class StageOptions(NamedTuple):
@@ -120,11 +128,83 @@ def window_attention_plan(windows: Tensor, batch: int, attention: Callable[..., 
 def token_plan(x: Tensor, hidden: int, layers: Callable[[Tensor], Tensor],
                drop_path: Callable[[Tensor], Tensor]) -> Optional[BranchPlan]:
     """A branch ``F(x) = drop_path(layers(x))`` whose ``layers`` act on every token alone (norm,
-    MLP, layer scale) as runs of token rows, sized by the widest layer's width ``hidden``; None when
-    one run would hold all tokens."""
+    MLP, layer scale) as runs of token rows, sized by the widest layer's width ``hidden`` (a run's
+    widest activation holds at most ``PART_ELEMENTS`` elements and at most half of ``x``, but at
+    least :data:`MIN_PART_ROWS` rows); None when one run of ``PART_ELEMENTS`` would hold all
+    tokens."""
     channels = x.shape[-1]
-    parts = row_parts(x.numel() // channels, hidden)
-    if len(parts) == 1:
+    # a part's widest layer holds at most PART_ELEMENTS elements, and at most half a stream (so
+    # that for short sequences it is small beside the streams), but never under MIN_PART_ROWS rows
+    rows = x.numel() // channels
+    if len(row_parts(rows, hidden)) == 1:
         return None
+    cap = max(x.numel() // 2, MIN_PART_ROWS * hidden)
+    parts = row_parts(rows, hidden * max(1.0, chunks.PART_ELEMENTS / cap))
     return BranchPlan(x.reshape(-1, channels), parts, lambda h, part: layers(h),
-                      lambda out: drop_path(out.view(x.shape)))
+                      lambda out: drop_path(out.view(x.shape)),
+                      merge_vjp=lambda grad: drop_path(grad).reshape(-1, channels))
+
+
+def attention_rows(batch: int, tokens: int, heads: int) -> Optional[List[slice]]:
+    """The query rows of a global-attention branch over ``batch`` samples of ``tokens`` tokens as
+    parts: runs of query rows inside each sample, each holding about
+    :data:`~dr2net_mm.core.chunks.PART_ELEMENTS` attention weights (``heads·tokens`` per row).
+    None when one sample's attention fits in one part (the branch runs as it is)."""
+    per_sample = row_parts(tokens, heads * tokens)
+    if len(per_sample) == 1:
+        return None
+    return [slice(b * tokens + p.start, b * tokens + p.stop) for b in range(batch)
+            for p in per_sample]
+
+
+def global_attention_plan(parts: Sequence[slice], qkv: Tensor, heads: int,
+                          attend: Callable[[Tensor, Tensor, Tensor, int, slice], Tensor],
+                          project: Callable[[Tensor], Tensor],
+                          drop_path: Callable[[Tensor], Tensor]) -> BranchPlan:
+    """A multi-head self-attention branch ``F(x) = drop_path(project(attention(qkv)))`` by runs of
+    query rows (``parts`` from :func:`attention_rows`), with a shared prologue: ``qkv``
+    ``(B, N, 3·D)`` (the qkv projection of the normalised input, columns q | k | v, each
+    ``heads × D/heads``) is computed once; its K and V columns are the plan's ``shared`` views (per sample, so that no
+    part's backward allocates the gradient of all samples), read whole by every part (their
+    gradients add up across parts); ``body`` takes a part's q columns through
+    ``attend(q, k, v, sample, rows)`` (the ``(1, heads, r, d)`` queries of the rows ``rows`` of
+    sample ``sample`` against its ``(1, heads, N, d)`` keys and values; returns ``(1, heads, r,
+    d)``) and ``project`` (row-wise layers: output projection, layer scale); ``merge`` reshapes
+    to ``(B, N, C)`` and applies ``drop_path``."""
+    batch, tokens, width = qkv.shape
+    head_dims = width // (3 * heads)
+
+    def shared(h: Tensor) -> List[Tensor]:  # k_0, v_0, k_1, v_1, ...: (1, heads, N, d) views
+        split = h.view(batch, tokens, 3, heads, head_dims)
+        return [split[b:b + 1, :, j].transpose(1, 2) for b in range(batch) for j in (1, 2)]
+
+    def body(h: Tensor, part: slice, *kv: Tensor) -> Tensor:
+        sample, rows = divmod(part.start, tokens)
+        q = h.view(1, h.shape[0], 3, heads, head_dims)[:, :, 0].transpose(1, 2)
+        out = attend(q, kv[2 * sample], kv[2 * sample + 1], sample,
+                     slice(rows, rows + h.shape[0]))
+        return project(out.transpose(1, 2).reshape(h.shape[0], heads * head_dims))
+
+    return BranchPlan(qkv.reshape(batch * tokens, width), parts, body,
+                      lambda out: drop_path(out.view(batch, tokens, -1)), shared=shared,
+                      merge_vjp=lambda grad: drop_path(grad).reshape(batch * tokens, -1))
+
+
+def attention_mask_rows(mask: Optional[Tensor], sample: int, rows: slice) -> Optional[Tensor]:
+    """The rows of an attention mask (``scaled_dot_product_attention`` semantics: broadcastable to
+    ``(B, heads, N, N)``) for the queries ``rows`` of sample ``sample``."""
+    if mask is None:
+        return None
+    mask = mask.view((1, ) * (4 - mask.dim()) + tuple(mask.shape))
+    if mask.shape[0] > 1:
+        mask = mask[sample:sample + 1]
+    return mask[:, :, rows] if mask.shape[2] > 1 else mask
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None,
+         scale: Optional[float] = None) -> Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` without dropout (``scale``: None is
+    ``head_dim**-0.5``)."""
+    if scale is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

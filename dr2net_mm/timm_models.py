@@ -27,10 +27,11 @@ from typing import Optional
 import timm
 from timm.layers import PatchEmbed
 from timm.models import register_model
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import Tensor, nn
 
-from .branches import StageOptions, branch_sequence, check_block_type, stage_options, token_plan
+from .branches import (StageOptions, attention_mask_rows, attention_rows, branch_sequence,
+                       check_block_type, global_attention_plan, sdpa, stage_options, token_plan)
 from .core.chunks import BranchPlan, draws_random
 
 __all__ = ['ViTAttentionBranch', 'ViTMLPBranch', 'VIT_BRANCHES', 'ReversibleBlocks',
@@ -55,6 +56,28 @@ class ViTAttentionBranch(nn.Module):
         else:
             out = self.attn(self.norm1(x), attn_mask=attn_mask)
         return self.drop_path1(self.ls1(out))
+
+    def plan(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Optional[BranchPlan]:
+        """The branch by runs of query rows (see ``dr2net_mm.branches.global_attention_plan``):
+        ``qkv(norm1(x))`` once, then per run ``scaled_dot_product_attention`` of its queries
+        against all keys and values (the rows of ``attn_mask``), ``norm``, ``proj`` and ``ls1``;
+        ``merge`` applies drop path. timm's plain ``Attention`` only (no qk norm, no gate), no
+        dropout inside; else None (the branch runs whole)."""
+        attn = self.attn
+        if type(attn) is not Attention or getattr(attn, 'gate', None) is not None or \
+                not isinstance(attn.q_norm, nn.Identity) or \
+                not isinstance(attn.k_norm, nn.Identity) or draws_random(attn):
+            return None
+        parts = attention_rows(x.shape[0], x.shape[1], attn.num_heads)
+        if parts is None:
+            return None
+        norm = getattr(attn, 'norm', nn.Identity())
+
+        def attend(q: Tensor, k: Tensor, v: Tensor, sample: int, rows: slice) -> Tensor:
+            return sdpa(q, k, v, attention_mask_rows(attn_mask, sample, rows))
+
+        return global_attention_plan(parts, attn.qkv(self.norm1(x)), attn.num_heads, attend,
+                                     lambda o: self.ls1(attn.proj(norm(o))), self.drop_path1)
 
 
 class ViTMLPBranch(nn.Module):

@@ -673,6 +673,50 @@ def test_a_plan_splits_the_rows_into_parts_that_cover_them_once():
         assert len(parts) <= max(1, rows // align)
 
 
+class SharedMeanBranch(PlannedMLPBranch):
+    """A toy branch whose parts read one shared tensor: rows + the mean of all rows (``shared``
+    returns ``h`` itself, or, broken, a new tensor computed from it)."""
+
+    def __init__(self, channels, views=True):
+        super().__init__(channels)
+        self.views = views
+
+    def forward(self, x, scale=0.0):
+        h = self.fc2(self.fc1(self.norm(x)))
+        return h.tanh() + h.mean(1, keepdim=True)
+
+    def plan(self, x, scale=0.0):
+        from dr2net_mm.core.chunks import BranchPlan
+        B, N, C = x.shape
+        h = self.fc2(self.fc1(self.norm(x))).reshape(B * N, C)
+        parts = [slice(s, min(s + 3, B * N)) for s in range(0, B * N, 3)]
+
+        def body(rows, part, whole):
+            b = part.start // N
+            return rows.tanh() + whole[b].mean(0, keepdim=True)
+
+        shared = (lambda t: [t.view(B, N, C)]) if self.views else (lambda t: [t.view(B, N, C) * 1])
+        return BranchPlan(h, parts, body, lambda out: out.view(B, N, C), shared=shared)
+
+
+def test_a_plan_with_a_shared_view_gives_reference_gradients_and_refuses_other_tensors():
+    """Parts that read a tensor shared by all (a view of the plan's inputs) add their gradients for
+    it in place: the reversible gradients equal the reference mode's; ``shared`` returning anything
+    but views of ``h`` is refused with a clear error."""
+    torch.manual_seed(0)
+    stage = ReversibleSequence([SharedMeanBranch(32) for _ in range(3)], alpha=0.3,
+                               beta=0.7).train()
+    x = make_input(batch=2, tokens=8)
+    gx_rev, g_rev, _ = grads_of(stage, x, seed=5, reversible=True)
+    gx_ref, g_ref, _ = grads_of(stage, x, seed=5, reversible=False)
+    assert rel(gx_rev, gx_ref) <= 1e-5
+    assert max(rel(g_rev[n], g_ref[n]) for n in g_ref) <= 1e-5
+    assert stage.reconstruction_errors.max().item() == 0.0
+    broken = ReversibleSequence([SharedMeanBranch(32, views=False)], beta=0.5).train()
+    with pytest.raises(ValueError, match='must return views of h'):
+        broken(x).sum().backward()
+
+
 def test_a_plan_lowers_the_backward_peak():
     """Recomputing a branch part by part holds one part's activations (plus the streams) instead of
     the whole branch's: the training step's peak falls well below the unplanned engine's."""

@@ -217,6 +217,44 @@ def test_peak_memory_dr2net_below_checkpointing(kind):
         results['conventional'].peak_mb
 
 
+# 8. global attention by query rows: shared K/V, scaled_dot_product_attention per run, on CUDA ----
+@pytest.mark.parametrize('kind', ['vit', 'videomae'])
+def test_attention_by_query_rows_on_cuda(monkeypatch, kind):
+    import functools
+
+    from dr2net_mm import branches
+    from dr2net_mm.core.chunks import row_parts, run_branch
+    from dr2net_mm.models.video_vit import Dr2NetVideoViT
+    monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts, part_elements=2**10))
+    torch.manual_seed(0)
+    if kind == 'vit':
+        model = Dr2NetViT('vit_small_patch16_224', depth=4, img_size=64, drop_path_rate=0.2,
+                          alpha=0.3, beta=0.7, timm_kwargs=dict(init_values=0.5))
+        x = torch.randn(2, 3, 64, 64, device='cuda')
+    else:
+        model = Dr2NetVideoViT(img_size=64, patch_size=16, embed_dims=96, depth=4, num_heads=3,
+                               num_frames=8, tubelet_size=2, drop_path_rate=0.2, init_values=0.1,
+                               alpha=0.3, beta=0.7)
+        x = torch.randn(2, 3, 8, 64, 64, device='cuda')
+    model = model.cuda().train()
+    attention = model.sequence.functions[0]
+    tokens = torch.randn(2, 64 if kind == 'videomae' else 17, model.embed_dims, device='cuda')
+    plan = attention.plan(tokens)
+    assert plan is not None and plan.shared is not None and len(plan.parts) > 2
+    with torch.no_grad():
+        by_rows = run_branch(attention.eval(), tokens, ())
+        whole = attention(tokens)
+    attention.train()
+    report = gradient_error(model, x)
+    errors = model.reconstruction_errors()
+    result(branch_by_rows_vs_whole=rel(by_rows, whole), parts=len(plan.parts),
+           reversible_vs_truth=report.reversible_vs_truth.worst,
+           reference_vs_truth=report.reference_vs_truth.worst, reconstruction_error=max(errors))
+    assert rel(by_rows, whole) <= 1e-5
+    assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
+    assert set(errors) == {0.0}
+
+
 # 7. mmdet's sigmoid focal loss on CUDA through the fallback = mmdet's CPU path ----------------------
 def test_focal_loss_fallback_on_cuda_matches_cpu(monkeypatch):
     from mmdet.models.losses import FocalLoss, focal_loss

@@ -178,6 +178,59 @@ def test_twelve_blocks_with_float64_segments_are_as_precise_as_reference_mode(al
     assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
 
 
+def tiny_parts(monkeypatch, part_elements=2**9):
+    """Force the plans of dr2net_mm.branches into tiny parts (query-row runs, token runs)."""
+    import functools
+
+    from dr2net_mm import branches
+    from dr2net_mm.core.chunks import row_parts
+    monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts,
+                                                                 part_elements=part_elements))
+
+
+@pytest.mark.parametrize('masked', [False, True], ids=['no_mask', 'attn_mask'])
+def test_attention_recomputed_by_query_rows_with_shared_keys_and_values(monkeypatch, masked):
+    """With parts forced tiny, each attention branch computes qkv(norm1(x)) once and runs runs of
+    query rows through scaled_dot_product_attention against the shared K and V (the rows of a
+    boolean attn_mask with them): F equals timm's branch to float32 rounding, eval stays bitwise
+    timm's (the plain path), and the reversible gradients at (0.3, 0.7), drop path and layer scale
+    on, are as close to float64 as ordinary autograd, every rebuild bit-exact."""
+    from dr2net_mm.core.chunks import run_branch
+    from dr2net_mm.models.vit_timm import attention_takes_mask
+    if masked and not attention_takes_mask(timm.models.vision_transformer.Block(8, 2)):
+        pytest.skip('timm < 1.0.16: attention takes no mask')
+    tiny_parts(monkeypatch)
+    torch.manual_seed(0)
+    model = Dr2NetViT(**TINY, drop_path_rate=0.2, alpha=0.3, beta=0.7,
+                      timm_kwargs=dict(init_values=0.5)).train()
+    tokens = torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(2))
+    mask = (torch.rand(2, 1, 17, 17, generator=torch.Generator().manual_seed(3)) > 0.3) | \
+        torch.eye(17, dtype=torch.bool) if masked else None
+    args = (mask, ) if masked else ()
+    attention = model.sequence.functions[0]
+    plan = attention.plan(tokens, *args)
+    assert plan is not None and plan.shared is not None and len(plan.parts) > 4
+    with torch.no_grad():
+        assert rel(run_branch(attention.eval(), tokens, args), attention(tokens, *args)) <= 1e-6
+    attention.train()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    if masked:
+        class Masked(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.backbone = model
+
+            def forward(self, x):
+                return self.backbone.forward_tokens(x, out_indices=(3, ), attn_mask=mask)
+
+        report = gradient_error(Masked(), tokens)
+    else:
+        report = gradient_error(model, images)
+    assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
+    assert report.reversible_vs_reference.worst <= 1e-5
+    assert model.reconstruction_errors() == [0.0]
+
+
 # 3. Memory ---------------------------------------------------------------------------------------
 @contextmanager
 def saved_storages():

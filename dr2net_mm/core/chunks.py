@@ -8,13 +8,25 @@ rows of an intermediate tensor may say so by a ``plan(x, *args)`` method returni
     out[p] = plan.body(h[p], p)  for p in plan.parts     (row ranges of h, independent of each other)
     F(x) = plan.merge(out)                     # linear in out (a reshape, a permutation, drop path)
 
-The engine then holds one part's activations at a time instead of the whole branch's. Contract:
+The engine then holds one part's activations at a time instead of the whole branch's. A plan may
+also name ``shared`` tensors that every part reads whole (an attention's keys and values), computed
+once from ``h`` as *views* of it::
+
+    s = plan.shared(h)                         # e.g. the K and V columns of the qkv rows h
+    out[p] = plan.body(h[p], p, *s)
+
+so that the gradients of all parts for ``s`` add up in place in the matching views of one buffer
+for ``h``'s gradient, and ``inputs`` (with the layers before it) is back-propagated once. Contract:
 
 * ``parts`` is a deterministic function of the shapes (the forward and the recomputation must run the
   same parts, so that they compute F bitwise identically);
 * ``inputs`` and ``body`` draw no random numbers (a branch with dropout inside them returns no plan);
   ``merge`` may draw (drop path), and is called with the same RNG state in forward and backward;
-* ``merge`` is linear in ``out``: its vector-Jacobian product does not depend on ``out``.
+* ``merge`` is linear in ``out``: its vector-Jacobian product does not depend on ``out``;
+  ``merge_vjp`` (optional) computes it without autograd (e.g. for drop path after a reshape: drop
+  path of dL/dF, reshaped to the rows of ``out``), replaying the same random draws;
+* ``shared`` (optional) returns views of its argument, a function of the shapes alone (it is also
+  applied to the gradient buffer of ``h``).
 
 A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole. :func:`run_branch`
 runs a branch (the forward), :func:`backward_branch` recomputes it as the forward ran it, random draws
@@ -41,8 +53,27 @@ PART_ELEMENTS = 2**20
 class BranchPlan(NamedTuple):
     inputs: Tensor
     parts: Sequence[slice]
-    body: Callable[[Tensor, slice], Tensor]
+    body: Callable[..., Tensor]  # body(h[part], part, *shared)
     merge: Callable[[Tensor], Tensor]
+    shared: Optional[Callable[[Tensor], Sequence[Tensor]]] = None
+    merge_vjp: Optional[Callable[[Tensor], Tensor]] = None
+
+
+class _GradInto(torch.autograd.Function):
+    """``x`` itself (an alias) in forward; in backward its gradient is added into ``into`` (a
+    view of a gradient buffer) and nothing flows on. ``anchor``, an empty leaf, only puts the node
+    in the graph. So the parts' gradients for a shared tensor add up in place, with no gradient the
+    size of the whole buffer per part (as autograd's backward of a view would allocate)."""
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, x: Tensor, into: Tensor) -> Tensor:
+        ctx.into = into
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ctx.into.add_(grad)
+        return None, None, None
 
 
 def row_parts(rows: int, row_elements: int, part_elements: int = PART_ELEMENTS,
@@ -78,15 +109,35 @@ def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tenso
     plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
     if plan is None:
         return function(inp, *args)
+    shared = () if plan.shared is None else check_views(plan.shared(plan.inputs), plan.inputs)
     if torch.is_grad_enabled():
-        return plan.merge(torch.cat([plan.body(plan.inputs[p], p) for p in plan.parts]))
+        return plan.merge(torch.cat([plan.body(plan.inputs[p], p, *shared) for p in plan.parts]))
     out = None
     for part in plan.parts:
-        piece = plan.body(plan.inputs[part], part)
+        piece = plan.body(plan.inputs[part], part, *shared)
         if out is None:
             out = piece.new_empty((plan.inputs.shape[0], ) + piece.shape[1:])
         out[part] = piece
     return plan.merge(out)
+
+
+def check_views(shared: Sequence[Tensor], h: Tensor) -> Sequence[Tensor]:
+    """``shared`` (what ``plan.shared(h)`` returned), checked to be views of ``h``."""
+    shared = tuple(shared)
+    base = h.untyped_storage().data_ptr()
+    if not all(isinstance(s, Tensor) and s.untyped_storage().data_ptr() == base for s in shared):
+        raise ValueError('a BranchPlan\'s shared(h) must return views of h (slices, reshapes, '
+                         'permutations), so that the parts\' gradients for them add up in the '
+                         'gradient buffer of h; compute anything else in inputs or body')
+    return shared
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride()
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def capture_rng_state(device: torch.device) -> RNGState:
@@ -111,7 +162,9 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
     own states are put back at the end, so the training run's random stream continues untouched.
 
     By its plan, the body runs one part at a time: a part's activations are freed by its backward
-    before the next part runs, and ``plan.inputs`` is back-propagated once, at the end.
+    before the next part runs, and ``plan.inputs`` is back-propagated once, at the end. With
+    ``plan.shared``, the gradient buffer of ``plan.inputs`` starts at zero and every part adds into
+    it, its rows and the shared views alike (:class:`_GradInto`).
     """
     outer = [(generator, generator.get_state()) for generator, _ in rng]
     try:
@@ -124,15 +177,36 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
                 torch.autograd.backward(f, grad.to(f.dtype))
             return f.detach()
         h = plan.inputs
-        # every row of h belongs to exactly one part, so the buffers need no zero fill
-        h_grad = torch.empty_like(h) if grad is not None and h.requires_grad else None
-        out = g_out = None
+        wants_h = grad is not None and h.requires_grad
+        shared: Sequence[Tensor] = ()
+        anchor = out = g_out = None
+        if grad is not None and plan.merge_vjp is not None:
+            for generator, state in rng:
+                generator.set_state(state)
+            with torch.no_grad():
+                g_out = plan.merge_vjp(grad)
+        if plan.shared is None:  # every row of h belongs to exactly one part: no zero fill
+            # a part's rows of dL/d(out) are read before its rows of dL/dh are written: one buffer
+            # serves both when dL/d(out) is a buffer of its own of h's layout
+            h_grad = (g_out if g_out is not None and _same_layout(g_out, h)
+                      and not _shares_memory(g_out, grad) else torch.empty_like(h)) \
+                if wants_h else None
+        else:
+            h_grad = torch.zeros_like(h) if wants_h else None
+            shared = check_views(plan.shared(h.detach()), h)
+            if h_grad is not None:
+                anchor = torch.empty(0, device=h.device, requires_grad=True)
+                shared = [_GradInto.apply(anchor, value, into)
+                          for value, into in zip(shared, plan.shared(h_grad))]
         for part in plan.parts:
-            piece_in = h[part].detach().requires_grad_(h_grad is not None)
-            piece = plan.body(piece_in, part)
+            if anchor is not None:
+                piece_in = _GradInto.apply(anchor, h[part].detach(), h_grad[part])
+            else:
+                piece_in = h[part].detach().requires_grad_(h_grad is not None)
+            piece = plan.body(piece_in, part, *shared)
             if out is None:
                 out = piece.new_empty((h.shape[0], ) + piece.shape[1:])
-                if grad is not None:  # merge is linear: its vector-Jacobian product needs no values
+                if grad is not None and g_out is None:  # merge is linear: its VJP needs no values
                     for generator, state in rng:
                         generator.set_state(state)
                     probe = torch.empty_like(out).requires_grad_()  # values unused (linear)
@@ -141,11 +215,11 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
                     del probe, merged
             out[part] = piece.detach()
             if g_out is not None and piece.requires_grad:
-                torch.autograd.backward(piece, g_out[part].to(piece.dtype))
-                if h_grad is not None:
+                torch.autograd.backward(piece, g_out[part].reshape(piece.shape).to(piece.dtype))
+                if h_grad is not None and anchor is None:
                     h_grad[part] = piece_in.grad
             del piece, piece_in
-        del g_out
+        del g_out, shared
         if h_grad is not None:
             torch.autograd.backward(h, h_grad)
         for generator, state in rng:

@@ -29,13 +29,15 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-from mmaction.models.backbones.vit_mae import Block, VisionTransformer
+from mmaction.models.backbones.vit_mae import Attention, Block, VisionTransformer
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..branches import branch_sequence, check_block_type, checkpoint_branches, checkpointed
+from ..branches import (attention_rows, branch_sequence, check_block_type, checkpoint_branches,
+                        checkpointed, global_attention_plan, sdpa, token_plan)
 from ..core import ReversibleSequence
+from ..core.chunks import BranchPlan, draws_random
 from .backbone import MMACTION_INIT_CFG, ConventionalMixin, Dr2NetBackboneMixin
 from .videomae_checkpoint import checkpoint_filter_fn, detect_checkpoint_format
 
@@ -73,6 +75,38 @@ class VideoMAEBranch(nn.Module):
 
     def forward(self, x: Tensor, use_checkpoint: bool = False) -> Tensor:
         return checkpointed(self.branch, x, enabled=use_checkpoint)
+
+    def _scaled(self, out: Tensor) -> Tensor:
+        return out if self.gamma is None else self.gamma * out
+
+    def plan(self, x: Tensor, use_checkpoint: bool = False) -> Optional[BranchPlan]:
+        """The branch part by part (see ``dr2net_mm.core.chunks``). Attention: ``qkv(norm(x))``
+        once, then by runs of query rows ``scaled_dot_product_attention`` (with mmaction2's scale)
+        of their queries against all keys and values, ``proj`` and ``gamma``
+        (:func:`~dr2net_mm.branches.global_attention_plan`). MLP: token by token
+        (:func:`~dr2net_mm.branches.token_plan`). ``merge`` applies drop path. None with
+        ``use_checkpoint``, or with dropout inside the layer."""
+        layer = self.layer
+        if use_checkpoint or draws_random(layer):
+            return None
+        if isinstance(layer, Attention):
+            parts = attention_rows(x.shape[0], x.shape[1], layer.num_heads)
+            if parts is None:
+                return None
+            h = self.norm(x)
+            if hasattr(layer, 'q_bias'):
+                bias = torch.cat((layer.q_bias, torch.zeros_like(layer.v_bias), layer.v_bias))
+                qkv = F.linear(h, layer.qkv.weight, bias)
+            else:
+                qkv = layer.qkv(h)
+
+            def attend(q: Tensor, k: Tensor, v: Tensor, sample: int, rows: slice) -> Tensor:
+                return sdpa(q, k, v, scale=layer.scale)
+
+            return global_attention_plan(parts, qkv, layer.num_heads, attend,
+                                         lambda o: self._scaled(layer.proj(o)), self.drop_path)
+        return token_plan(x, layer.feedforward_channels,
+                          lambda h: self._scaled(layer(self.norm(h))), self.drop_path)
 
 
 # ------------------------------------------------------------------------------------------------
