@@ -46,6 +46,12 @@ from .fixed_point import MAX_VALUE, SCALE, beta_fraction, grid_parts, magnitude
 
 LIMB_BITS = 31
 _LIMB_MASK = (1 << LIMB_BITS) - 1
+
+
+def _low_bits_(limbs: Tensor) -> Tensor:
+    """``limbs &= 2^31 - 1`` in place. The mask is a 0-dim tensor, not a Python int: torch 2.1
+    rejects an int operand of ``bitwise_and_`` under a dispatch mode (fake tensors, sync counters)."""
+    return limbs.bitwise_and_(torch.tensor(_LIMB_MASK, dtype=limbs.dtype))
 _EXACT_FLOAT = 1 << 53  # integers below this are exact in float64, and so are their quotients
 
 
@@ -140,7 +146,7 @@ class BetaBuffer:
                                              for t in (rests, quotients, fixes, estimates))
             if emit and not inverse:  # state = state'·2^31 + limb (exact in float64: < 2^53)
                 limb_part = limb.view(-1)[part]
-                limb_part.copy_(state).bitwise_and_(_LIMB_MASK)  # int64 -> int32 keeps the low bits
+                _low_bits_(limb_part.copy_(state))  # int64 -> int32 keeps the low bits
                 estimate.copy_(state.sub_(limb_part)).mul_(2.0**-LIMB_BITS)
                 state.copy_(estimate)
             if a > 1:  # value = quotient·a + rest: a float64 estimate (off by < 2^11), corrected
@@ -184,7 +190,7 @@ class BetaBuffer:
         bits = _layout(self.numerator, self.denominator, len(self.bounds) - 1)[0][-1].bit_length()
         if bits == 0 or self.state is None:
             return tuple(self.limbs)
-        low = self.state.to(torch.int32).bitwise_and_(_LIMB_MASK)
+        low = _low_bits_(self.state.to(torch.int32))
         if bits <= LIMB_BITS:
             return tuple(self.limbs) + pack_bits(low, bits)
         high = self.state.sub(low).to(torch.float64).mul_(2.0**-LIMB_BITS).to(torch.int32)
