@@ -918,7 +918,9 @@ def test_side_input_gradients_pass_gradcheck(stream_dtype):
 def test_side_input_gradients_equal_the_plain_stages(stream_dtype, segment_size):
     """pos = 0.1·embedding (a parameter upstream of the stage, broadcast over the batch): its gradient
     and every other gradient equal the plain (reversible=False) stage's, through loss.backward() and
-    torch.autograd.grad(..., inputs=[pos]), with dropout, drop path and an extra output."""
+    torch.autograd.grad(..., inputs=[pos]), with dropout, drop path and an extra output: within the
+    tolerance, or within twice the plain fp32 gradient's own error against the same plain stage in
+    float64 (torch 2.1 sums one bias gradient with a relative error of 1.2e-5 in plain fp32)."""
     stage = side_input_stage(plans=('inputs', None, 'body', None, 'inputs'), dropout=0.1,
                              drop_path=0.2, alpha=0.5, beta=0.5, stream_dtype=stream_dtype,
                              segment_size=segment_size)
@@ -926,26 +928,32 @@ def test_side_input_gradients_equal_the_plain_stages(stream_dtype, segment_size)
     x = make_input()
     weight = torch.linspace(-1, 1, x.numel()).view_as(x)
 
-    def run(reversible, inputs=None):
-        stage.zero_grad(set_to_none=True)
-        embedding.grad = None
+    def run(reversible, inputs=None, dtype=torch.float32):
+        stage.to(dtype).zero_grad(set_to_none=True)
+        embedding.data, embedding.grad = embedding.data.to(dtype), None
         stage.reversible = reversible
-        xg = x.clone().requires_grad_(True)
+        xg = x.to(dtype).clone().requires_grad_(True)
         torch.manual_seed(4)
         pos = 0.1 * embedding
         early, out = stage(xg, pos, out_positions=(2, 5))
-        loss = (out * weight).sum() + early.pow(2).sum()
+        loss = (out * weight.to(dtype)).sum() + early.pow(2).sum()
         if inputs == 'pos':
             return torch.autograd.grad(loss, [pos])[0]
         loss.backward()
         return [xg.grad, embedding.grad, *param_grads(stage).values()]
 
+    exact = [g.float() for g in run(False, dtype=torch.float64)]
+    exact_pos = run(False, 'pos', dtype=torch.float64).float()
     reference, reversible = run(False), run(True)
     tolerance = 1e-5 if stream_dtype == torch.float32 else 1e-6
+
+    def close(got, plain, truth):
+        return rel(got, plain) <= max(tolerance, 2 * rel(plain, truth))
+
     assert len(reversible) == len(reference) == 2 + len(list(stage.parameters()))
-    assert max(rel(a, b) for a, b in zip(reversible, reference)) <= tolerance
-    assert rel(run(True, 'pos'), run(False, 'pos')) <= tolerance
-    assert rel(run(True, 'pos'), reference[1] / 0.1) <= tolerance
+    assert all(close(a, b, c) for a, b, c in zip(reversible, reference, exact))
+    assert close(run(True, 'pos'), run(False, 'pos'), exact_pos)
+    assert close(run(True, 'pos'), reference[1] / 0.1, exact_pos)
 
 
 def test_side_input_alone_gets_its_gradient_and_values_equal_every_path():
