@@ -212,10 +212,10 @@ def test_grad_error_map_writes_maps_and_reports_the_floor(tmp_path):
             assert report['grid']['rev_exact_vs_truth'][bi][ai] <= 2 * report['grid']['floor'][bi][ai]
 
 
-def test_resident_peak_counts_what_a_step_touches():
+def test_resident_peak_counts_what_a_step_allocates_written_or_not():
     """The second peak measurement (dr2net_mm.benchmark.rss), taken as tools/benchmark.py takes it:
     in a fresh process with the child environment, the resident high-water mark above the resident
-    size before the step."""
+    size before the step; a block allocated and never written counts too (as on a GPU)."""
     import subprocess
     import sys
 
@@ -224,12 +224,14 @@ def test_resident_peak_counts_what_a_step_touches():
         pytest.skip('no /proc/self/clear_refs (not Linux)')
     script = ('import torch; from dr2net_mm.benchmark import rss; '
               'print(rss.resident_peak_bytes(lambda: torch.ones(2**24).sum()), '
+              'rss.resident_peak_bytes(lambda: torch.empty(2**24).shape), '
               'rss.resident_peak_bytes(lambda: None))')
     out = subprocess.run([sys.executable, '-c', script], env=rss.child_env(), cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout.split()
-    touched, nothing = int(out[-2]), int(out[-1])
+    touched, untouched, nothing = int(out[-3]), int(out[-2]), int(out[-1])
     mib = 2**20
     assert 60 * mib <= touched < 68 * mib  # 64 MiB, give or take pages released meanwhile
+    assert 60 * mib <= untouched < 68 * mib
     assert nothing < 4 * mib
     assert rss.child_env()['MALLOC_MMAP_THRESHOLD_'] == '65536'
 

@@ -6,18 +6,21 @@ Variants (all on configs/demo/dino_dr2net_swin_t_demo.py, same data, same schedu
 * ``dr2net``: the demo config as it is (exact streams, AlphaBetaHook (1, 0.1) -> (0.3, 0.7));
 * ``float64``: the same with float64 streams and ``segment_size=4`` (the documented float
   alternative);
-* ``conventional``: mmdet's ``SwinTransformer`` with the same pretrained stand-in, no AlphaBetaHook.
+* ``conventional``: mmdet's ``SwinTransformer`` with the same pretrained stand-in, no AlphaBetaHook;
+* ``dr2net_all``: configs/demo/dino_dr2net_all_swin_t_demo.py (the demo config plus a reversible
+  deformable encoder and a checkpointed decoder; the hook drives backbone and encoder).
 
 The seed is ``randomness.seed`` (data order, flips, denoising queries, initialisation of the head).
 Writes ``results/demo_seed_study.{json,md}``::
 
-    python tools/demo_seed_study.py [--seeds 0 1 2] [--variants dr2net float64 conventional]
+    python tools/demo_seed_study.py [--seeds 0 1 2] [--variants dr2net float64 conventional dr2net_all]
 """
 import argparse
 import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -28,7 +31,8 @@ from dr2net_mm.demo.runs import run_logged, step  # noqa: E402
 CONFIG = 'configs/demo/dino_dr2net_swin_t_demo.py'
 DATA = 'data/demo_coco'
 PRETRAINED = os.path.join(DATA, 'swin_tiny_official_random.pth')
-VARIANTS = ('dr2net', 'float64', 'conventional')
+CONFIG_ALL = 'configs/demo/dino_dr2net_all_swin_t_demo.py'
+VARIANTS = ('dr2net', 'float64', 'conventional', 'dr2net_all')
 METRIC = re.compile(r'coco/bbox_mAP: ([\d.]+)\s+coco/bbox_mAP_50: ([\d.]+)')
 
 
@@ -37,13 +41,13 @@ def variant_config(name: str, seed: int, path: str) -> str:
     from mmengine.config import Config
 
     from dr2net_mm.benchmark import swap_backbone
-    cfg = Config.fromfile(os.path.join(ROOT, CONFIG))
+    cfg = Config.fromfile(os.path.join(ROOT, CONFIG_ALL if name == 'dr2net_all' else CONFIG))
     if name == 'float64':
         cfg.model.backbone.update(stream_dtype='float64', segment_size=4)
     elif name == 'conventional':
         cfg = swap_backbone(cfg, 'SwinTransformer', with_cp=False)
         cfg.custom_hooks = [h for h in cfg.custom_hooks if h['type'] != 'AlphaBetaHook']
-    elif name != 'dr2net':
+    elif name not in ('dr2net', 'dr2net_all'):
         raise ValueError(f'unknown variant {name!r}; choose from {VARIANTS}')
     cfg.randomness = dict(seed=seed)
     cfg.dump(path)
@@ -66,8 +70,10 @@ def run_one(name: str, seed: int, work_root: str) -> dict:
     found = METRIC.findall(log)
     if not found:
         raise SystemExit(f'no bbox_mAP in {work_dir}/test_output.log')
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or 'unknown'
     return dict(variant=name, seed=seed, bbox_mAP=float(found[-1][0]),
-                bbox_mAP_50=float(found[-1][1]), train_seconds=round(train_s, 1))
+                bbox_mAP_50=float(found[-1][1]), train_seconds=round(train_s, 1), commit=commit)
 
 
 def summarise(runs: list) -> list:
@@ -89,9 +95,9 @@ def markdown(rows: list, runs: list) -> str:
         cells = [f'{m:.3f} ± {s:.3f}' for m, s in (row['bbox_mAP'], row['bbox_mAP_50'])]
         lines.append(f"| {row['variant']} | {', '.join(map(str, row['seeds']))} | {cells[0]} | "
                      f"{cells[1]} | {row['train_seconds'][0]:.0f} |")
-    lines += ['', '| variant | seed | bbox mAP | mAP@50 |', '|---|---|---|---|']
-    lines += [f"| {r['variant']} | {r['seed']} | {r['bbox_mAP']:.3f} | {r['bbox_mAP_50']:.3f} |"
-              for r in runs]
+    lines += ['', '| variant | seed | bbox mAP | mAP@50 | commit |', '|---|---|---|---|---|']
+    lines += [f"| {r['variant']} | {r['seed']} | {r['bbox_mAP']:.3f} | {r['bbox_mAP_50']:.3f} | "
+              f"{r.get('commit', '?')} |" for r in runs]
     return '\n'.join(lines) + '\n'
 
 

@@ -6,7 +6,13 @@ resident size right before the step (``/proc/self/clear_refs``). Freed tensors m
 for this to mean anything, so it is taken in a fresh process whose glibc serves every allocation of
 64 KiB or more by ``mmap`` and returns it on free (``MALLOC_MMAP_THRESHOLD_``, set by
 :data:`CHILD_ENV` before that process starts; the threshold then also stays fixed).
+
+Pages a tensor is given but never writes are not resident, yet a GPU's allocator holds them all the
+same. So while the step runs, glibc fills every new allocation (``mallopt(M_PERTURB)``): each
+allocated byte is resident. (DINO Swin-T at 800×1333, every layer checkpointed: 1215 MB resident
+without it, 1839 MB with it, against the profiler's 1835 MB.)
 """
+import ctypes
 import gc
 import os
 import statistics
@@ -35,8 +41,18 @@ def available() -> bool:
         return False
 
 
+def touch_new_allocations(fill: int = 0x55) -> None:
+    """Make glibc write ``fill`` into every block it hands out from now on (``M_PERTURB``), so
+    that an allocation counts as resident whether or not its owner writes it."""
+    m_perturb = -6  # glibc's malloc.h
+    if not ctypes.CDLL(None).mallopt(m_perturb, fill):
+        raise RuntimeError('mallopt(M_PERTURB) failed: the resident peak needs glibc (Linux)')
+
+
 def resident_peak_bytes(run: Callable[[], None]) -> int:
-    """Peak resident bytes while ``run()`` executes, above the resident size just before it."""
+    """Peak resident bytes while ``run()`` executes, above the resident size just before it;
+    every block allocated meanwhile counts (:func:`touch_new_allocations`)."""
+    touch_new_allocations()
     gc.collect()
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # VmHWM := VmRSS
