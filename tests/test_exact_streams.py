@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dr2net_mm.core import ReversibleSequence, reversible_stages
-from dr2net_mm.core.exact_streams import BetaBuffer, _layout
+from dr2net_mm.core.exact_streams import BetaBuffer, ExactStreams, _layout
 from toys import MLPBranch, make_input
 
 RANGE_ERROR = (r"reached \|x\| = .*outside the exact fixed-point streams' range \|x\| < 2\^21"
@@ -168,18 +169,67 @@ def test_a_non_finite_forward_in_steady_state_gives_nan_outputs_and_monitor_not_
 
 
 def test_a_kept_stream_too_large_for_its_remainder_raises_once_then_is_kept_in_full():
-    """x_n is kept as an int32 remainder against the float32 output while |x_n| < 2^15; a stage
-    that saw small outputs keeps it so; a step whose output jumps past 2^15 cannot be rebuilt and
+    """x_n is kept as an int32 remainder against the float32 output while |x_n| < 2^16; a stage
+    that saw small outputs keeps it so; a step whose output jumps past 2^16 cannot be rebuilt and
     says so at its backward; from then on the stage keeps x_n in full, and rebuilds it exactly."""
     torch.manual_seed(0)
     stage = ReversibleSequence([MLPBranch(32) for _ in range(3)]).train()
     clean_step(stage)
     clean_step(stage)  # steady state, x_n kept as an int32 remainder
     with pytest.raises(OverflowError, match=r'a stream it keeps for backward reached \|x\| = .*'
-                                            r'4-byte remainder .*\|x\| < 32768.*run the step again'):
+                                            r'4-byte remainder .*\|x\| < 65536.*run the step again'):
         clean_step(stage, scale=1e5)
     out = clean_step(stage, scale=1e5)
-    assert out.abs().max() > 2**15 and stage.reconstruction_error() == 0.0
+    assert out.abs().max() > 2**16 and stage.reconstruction_error() == 0.0
+
+
+def kept_step(stage, scale):
+    """One training step of ``stage``: the dtypes of the integer stream tensors its forward saved
+    (x_n's kept form, then y_n), and its output's largest magnitude."""
+    x = make_input().mul_(scale).requires_grad_(True)
+    dtypes = []
+
+    def pack(tensor):
+        if tensor.shape == x.shape and not tensor.is_floating_point():
+            dtypes.append(tensor.dtype)
+        return tensor
+    with saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = stage(x)
+    out.pow(2).mean().backward()
+    assert stage.reconstruction_error() == 0.0
+    return dtypes, out.abs().max().item()
+
+
+def test_a_stage_keeps_its_output_as_an_int32_remainder_up_to_2_16_then_with_a_4x_margin():
+    """x_n against the float32 output costs 4 bytes wherever the remainder fits, |x_n| < 2^16: on
+    a stage's first forward (checked eagerly), and later when the previous step saw |x_n| < 2^14
+    (a quarter of it, the margin against growth between steps); 8 bytes otherwise."""
+    narrow, full = [torch.int32, torch.int64], [torch.int64, torch.int64]
+    torch.manual_seed(0)
+    stage = ReversibleSequence([MLPBranch(32) for _ in range(3)]).train()
+    dtypes, peak = kept_step(stage, 1e4)
+    assert 2**15 < peak < 2**16 and dtypes == narrow
+    dtypes, peak = kept_step(stage, 2500)
+    assert 2**13 < peak < 2**14 and dtypes == full  # the previous step was above 2^14
+    assert kept_step(stage, 2500)[0] == narrow
+
+
+def test_a_kept_output_below_2_16_is_rebuilt_from_its_int32_remainder_at_exact_ties_too():
+    """Below 2^16 neighbouring float32 values are at most 2^32 grid units apart, so X is within
+    2^31 of its output: all of int32 and one value more, a tie that rounding to even took down.
+    That output takes the float above instead, so ties there round up, and X is rebuilt exactly."""
+    ties = [2**55 + 2**31, 2**55 + 3 * 2**31, -2**55 - 2**31, -2**55 - 3 * 2**31, -2**56 + 2**31]
+    top = 2**56 - 2**12
+    gen = torch.Generator().manual_seed(0)
+    fixed = torch.cat([torch.tensor(ties), torch.randint(-top, top, (10_000, ), generator=gen)])
+    streams = ExactStreams(1.0, 0.1, torch.float32)
+    zero, _ = streams.start(torch.zeros(fixed.shape))
+    fixed = streams.next_x(torch.zeros(fixed.shape), zero, fixed.clone())  # X_1 = 0 + Y_0
+    shared = streams.output(fixed)
+    packed = streams.pack(fixed, shared)
+    assert packed[0].dtype == torch.int32
+    assert torch.equal(streams.unpack(packed, shared), fixed)
+    assert shared[:len(ties)].tolist() == [(t + 2**31) / 2**40 for t in ties]
 
 
 @pytest.mark.parametrize('beta', [0.1, 0.01, 0.7, 1 / 1024])

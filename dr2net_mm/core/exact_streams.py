@@ -266,8 +266,9 @@ def unpack_bits(packed: Tuple[Tensor, ...], bits: int, shape: torch.Size) -> Ten
 #
 # The same read decides how kept streams are packed: x_i, kept against the stage output
 # fp(X_i·2^-40), costs 4 bytes (its int32 remainder) only while |x_i| stays below a bound of the
-# output dtype (``_narrow_limit``: 2^15 for float32); a stage keeps it so when the previous check
-# saw |x_i| below a quarter of that bound, in full int64 otherwise. A step that still passes the
+# output dtype (``_narrow_limit``: 2^16 for float32, where the remainder fits exactly); a stage
+# keeps it so on its first forward when |x_i| is below that bound, and later when the previous
+# check saw |x_i| below a quarter of it, in full int64 otherwise. A step that still passes the
 # bound cannot be rebuilt: its check raises, and the next step keeps that stream in full.
 
 
@@ -285,9 +286,15 @@ _PENDING: List['ExactStreams'] = []
 
 
 def _narrow_limit(dtype: torch.dtype) -> float:
-    """|x| below which ``X − round(fp(X·2^-40)·2^40)`` fits in int32, for output dtype ``dtype``."""
-    mantissa = round(-math.log2(torch.finfo(dtype).eps))  # fraction bits: 23 for float32
-    return 2.0**(mantissa - 8) if dtype != torch.float64 else math.inf
+    """|x| below which ``X − round(fp(X·2^-40)·2^40)`` fits in int32, for output dtype ``dtype``.
+    float32: 2^16, where X is rounded once to the nearest float32, 2^32 grid units apart at most,
+    so the remainder is in [−2^31, 2^31] (``pack`` moves the one value past int32, a tie, to
+    −2^31). Narrower dtypes round twice (via float32): 2^(fraction bits − 8), |remainder| < 2^31."""
+    if dtype == torch.float64:
+        return math.inf
+    if dtype == torch.float32:
+        return 2.0**16
+    return 2.0**(round(-math.log2(torch.finfo(dtype).eps)) - 8)
 
 
 def resolve_checks() -> None:
@@ -460,7 +467,8 @@ class ExactStreams:
     def pack(self, x: Tensor, shared: Optional[Tensor]) -> Tuple[Tensor, ...]:
         """``X`` itself, or, where the stage returns ``shared = fp(X·2^-40)`` anyway and ``|x|`` is
         small enough for its dtype (NOTE [ Deferred range checks ]), the int32 remainder
-        ``X − round(shared·2^40)``."""
+        ``X − round(shared·2^40)``. ``shared`` is still X's nearest float; at an exact tie with
+        |x| in [2^15, 2^16), the one above (``_narrow_limit``)."""
         if shared is None:
             return (x, )
         limit, key = _narrow_limit(shared.dtype), len(self.kept)
@@ -471,7 +479,12 @@ class ExactStreams:
         self.kept.append((self._last_peak, limit, narrow))
         if not narrow:
             return (x, )
-        return (self.to_fixed(shared).neg_().add_(x).to(torch.int32), )
+        rest = self.to_fixed(shared).neg_().add_(x)
+        if shared.dtype == torch.float32:  # a tie that rounding to even took down leaves 2^31, one
+            tie = rest.eq(1 << 31)  # past int32: such an output takes the float above (2^-8 up)
+            rest.masked_fill_(tie, -(1 << 31))
+            shared.add_(tie, alpha=2.0**-8)
+        return (rest.to(torch.int32), )
 
     def unpack(self, packed: Tuple[Tensor, ...], shared: Optional[Tensor]) -> Tensor:
         if packed[0].dtype == torch.int32:
