@@ -11,7 +11,7 @@ cd "$ROOT"
 export DR2NET_VENV="${DR2NET_COMPAT_VENV:-$ROOT/.venv-compat}"
 export DR2NET_CONSTRAINTS="$ROOT/requirements/constraints-compat.txt"
 PY="$DR2NET_VENV/bin/python"
-TESTS=(tests/test_core_reversible.py tests/test_core_param_grads.py
+TESTS=(tests/test_core_reversible.py tests/test_exact_streams.py tests/test_core_param_grads.py
        tests/test_swin.py tests/test_vit.py
        tests/test_alpha_beta_hook.py tests/test_packaging.py tests/test_import_graph.py)
 START=$SECONDS

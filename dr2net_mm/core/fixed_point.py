@@ -53,8 +53,10 @@ def nearest_beta(coefficients: Tuple[float, float]) -> Tuple[float, float]:
     return alpha, beta
 
 
-# Conversions run over parts of 1/CHUNKS of a tensor (at least MIN_CHUNK elements), so that their
-# float64 and int64 temporaries cost about 2 bytes per stream element instead of 16.
+# The stream arithmetic runs over at most CHUNKS equal parts of a tensor (of at least MIN_CHUNK
+# elements each, so that a part is worth its Python calls; larger parts measured slower on a CPU:
+# 1.15× against 1.08× with_cp for Swin 2-2-18-2 at 512² with 2^17), so that its float64 and int64
+# temporaries cost about 4 bytes per stream element instead of 32.
 CHUNKS = 8
 MIN_CHUNK = 1 << 16
 
@@ -62,7 +64,7 @@ MIN_CHUNK = 1 << 16
 def grid_parts(numel: int) -> List[slice]:
     """The parts, as slices of a flattened tensor of ``numel`` elements, that a conversion between
     stream values and the grid runs over (``ExactStreams``)."""
-    size = max(MIN_CHUNK, -(-numel // CHUNKS))
+    size = -(-numel // max(1, min(CHUNKS, numel // MIN_CHUNK)))
     return [slice(start, start + size) for start in range(0, numel, size)]
 
 

@@ -34,7 +34,9 @@ class ReconstructionMonitor:
     def __init__(self, streams, publish: Callable[[Tensor], None]):
         self.streams = streams
         self.publish = publish
-        self.forward_finite = True  # False: the forward met a non-finite value (exact streams)
+        # False: the forward met a non-finite value (exact streams); or a 0-dim tensor, 0 or NaN,
+        # when the check is deferred (NOTE [ Deferred range checks ] in exact_streams)
+        self.forward_finite = True
         self.errors: Dict[int, Tensor] = {}
 
     def check_kept_input(self, position: int, rebuilt_x: Tensor, rebuilt_y: Tensor, x: Tensor,
@@ -55,7 +57,9 @@ class ReconstructionMonitor:
         undone = self.streams.segment_undone()  # exact streams: the β buffer is back to 0
         if undone is not None:
             error = torch.maximum(error, (~undone).to(error.dtype))
-        if not self.forward_finite:
+        if isinstance(self.forward_finite, Tensor):  # a deferred check: 0, or NaN if not finite
+            error = error + self.forward_finite
+        elif not self.forward_finite:
             error = torch.full((), float('nan'), dtype=torch.float64, device=error.device)
         self.errors[segment_start] = error.detach()
         self.publish(torch.stack([self.errors[k] for k in sorted(self.errors)]))

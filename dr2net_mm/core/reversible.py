@@ -46,7 +46,7 @@ from torch.autograd.function import once_differentiable
 
 from ..checks import check_coefficients, check_segment_size, parse_stream_dtype
 from .chunks import backward_branch, capture_rng_state, check_branch_output, run_branch
-from .exact_streams import StreamOverflow
+from .exact_streams import RecordedOverflow, StreamOverflow
 from .fixed_point import nearest_beta
 from .fsdp_check import check_gathered
 from .param_grads import gradients_into
@@ -92,10 +92,12 @@ class ReversibleSequence(nn.Module):
             the backbone's state-dict layout), so the stage adds no parameters, buffers or state-dict
             keys; their train/eval mode and device follow their owners.
         record_overflow: False (default): a forward whose exact streams leave |x| < 2^21 raises
-            ``OverflowError`` (a ``StreamOverflow``). True: it returns zeros in place of its outputs
-            (no autograd graph: finite for whatever the model computes next) and keeps the error in
-            :attr:`overflow`, for a caller that skips the whole step (``ReversibleGuardHook`` sets
-            it, so that all DDP ranks finish the forward and agree to skip the batch together).
+            ``OverflowError`` (a ``StreamOverflow``; after the stage's first clean forward, at the
+            first backward node or the next forward: NOTE [ Deferred range checks ] in
+            ``exact_streams``). True: it returns zeros in place of its outputs (finite for
+            whatever the model computes next) and keeps the error in :attr:`overflow`, for a caller
+            that skips the whole step (``ReversibleGuardHook`` sets it, so that all DDP ranks
+            finish the forward and agree to skip the batch together).
 
     Reconstruction-error monitor: after each reversible backward, per segment, the relative distance of
     the rebuilt segment-input streams from their true value: for the first segment
@@ -108,6 +110,7 @@ class ReversibleSequence(nn.Module):
 
     Shapes: ``x`` is any tensor (e.g. ``(B, L, C)`` tokens); every output has the shape of ``x``.
     """
+    overflow = RecordedOverflow()  # the recorded StreamOverflow (record_overflow), or None
 
     def __init__(self, functions: Sequence[nn.Module], alpha: float = 1.0, beta: float = 0.1,
                  reversible: bool = True, stream_dtype: Union[torch.dtype, str] = EXACT,
@@ -132,7 +135,6 @@ class ReversibleSequence(nn.Module):
         self.max_error = None if max_error is None else float(max_error)
         self.preserve_rng_state = preserve_rng_state
         self.record_overflow = bool(record_overflow)
-        self.overflow: Optional[StreamOverflow] = None  # recorded, not raised (record_overflow)
         self._errors: Optional[Tensor] = None
 
     @property
@@ -150,8 +152,7 @@ class ReversibleSequence(nn.Module):
 
     def segment_boundaries(self) -> Tuple[int, ...]:
         """Positions i whose streams (x_i, y_i) the reversible forward keeps (always includes n)."""
-        n = len(self.functions)
-        k = self.segment_size or n
+        n, k = len(self.functions), self.segment_size or len(self.functions)
         return tuple(range(k, n, k)) + (n, )
 
     # ----------------------------------------------------------------- monitor
@@ -167,16 +168,13 @@ class ReversibleSequence(nn.Module):
         """The worst segment's reconstruction error of the latest reversible backward, or None."""
         if self._errors is None:
             return None
-        worst = self._errors.max()
-        return float('nan') if not torch.isfinite(self._errors).all() else worst.item()
+        return float('nan') if not torch.isfinite(self._errors).all() else self._errors.max().item()
 
     def reconstruction_ok(self) -> bool:
         """False when the latest reversible backward rebuilt non-finite streams or exceeded
         ``max_error`` (the caller should skip that optimizer step)."""
-        error = self.reconstruction_error()
-        if error is None:
-            return True
-        return error == error and (self.max_error is None or error <= self.max_error)
+        error, limit = self.reconstruction_error(), self.max_error
+        return error is None or (error == error and (limit is None or error <= limit))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor, *args: Any,
@@ -214,7 +212,7 @@ class ReversibleSequence(nn.Module):
     def _reversible_forward(self, x0: Tensor, args: Tuple[Any, ...], positions: Tuple[int, ...],
                             params: List[List[Tensor]]) -> List[Tensor]:
         """Eq. 1 as a chain of per-function autograd nodes that keep only segment-end streams."""
-        streams = stream_arithmetic(self.stream_dtype, self.alpha, self.beta, x0.dtype)
+        streams = stream_arithmetic(self.stream_dtype, self.alpha, self.beta, x0.dtype, owner=self)
         call = StageCall(self, streams, args, x0, positions, params)
         token, outputs = x0, {}
         for i in range(1, len(self.functions) + 1):
@@ -224,8 +222,8 @@ class ReversibleSequence(nn.Module):
             if len(result) == 2:
                 outputs[i] = result[1]
         call.handover = None  # the forward's last stream pair: kept only as the nodes saved it
-        call.monitor.forward_finite = streams.finish_forward()
-        if not call.monitor.forward_finite:  # make the step non-finite: the loss shows it, it is skipped
+        call.monitor.forward_finite = streams.finish_forward()  # a host sync only until settled
+        if call.monitor.forward_finite is False:  # make the step non-finite: it is skipped
             return [outputs[p] + float('nan') for p in positions]
         return [outputs[p] for p in positions]
 
@@ -278,10 +276,11 @@ def set_stream_dtype(model: nn.Module, stream_dtype: torch.dtype) -> None:
 #   chunks.py          backward_branch                    step 3: the plan's parts, RNG replay
 #   param_grads.py     _RouteLinear.__torch_function__    step 3, in the branch: each F.linear adds
 #                      _LinearInto.forward, .backward     its weight gradient into its target
-#   exact_streams.py   ExactStreams.undo_step             step 4
+#   exact_streams.py   ExactStreams.add_step              step 4 (as ExactStreams.undo_step)
 #
-# A node that ends a segment also enters StageCall.load (stage_call.py: its kept streams, the
-# monitor); the stage's first backward node with side inputs, StageCall.open_side_gradients.
+# A node that ends a segment also enters ExactStreams.check_forward (the forward's deferred range
+# check) and StageCall.load (stage_call.py: its kept streams, the monitor); the stage's first
+# backward node with side inputs, StageCall.open_side_gradients.
 
 
 class _StepFunction(torch.autograd.Function):
@@ -345,7 +344,8 @@ class _StepFunction(torch.autograd.Function):
         if ctx.kept is None and call.handover is not None and call.handover.position == i:
             _, x, y, g_x, g_y = call.handover
             call.handover = None
-        else:
+        else:  # (the first node of the stage's backward: its forward's range check first)
+            streams.check_forward()
             x, y, g_x, g_y = call.load(i, ctx, saved)
         if g_output is not None:  # x_i is an output of the stage (received: never modified in place)
             g_output = g_output.to(call.model_dtype)

@@ -11,6 +11,8 @@ operation on the streams (``stream_dtype`` picks one)::
     undo_step(x, f, x_prev)    -> y_{i-1}         Eq. 2, in place on x's buffer
     begin_segment / end_segment / load_segment     per-segment state (the exact β buffer)
     pack(x, shared) / unpack(packed, shared)       what a kept stream costs
+    finish_forward() / check_forward()             the range check of exact streams, at the end of
+                                                   the forward and at the first backward node
 
 Two arithmetics:
 
@@ -151,10 +153,15 @@ class FloatStreams:
     def finish_forward(self) -> bool:
         return True
 
+    def check_forward(self) -> None:
+        pass
+
 
 def stream_arithmetic(stream_dtype: StreamDtype, alpha: float, beta: float,
-                      model_dtype: torch.dtype):
-    """The arithmetic for ``stream_dtype`` (``'exact'``, ``torch.float64`` or ``torch.float32``)."""
+                      model_dtype: torch.dtype, owner=None):
+    """The arithmetic for ``stream_dtype`` (``'exact'``, ``torch.float64`` or ``torch.float32``);
+    ``owner``: the stage whose reversible forward it serves (exact streams then check their range
+    without host syncs, NOTE [ Deferred range checks ] in ``exact_streams``)."""
     if stream_dtype == EXACT:
-        return ExactStreams(alpha, beta, model_dtype)
+        return ExactStreams(alpha, beta, model_dtype, owner=owner)
     return FloatStreams(stream_dtype, alpha, beta, model_dtype)
