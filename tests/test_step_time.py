@@ -23,3 +23,10 @@ def test_step_time_names_the_dino_variants_when_one_is_unknown():
     pytest.importorskip('mmdet')
     with pytest.raises(SystemExit, match='no variant dr2net_al; choose from .*dr2net_all'):
         step_time.main(['dino', '--size', '256x320', '--variants', 'dr2net_al'])
+
+
+def test_step_time_refuses_a_size_that_is_not_one_number_for_a_backbone(capsys):
+    with pytest.raises(SystemExit):
+        step_time.parse_args(['swin', '--size', '512x512'])
+    error = capsys.readouterr().err
+    assert "--size for swin is one number of pixels, e.g. 512; got '512x512'" in error

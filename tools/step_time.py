@@ -6,9 +6,9 @@
 
 Each round runs one step (forward + backward) of every variant in turn, so load from other jobs
 falls on all of them alike; the reported time of a variant is the median over the rounds after
-``--warmup`` untimed rounds, and its ratio is to ``--base`` (``checkpointing``; for ``dino``, whole
-detectors from tools/benchmark.py's configs, ``cp_all``: every layer checkpointed); the same for the process's
-CPU time (``time.process_time``), which other jobs on a shared machine disturb less. Only time is
+``--warmup`` untimed rounds, and its ratio is to ``--base`` (``checkpointing``; for ``dino``,
+whole detectors from tools/benchmark.py's configs, ``cp_all``: every layer checkpointed); the same
+for the process's CPU time (``time.process_time``), which other jobs on a shared machine disturb less. Only time is
 measured (no profiler, no peak memory: ``tools/benchmark.py`` does those). ``--variants`` picks
 variants by name (the base is always run); ``--out`` writes ``OUT.json``.
 """
@@ -43,7 +43,11 @@ def parse_args(argv=None):
     parser.add_argument('--rounds', type=int, default=3, help='timed rounds (>= 3 for a median)')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--out', default=None, help='output path without extension')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.model != 'dino' and not args.size.isdigit():
+        parser.error(f'--size for {args.model} is one number of pixels, e.g. 512; '
+                     f'got {args.size!r}')
+    return args
 
 
 def build_variants(args, wanted):
@@ -64,8 +68,12 @@ def build_variants(args, wanted):
         if unknown:
             raise SystemExit(f'step_time.py dino --backbone {args.backbone}: no variant '
                              f'{", ".join(unknown)}; choose from {", ".join(configs)}')
+        try:
+            size = parse_size(args.size)
+        except argparse.ArgumentTypeError as error:
+            raise SystemExit(f'step_time.py dino --size: {error}') from None
         variants = detector_variants({name: load_dino_config(configs[name]) for name in wanted},
-                                     parse_size(args.size), args.batch)
+                                     size, args.batch)
         label = f'dino {args.backbone} {args.size} batch {args.batch}'
     by_name = {v.name: v for v in variants}
     missing = [name for name in wanted if name not in by_name]
@@ -97,8 +105,8 @@ def main(argv=None) -> dict:
                 cpu_times[variant.name].append(cpu)
     base = statistics.median(times[base_name])
     cpu_base = statistics.median(cpu_times[base_name])
-    report = dict(setting=label, base=base_name, threads=torch.get_num_threads(), rounds=args.rounds,
-                  warmup=args.warmup, variants={})
+    report = dict(setting=label, base=base_name, threads=torch.get_num_threads(),
+                  rounds=args.rounds, warmup=args.warmup, variants={})
     for name, values in times.items():
         median, cpu = statistics.median(values), statistics.median(cpu_times[name])
         report['variants'][name] = dict(
