@@ -9,7 +9,8 @@ falls on all of them alike; the reported time of a variant is the median over th
 ``--warmup`` untimed rounds, and its ratio is to ``--base`` (``checkpointing``; for ``dino``,
 whole detectors from tools/benchmark.py's configs, ``cp_all``: every layer checkpointed); the same
 for the process's CPU time (``time.process_time``), which other jobs on a shared machine disturb
-less. Only time is measured (no profiler, no peak memory: ``tools/benchmark.py`` does those). ``--variants`` picks
+less. Only time is measured (no profiler, no peak memory: ``tools/benchmark.py`` does those).
+``--variants`` picks
 variants by name (the base is always run); ``--out`` writes ``OUT.json``.
 """
 import argparse
