@@ -10,8 +10,7 @@ falls on all of them alike; the reported time of a variant is the median over th
 whole detectors from tools/benchmark.py's configs, ``cp_all``: every layer checkpointed); the same
 for the process's CPU time (``time.process_time``), which other jobs on a shared machine disturb
 less. Only time is measured (no profiler, no peak memory: ``tools/benchmark.py`` does those).
-``--variants`` picks
-variants by name (the base is always run); ``--out`` writes ``OUT.json``.
+``--variants`` picks variants by name (the base is always run); ``--out`` writes ``OUT.json``.
 """
 import argparse
 import json
