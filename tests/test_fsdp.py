@@ -121,8 +121,14 @@ def _worker(rank, init_file, out):
                 results[net, wrap] = gradients(model, [NETS[net].inputs().chunk(WORLD)[rank]])
             except RuntimeError as error:
                 results[net, wrap] = str(error)
+            # Both ranks finish each case (a refused case may leave collectives in flight) before
+            # the next; neither leaves while the other still talks to it (gloo aborts the process
+            # on a peer's closed connection: CI lost rank 1 to SIGABRT once).
+            del model
+            tdist.barrier()
         if rank == 0:
             torch.save(results, out)
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 
