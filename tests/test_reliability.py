@@ -117,6 +117,7 @@ def test_straight_and_resumed_runs_end_with_bitwise_equal_weights(demo, straight
     assert_bitwise_equal(weights(straight), weights(os.path.join(work_dir, 'epoch_2.pth')))
 
 
+@pytest.mark.slow  # ~55 s: a run killed mid-save, then resumed (make test-all)
 def test_kill_during_a_checkpoint_write_then_resume_continues_from_the_newest_complete_one(
         demo, straight):
     work_dir = demo['root'] / 'killed'
@@ -232,6 +233,7 @@ def test_checkpoint_of_a_run_loads_weights_only_and_mmengines_runner_evaluates_i
     assert 'Load checkpoint from' in out and 'coco/bbox_mAP' in out
 
 
+@pytest.mark.slow  # ~50 s: a save failing with ENOSPC, then resumed (make test-all)
 def test_disk_full_during_a_save_stops_cleanly_and_resume_continues_from_the_previous_checkpoint(
         demo, first_epoch, straight):
     """Item 2: the save of epoch 2 fails with ENOSPC halfway (a patched writer): a message naming the
