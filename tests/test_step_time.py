@@ -30,3 +30,10 @@ def test_step_time_refuses_a_size_that_is_not_one_number_for_a_backbone(capsys):
         step_time.parse_args(['swin', '--size', '512x512'])
     error = capsys.readouterr().err
     assert "--size for swin is one number of pixels, e.g. 512; got '512x512'" in error
+
+
+def test_step_time_refuses_a_dino_size_that_is_not_height_by_width(capsys):
+    with pytest.raises(SystemExit):
+        step_time.parse_args(['dino', '--size', '800by1333'])
+    assert "--size: " in capsys.readouterr().err
+    assert step_time.parse_args(['dino', '--size', '800x1333']).hw == (800, 1333)

@@ -47,6 +47,12 @@ def parse_args(argv=None):
     if args.model != 'dino' and not args.size.isdigit():
         parser.error(f'--size for {args.model} is one number of pixels, e.g. 512; '
                      f'got {args.size!r}')
+    if args.model == 'dino':
+        from benchmark import parse_size  # tools/benchmark.py
+        try:
+            args.hw = parse_size(args.size)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f'--size: {error}')
     return args
 
 
@@ -62,18 +68,14 @@ def build_variants(args, wanted):
                                 tuple(extra))
         label = f'{args.arch} {args.size}'
     else:
-        from benchmark import DINO_BACKBONES, load_dino_config, parse_size  # tools/benchmark.py
+        from benchmark import DINO_BACKBONES, load_dino_config  # tools/benchmark.py
         configs = DINO_BACKBONES[args.backbone]['configs']
         unknown = [name for name in wanted if name not in configs]
         if unknown:
             raise SystemExit(f'step_time.py dino --backbone {args.backbone}: no variant '
                              f'{", ".join(unknown)}; choose from {", ".join(configs)}')
-        try:
-            size = parse_size(args.size)
-        except argparse.ArgumentTypeError as error:
-            raise SystemExit(f'step_time.py dino --size: {error}') from None
         variants = detector_variants({name: load_dino_config(configs[name]) for name in wanted},
-                                     size, args.batch)
+                                     args.hw, args.batch)
         label = f'dino {args.backbone} {args.size} batch {args.batch}'
     by_name = {v.name: v for v in variants}
     missing = [name for name in wanted if name not in by_name]
