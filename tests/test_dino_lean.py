@@ -116,6 +116,23 @@ def test_stage_branches_at_1_0_compute_mmdet_layers_part_by_part(small_parts):
         assert torch.allclose(a.grad, b.grad, atol=1e-3, rtol=1e-4), name
 
 
+def test_deformable_attention_parts_are_sized_per_image_so_a_batch_keeps_the_part_count(
+        small_parts):
+    """Each part samples the projected values of the whole batch, so a batch of 1, 2 or 4 images
+    is split into the same query rows (NOTE [ Deformable parts per image ])."""
+    encoder = dr2net_encoder(mmdet_encoder()).train()
+    branch = encoder.sequence.functions[0]
+    parts = {}
+    for batch in (1, 2, 4):
+        inputs = encoder_inputs(batch)
+        refs = encoder.get_encoder_reference_points(SHAPES, inputs['valid_ratios'], 'cpu')
+        plan = branch.plan(inputs['query'], inputs['query_pos'], refs, SHAPES,
+                           inputs['level_start_index'], inputs['key_padding_mask'])
+        parts[batch] = list(plan.parts)
+    assert len(parts[1]) > 2
+    assert parts[2] == parts[1] and parts[4] == parts[1]
+
+
 def tiny_dino_cfg(encoder_mode='plain', decoder_mode='plain', mmdet=False):
     cfg = Config.fromfile(DEMO_ALL)
     model = cfg.model

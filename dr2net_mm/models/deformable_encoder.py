@@ -111,6 +111,19 @@ def sample_rows(attn: MultiScaleDeformableAttention, query: Tensor, value: Tenso
     return attn.output_proj(output)
 
 
+# NOTE [ Deformable parts per image ]
+#
+# Every part samples the projected values of the whole batch: mmcv's PyTorch path lays out all of
+# them for ``grid_sample`` (a copy), and the backward of a part writes a gradient the size of all of
+# them (zeros, then the sampled points), which the parts add up. That is work in proportion to the
+# batch's tokens, once per part. Were parts sized by the sampled values of the whole batch, their
+# count would also grow with the batch and this overhead with its square: DINO-4scale Swin-T at
+# 800×1333, the reversible encoder took as long as every-layer checkpointing at batch 1 (1.00×)
+# but 1.58× at batch 2 (``tools/step_time.py dino``). Sized by one image's sampled values, a part
+# holds ``B`` times more rows of transient, like every activation of the step, and the overhead
+# stays the same share of the step at any batch.
+
+
 class _SharedValue:
     """The projected values during a by-parts backward: every part samples ``leaf`` (a detached
     copy that requires grad), whose gradient sums over the parts; :class:`_QueryRows` hands it to
@@ -165,12 +178,15 @@ class DeformableAttentionBranch(nn.Module):
         """Runs of query rows (``dr2net_mm.core.chunks``): the prologue projects the values of all
         tokens; ``body`` samples them for a run of queries (rows of ``(N, B, C)``, all images) and
         applies the output projection, the residual add and the norm; ``merge`` transposes back.
-        A part is sized by the sampled values, ``levels·points·C`` per query and image."""
+        A part is sized by the sampled values of one image, ``levels·points·C`` per query: each
+        part reads (and its backward writes) the projected values of the whole batch, so a batch
+        of ``B`` images keeps the part count of one image, and that per-part work stays a constant
+        share of the step instead of growing with ``B`` (NOTE [ Deformable parts per image ])."""
         attn = self.attn
-        B, N, C = x.shape
+        N, C = x.shape[1:]
         if draws_random(attn) or reference_points.shape[-1] != 2:
             return None
-        parts = row_parts(N, B * attn.num_levels * attn.num_points * C, chunks.PART_ELEMENTS)
+        parts = row_parts(N, attn.num_levels * attn.num_points * C, chunks.PART_ELEMENTS)
         if len(parts) == 1:
             return None
         shared = _SharedValue(project_value(attn, x, key_padding_mask))
