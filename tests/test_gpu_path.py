@@ -236,6 +236,7 @@ STEPS = ('environment', 'wheels', 'install', 'mmcv', 'cuda-tests', 'bench_swin_t
          'bench_dino_800x1333')
 
 
+@pytest.mark.slow  # ~75 s: every stand-in of the GPU check on CPU (make test-all)
 def test_gpu_check_dry_run_leaves_three_files_and_runs_every_stand_in_within_its_cap(tmp_path):
     """The whole dry run: wheels (when the folder exists here), mmcv's sdist patched, the CUDA tests
     collected and skipped with their reason, the focal-loss fallback tests passed, the GPU benchmark

@@ -284,6 +284,7 @@ def test_resume_ignores_a_stray_weights_file_and_a_garbled_pointer(demo, first_e
     assert 'resumed epoch: 2, iter: 4' in out
 
 
+@pytest.mark.slow  # ~55 s: a resume past a damaged checkpoint (make test-all)
 def test_resume_skips_a_checkpoint_damaged_mid_file_and_continues_bit_exact(
         demo, first_epoch, straight):
     """Trap 2: epoch_2.pth damaged in the middle (size unchanged, zip directory intact, named by
@@ -315,6 +316,7 @@ def test_resume_takes_the_newer_complete_checkpoint_when_the_pointer_lags(demo, 
     assert 'resumed epoch: 2, iter: 4' in out
 
 
+@pytest.mark.slow  # ~47 s: a resume that saves one more epoch (make test-all)
 def test_orphaned_old_checkpoint_is_removed_at_the_next_save(demo, first_epoch, straight):
     """Trap 4: killed after last_checkpoint named epoch_2.pth but before epoch_1.pth was removed
     (max_keep_ckpts=1): resume takes epoch_2.pth, and the save of epoch 3 removes the orphan too."""
@@ -359,6 +361,7 @@ def test_on_save_error_must_be_stop_or_warn():
 # ------------------------------------------------------------------------------------------------
 # Issue 31: a stream overflow is a skipped batch, not a dead run
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~37 s: a DINO run with an outlier batch (make test-all)
 def test_overflowing_batch_in_a_dino_run_is_skipped_named_and_the_run_finishes(demo):
     """An outlier image (scaled by 1e7) in the first DINO batch, with patch_norm=False as in the
     issue, takes the backbone's exact streams past |x| < 2^21: the batch is skipped and counted, the
