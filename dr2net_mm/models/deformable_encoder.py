@@ -119,9 +119,9 @@ def sample_rows(attn: MultiScaleDeformableAttention, query: Tensor, value: Tenso
 # batch's tokens, once per part. Were parts sized by the sampled values of the whole batch, their
 # count would also grow with the batch and this overhead with its square: DINO-4scale Swin-T at
 # 800×1333, the reversible encoder took as long as every-layer checkpointing at batch 1 (1.00×)
-# but 1.58× at batch 2 (``tools/step_time.py dino``). Sized by one image's sampled values, a part
-# holds ``B`` times more rows of transient, like every activation of the step, and the overhead
-# stays the same share of the step at any batch: 1.07× at batch 2.
+# but 1.58× at batch 2 (``tools/step_time.py dino --size 800x1333 --batch 2``). Sized by one
+# image's sampled values, a part holds ``B`` times more rows of transient, like every activation
+# of the step, and the overhead stays the same share of the step at any batch: 1.07× at batch 2.
 
 
 class _SharedValue:
@@ -178,10 +178,8 @@ class DeformableAttentionBranch(nn.Module):
         """Runs of query rows (``dr2net_mm.core.chunks``): the prologue projects the values of all
         tokens; ``body`` samples them for a run of queries (rows of ``(N, B, C)``, all images) and
         applies the output projection, the residual add and the norm; ``merge`` transposes back.
-        A part is sized by the sampled values of one image, ``levels·points·C`` per query: each
-        part reads (and its backward writes) the projected values of the whole batch, so a batch
-        of ``B`` images keeps the part count of one image, and that per-part work stays a constant
-        share of the step instead of growing with ``B`` (NOTE [ Deformable parts per image ])."""
+        A part is sized by the sampled values of one image, ``levels·points·C`` per query, so a
+        batch keeps one image's part count (NOTE [ Deformable parts per image ])."""
         attn = self.attn
         N, C = x.shape[1:]
         if draws_random(attn) or reference_points.shape[-1] != 2:
