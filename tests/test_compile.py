@@ -62,6 +62,7 @@ def detector_optim_wrapper():
                       paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.1)}))
 
 
+@pytest.mark.slow  # ~90 s with an empty inductor cache, as on CI: C++ kernels built (make test-all)
 @pytest.mark.skipif(compile_refusal(ToyClassifier(), torch.__version__) is not None,
                     reason=f'compile=True is refused on torch {torch.__version__}')
 def test_compile_true_trains_a_tiny_dr2net_swin_as_eager(tmp_path):

@@ -80,6 +80,27 @@ def straight(demo):
     return os.path.join(work_dir, 'epoch_2.pth')
 
 
+@pytest.fixture(scope='module')
+def first_epoch(demo):
+    """A 1-epoch run of the demo config (max_keep_ckpts=1): its epoch_1.pth, from which the straight
+    run's epoch 2 follows."""
+    work_dir = str(demo['root'] / 'first_epoch')
+    run([PYTHON, 'tools/train.py', demo['config'], '--work-dir', work_dir, '--cfg-options',
+         'train_cfg.max_epochs=1'])
+    return os.path.join(work_dir, 'epoch_1.pth')
+
+
+def work_dir_with(path, pointer=None, **checkpoints):
+    """A work dir holding copies of ``checkpoints`` (name → file) and a ``last_checkpoint`` naming
+    ``pointer`` (a name in it), as a run would leave it."""
+    path.mkdir()
+    for name, source in checkpoints.items():
+        shutil.copyfile(source, path / f'{name}.pth')
+    if pointer is not None:
+        (path / 'last_checkpoint').write_text(str(path / f'{pointer}.pth'))
+    return path
+
+
 def test_pretrained_checkpoint_of_another_architecture_is_refused(demo, tmp_path):
     swin_b = write_swin_official_checkpoint(str(tmp_path / 'swin_b.pth'),
                                             arch='swin_base_patch4_window7_224')
@@ -108,10 +129,9 @@ def test_allow_partial_loads_what_fits_and_reports_the_rest():
     assert model.load_pretrained(same).mismatched_keys == []  # a full load passes
 
 
-def test_straight_and_resumed_runs_end_with_bitwise_equal_weights(demo, straight):
-    work_dir = str(demo['root'] / 'resumed')
-    run([PYTHON, 'tools/train.py', demo['config'], '--work-dir', work_dir, '--cfg-options',
-         'train_cfg.max_epochs=1'])
+def test_straight_and_resumed_runs_end_with_bitwise_equal_weights(demo, first_epoch, straight):
+    """The 1-epoch run's work dir (its checkpoint and pointer), resumed to epoch 2."""
+    work_dir = str(work_dir_with(demo['root'] / 'resumed', pointer='epoch_1', epoch_1=first_epoch))
     out = run([PYTHON, 'tools/train.py', demo['config'], '--work-dir', work_dir, '--resume'])
     assert 'resumed epoch: 1, iter: 2' in out
     assert_bitwise_equal(weights(straight), weights(os.path.join(work_dir, 'epoch_2.pth')))
@@ -188,27 +208,6 @@ def test_broken_checkpoint_files_are_named(demo, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Issue 31: full disk, resume traps, weights-only checkpoints
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def first_epoch(demo):
-    """A 1-epoch run of the demo config (max_keep_ckpts=1): its epoch_1.pth, from which the straight
-    run's epoch 2 follows."""
-    work_dir = str(demo['root'] / 'first_epoch')
-    run([PYTHON, 'tools/train.py', demo['config'], '--work-dir', work_dir, '--cfg-options',
-         'train_cfg.max_epochs=1'])
-    return os.path.join(work_dir, 'epoch_1.pth')
-
-
-def work_dir_with(path, pointer=None, **checkpoints):
-    """A work dir holding copies of ``checkpoints`` (name → file) and a ``last_checkpoint`` naming
-    ``pointer`` (a name in it), as a run would leave it."""
-    path.mkdir()
-    for name, source in checkpoints.items():
-        shutil.copyfile(source, path / f'{name}.pth')
-    if pointer is not None:
-        (path / 'last_checkpoint').write_text(str(path / f'{pointer}.pth'))
-    return path
-
-
 def test_checkpoint_of_a_run_loads_weights_only_and_mmengines_runner_evaluates_it(demo, straight,
                                                                                    tmp_path):
     """Item 7: torch's weights-only loader (the default since torch 2.6) reads our checkpoint, and

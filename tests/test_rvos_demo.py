@@ -17,7 +17,7 @@ from mmengine.config import Config  # noqa: E402
 
 from dr2net_mm.benchmark import build_model, training_loss  # noqa: E402
 from dr2net_mm.rvos.demo_data import make_demo_rvos  # noqa: E402
-from tool_runs import run_tool as run  # noqa: E402
+from tool_runs import run_tool as run, tool_help  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -25,7 +25,7 @@ DEMO = 'configs/demo/rvos_dr2net_swin_t_demo.py'
 
 
 def test_demo_rvos_help_describes_the_demo():
-    out = run([PYTHON, 'tools/demo_rvos.py', '--help'])
+    out = tool_help('demo_rvos.py')
     assert 'usage: demo_rvos.py' in out
     for option in ('--epochs', '--work-dir'):
         assert option in out

@@ -15,7 +15,7 @@ from mmengine.config import Config  # noqa: E402
 
 from dr2net_mm.benchmark import build_model, training_loss  # noqa: E402
 from dr2net_mm.tad.demo_data import make_demo_tad  # noqa: E402
-from tool_runs import run_tool as run  # noqa: E402
+from tool_runs import run_tool as run, tool_help  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -25,7 +25,7 @@ BACKBONES = {'vit': 'Dr2NetVideoViT', 'swin': 'Dr2NetSwin3D'}
 
 
 def test_demo_tad_help_describes_the_demo():
-    out = run([PYTHON, 'tools/demo_tad.py', '--help'])
+    out = tool_help('demo_tad.py')
     assert 'usage: demo_tad.py' in out
     for option in ('--backbones', '--epochs', '--work-dir'):
         assert option in out

@@ -20,7 +20,7 @@ from dr2net_mm.benchmark import build_model, training_loss  # noqa: E402
 from dr2net_mm.demo.clips import DEMO_ACTIONS, draw_clip, make_demo_clips  # noqa: E402
 from dr2net_mm.demo.data import (write_swin_official_checkpoint,  # noqa: E402
                                  write_videomae_official_checkpoint)
-from tool_runs import run_tool as run, scalars  # noqa: E402
+from tool_runs import run_tool as run, scalars, tool_help  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -292,7 +292,7 @@ def test_demo_config_trains_from_the_stand_in_checkpoint_then_test_tool_reports_
 
 # 4. tools/demo_video.py --------------------------------------------------------------------------
 def test_demo_video_help_describes_the_demo():
-    out = run([PYTHON, 'tools/demo_video.py', '--help'])
+    out = tool_help('demo_video.py')
     assert 'usage: demo_video.py' in out
     for option in ('--backbones', '--epochs', '--work-dir'):
         assert option in out

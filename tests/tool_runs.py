@@ -1,9 +1,13 @@
 """Running the user-facing tools (tools/*.py, tools/*.sh) in subprocesses, as a user runs them, and
 reading what their runs logged."""
+import contextlib
+import io
 import json
 import os
 import re
+import runpy
 import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,6 +25,24 @@ def run_tool(cmd, env=None, timeout=900, fails=False) -> str:
     output = proc.stdout + proc.stderr
     assert (proc.returncode != 0) == fails, output[-4000:]
     return output
+
+
+def tool_help(name: str) -> str:
+    """What ``python tools/NAME --help`` prints, from the tool's ``main`` run in this process (as
+    the other in-process tool tests; a fresh process would only pay the imports again)."""
+    tool = runpy.run_path(os.path.join(ROOT, 'tools', name), run_name=name[:-len('.py')])
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [os.path.join('tools', name)]  # argparse's prog
+    try:
+        with contextlib.redirect_stdout(out):
+            tool['main'](['--help'])
+    except SystemExit as exit_info:
+        assert exit_info.code == 0, f'{name} --help exited with {exit_info.code}'
+    else:
+        raise AssertionError(f'{name} --help did not exit')
+    finally:
+        sys.argv = argv
+    return out.getvalue()
 
 
 def scalars(work_dir: str):
