@@ -134,9 +134,9 @@ def test_wrong_out_for_the_scope_is_refused_with_the_value(seg):
     assert "--tta needs an mmdet or mmseg config" in message
 
 
-def test_damaged_checkpoint_gets_the_test_tools_own_message(det, tmp_path):
+def test_damaged_checkpoint_gets_the_test_tools_own_message(det, tmp_path, capsys):
     """A checkpoint damaged mid-file (same size) or cut off: the tool names the file and says it
-    cannot be evaluated, without advice about --resume (a training option)."""
+    cannot be evaluated, without a traceback or advice about --resume (a training option)."""
     damaged, truncated = tmp_path / 'damaged.pth', tmp_path / 'truncated.pth'
     shutil.copyfile(det['checkpoint'], damaged)
     damage_mid_file(damaged)
@@ -147,3 +147,5 @@ def test_damaged_checkpoint_gets_the_test_tools_own_message(det, tmp_path):
         message = refusal(det['config'], str(path))
         assert message.startswith(f'tools/test.py: {path} cannot be evaluated: {problem}')
         assert '--resume' not in message
+        printed = capsys.readouterr()
+        assert 'Traceback' not in printed.out + printed.err

@@ -1,5 +1,5 @@
 """Running the user-facing tools (tools/*.py, tools/*.sh) in subprocesses, as a user runs them, and
-reading what their runs logged."""
+reading what their runs logged; a tool's ``--help`` from its ``main`` in this process."""
 import contextlib
 import io
 import json
