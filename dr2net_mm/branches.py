@@ -5,12 +5,13 @@
 * :func:`checkpointed` and :func:`checkpoint_branches`: ``with_cp``, one rule for every backbone (as
   mmdet's single ``with_cp`` branch per block and timm's ``checkpoint_seq``), and
   :func:`recompute_after` for the layers after a reversible stage;
-* :func:`window_attention_plan`, :func:`global_attention_plan` and :func:`token_plan`: how the
+* :func:`window_attention_plan`, :func:`fused_attention_plan` and :func:`token_plan`: how the
   reversible backward recomputes a window-attention branch (Swin, Video Swin), a global-attention
-  branch (ViT, VideoMAE, Pix4Point's ViT) or a token-wise MLP branch part by part (the ``plan``
-  protocol of :mod:`dr2net_mm.core.chunks`).
+  branch (ViT, VideoMAE, Pix4Point's ViT: by groups of heads, its backward in the same pass) or a
+  token-wise MLP branch part by part (the ``plan`` protocol of :mod:`dr2net_mm.core.chunks`);
+  :func:`global_attention_plan`, by runs of query rows, serves global attention under autocast.
 """
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,13 @@ from torch.utils.checkpoint import checkpoint
 from .checks import check_bool, check_segment_size, parse_stream_dtype
 from .core import ReversibleSequence
 from .core import chunks
-from .core.chunks import BranchPlan, row_parts
+from .core.chunks import BranchPlan, FusedPlan, row_parts
 
 __all__ = [
     'StageOptions', 'stage_options', 'branch_sequence', 'check_block_type', 'checkpointed',
     'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'global_attention_plan',
-    'attention_rows', 'attention_mask_rows', 'sdpa', 'token_plan'
+    'attention_rows', 'attention_mask_rows', 'sdpa', 'token_plan', 'AttentionWeights',
+    'head_groups', 'attention_mask_block', 'fused_attention_plan'
 ]
 
 
@@ -188,6 +190,192 @@ def global_attention_plan(parts: Sequence[slice], qkv: Tensor, heads: int,
     return BranchPlan(qkv.reshape(batch * tokens, width), parts, body,
                       lambda out: drop_path(out.view(batch, tokens, -1)), shared=shared,
                       merge_vjp=lambda grad: drop_path(grad).reshape(batch * tokens, -1))
+
+
+class AttentionWeights(NamedTuple):
+    """The parameters of a multi-head self-attention branch ``gamma ⊙ proj(attention(qkv(n)))``
+    (``n`` the normalised input) as :func:`fused_attention_plan` reads them: ``qkv`` the
+    ``(3·heads·d, C)`` weight, rows q | k | v, each ``heads × d``; ``bias[j]`` the bias of q, k, v
+    (j = 0, 1, 2) as (parameter, index of its first entry) or None (mmaction2's VideoMAE has no k
+    bias); ``proj`` the ``(C, heads·d)`` weight and ``proj_bias``; ``gamma`` the layer scale
+    ``(C,)`` or None; ``scale`` the logits' scale (None: ``d**-0.5``)."""
+    qkv: Tensor
+    bias: Tuple[Optional[Tuple[Tensor, int]], ...]
+    proj: Tensor
+    proj_bias: Optional[Tensor]
+    gamma: Optional[Tensor]
+    heads: int
+    scale: Optional[float] = None
+
+
+def head_groups(batch: int, tokens: int, heads: int, head_dim: int
+                ) -> List[Tuple[slice, List[slice]]]:
+    """The parts of a fused attention branch: groups of heads whose q, k and v hold about a quarter
+    of :data:`~dr2net_mm.core.chunks.PART_ELEMENTS` (with their gradients, a group's working set
+    stays near one part), each with its runs of query rows, sized so that the group's attention
+    weights, if a kernel writes them out, hold about ``PART_ELEMENTS``: ``[(heads, [rows, ...])]``."""
+    groups = row_parts(heads, 4 * 3 * batch * tokens * head_dim)
+    return [(g, row_parts(tokens, batch * (g.stop - g.start) * tokens)) for g in groups]
+
+
+def attention_mask_block(mask: Optional[Tensor], heads: slice, rows: slice) -> Optional[Tensor]:
+    """The entries of an attention mask (``scaled_dot_product_attention`` semantics: broadcastable
+    to ``(B, heads, N, N)``) for the heads ``heads`` and the query rows ``rows`` of every sample."""
+    if mask is None:
+        return None
+    mask = mask.view((1, ) * (4 - mask.dim()) + tuple(mask.shape))
+    if mask.shape[1] > 1:
+        mask = mask[:, heads]
+    return mask[:, :, rows] if mask.shape[2] > 1 else mask
+
+
+def fused_attention_plan(x: Tensor, norm: Callable[[Tensor], Tensor], weights: AttentionWeights,
+                         mask: Optional[Tensor], drop_path: Callable[[Tensor], Tensor]
+                         ) -> Optional[FusedPlan]:
+    """A multi-head self-attention branch ``F(x) = drop_path(gamma ⊙ proj(attention(qkv(norm(x)))))``
+    as a :class:`~dr2net_mm.core.chunks.FusedPlan`: by groups of heads (:func:`head_groups`), as
+    ``proj`` is a sum over heads, ``proj(o) = b + Σ_g o_g·W_g^T``. See NOTE [ Attention by head
+    groups ]. None when one group and one run would hold everything (the branch runs as it is)."""
+    groups = head_groups(x.shape[0], x.shape[1], weights.heads,
+                         weights.qkv.shape[0] // (3 * weights.heads))
+    if len(groups) == 1 and len(groups[0][1]) == 1:
+        return None
+    return FusedPlan(lambda g: _attention_by_heads(x, g, norm, weights, mask), drop_path, drop_path)
+
+
+# NOTE [ Attention by head groups ]
+#
+# The reversible backward of an attention branch holds, besides the streams, what the branch's
+# recomputation keeps. Recomputed by runs of query rows (``global_attention_plan``), that is the qkv
+# rows of all heads and their gradient (3 + 3 rows of x) plus the branch's input, its norm and
+# output. By groups of heads it is x, n = norm(x), dL/dn and the output P (4 rows of x) plus one
+# group's q, k, v and their gradients. Per group g, with the rows of dL/dP given first:
+#
+#   q_g, k_g, v_g = n·W_{q,g}^T + b_{q,g}, ...     (B, g, N, d), k_g and v_g leaves of a small graph
+#   o_g = scaled_dot_product_attention(q_g, k_g, v_g)   by runs of query rows
+#   P   += o_g·W_{p,g}^T                             in place (addmm_), P starts at proj's bias
+#   dW_{p,g} += dP^T·o_g,   dL/do_g = dP·W_{p,g}      o_g's backward (autograd) -> dq_g, dk_g, dv_g
+#   dL/dn += dq_g·W_{q,g} + dk_g·W_{k,g} + dv_g·W_{v,g},   dW_{q,g} += dq_g^T·n, ...   in place
+#
+# then dgamma = Σ dL/dF ⊙ P, F = gamma ⊙ P, and norm's backward sends dL/dn to x.grad. Every
+# product runs in the reversible forward (no gradients) exactly as in the backward, so F is
+# recomputed bitwise. The gradients go where the engine's routed linears put theirs: into each
+# parameter's ``.grad`` (the proxies' targets, NOTE [ Parameter-gradient targets ]), never into a
+# weight-sized temporary.
+
+
+def _into(param: Optional[Tensor]) -> Optional[Tensor]:
+    """Where a hand-written backward adds ``param``'s gradient (a proxy's ``.grad``: its target),
+    or None when it is not wanted."""
+    return param.grad if param is not None and param.requires_grad else None
+
+
+def _heads(t: Tensor, batch: int, rows: int, head_dim: int) -> Tensor:
+    """``(B, r, g·d)`` rows as ``(B, g, r, d)`` heads (a view)."""
+    return t.view(batch, rows, -1, head_dim).transpose(1, 2)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``(B, g, r, d)`` heads as ``(B, r, g·d)`` rows."""
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
+
+
+def _add_linear_grads(dy: Tensor, inp: Tensor, weight: Tensor, weight_into: Optional[Tensor],
+                      bias_into: Optional[Tensor], inp_grad: Optional[Tensor]) -> None:
+    """The backward of ``y = inp·weight^T + b`` (``(B, r, ·)`` rows), added in place, sample by
+    sample: ``inp_grad += dy·weight``, ``weight_into += dy^T·inp``, ``bias_into += Σ dy``."""
+    for b in range(dy.shape[0]):
+        if inp_grad is not None:
+            inp_grad[b].addmm_(dy[b], weight)
+        if weight_into is not None:
+            weight_into.addmm_(dy[b].t(), inp[b])
+        if bias_into is not None:
+            bias_into.add_(dy[b].sum(0))
+
+
+def _attention_by_heads(x: Tensor, grad: Optional[Tensor], norm: Callable[[Tensor], Tensor],
+                        w: AttentionWeights, mask: Optional[Tensor]) -> Tensor:
+    """``gamma ⊙ proj(attention(qkv(norm(x))))`` by head groups; with ``grad`` (dL/d of it) its
+    backward in the same pass (NOTE [ Attention by head groups ]): autograd records only norm and
+    each run's attention, every product with a weight runs without it. Without ``grad`` the same
+    operations, recorded by autograd when gradients are enabled (the reference modes)."""
+    manual = grad is not None
+    with torch.set_grad_enabled(manual or torch.is_grad_enabled()):
+        n_graph = norm(x)
+    with torch.set_grad_enabled(not manual and torch.is_grad_enabled()):
+        n = n_graph.detach() if manual else n_graph
+        dn = torch.zeros_like(n) if grad is not None and n_graph.requires_grad else None
+        out = _heads_forward_backward(n, grad, w, mask, dn)
+        if grad is not None:
+            gamma_into = _into(w.gamma)
+            if gamma_into is not None:
+                gamma_into.add_((grad * out).sum(tuple(range(out.dim() - 1))))
+            if dn is not None:
+                torch.autograd.backward(n_graph, dn)
+        return out if w.gamma is None else out.mul_(w.gamma)
+
+
+def _heads_forward_backward(n: Tensor, grad: Optional[Tensor], w: AttentionWeights,
+                            mask: Optional[Tensor], dn: Optional[Tensor]) -> Tensor:
+    """``P = proj(attention(qkv(n)))`` group by group; with ``grad`` (dL/d(gamma ⊙ P)) the
+    weights' gradients added into their targets and dL/dn into ``dn`` (not None: wanted)."""
+    batch, tokens, _ = n.shape
+    width = w.qkv.shape[0] // 3
+    d = width // w.heads
+    out = torch.zeros(batch, tokens, w.proj.shape[0], dtype=n.dtype, device=n.device)
+    if w.proj_bias is not None:
+        out += w.proj_bias
+    g_out = None if grad is None or w.gamma is None else grad * w.gamma
+    g_out = grad if g_out is None else g_out
+    qkv_into, proj_into, proj_bias_into = _into(w.qkv), _into(w.proj), _into(w.proj_bias)
+    if g_out is not None and proj_bias_into is not None:
+        proj_bias_into.add_(g_out.sum(tuple(range(g_out.dim() - 1))))
+    for heads, runs in head_groups(batch, tokens, w.heads, d):
+        cols = slice(heads.start * d, heads.stop * d)
+
+        def weight(j: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+            """q, k or v (j = 0, 1, 2) of this group: weight, bias, and their gradients' targets."""
+            rows = slice(j * width + cols.start, j * width + cols.stop)
+            weight_into = None if qkv_into is None else qkv_into[rows]
+            if w.bias[j] is None:
+                return w.qkv[rows], None, weight_into, None
+            bias, first = w.bias[j]
+            entries = slice(first + cols.start, first + cols.stop)
+            bias_into = _into(bias)
+            return (w.qkv[rows], bias[entries], weight_into,
+                    None if bias_into is None else bias_into[entries])
+
+        def project(j: int, inp: Tensor) -> Tensor:
+            weight_j, bias_j, _, _ = weight(j)
+            y = torch.matmul(inp, weight_j.t())
+            y = y if bias_j is None else y.add_(bias_j)
+            y = _heads(y, batch, inp.shape[1], d)
+            return y.requires_grad_() if grad is not None else y
+
+        k, v = project(1, n), project(2, n)
+        w_p = w.proj[:, cols]
+        for rows in runs:
+            q = project(0, n[:, rows])
+            with torch.set_grad_enabled(grad is not None or torch.is_grad_enabled()):
+                o = sdpa(q, k, v, attention_mask_block(mask, heads, rows), w.scale)
+            o_rows = _rows(o)
+            for b in range(batch):
+                out[b, rows].addmm_(o_rows[b], w_p.t())
+            if grad is None:
+                continue
+            g_rows = g_out[:, rows]
+            if proj_into is not None:
+                for b in range(batch):
+                    proj_into[:, cols].addmm_(g_rows[b].t(), o_rows[b])
+            torch.autograd.backward(o, _heads(torch.matmul(g_rows, w_p), batch, q.shape[2], d))
+            weight_q, _, q_into, bias_q_into = weight(0)
+            _add_linear_grads(_rows(q.grad), n[:, rows], weight_q, q_into, bias_q_into,
+                              None if dn is None else dn[:, rows])
+        if grad is not None:
+            for j, t in ((1, k), (2, v)):
+                weight_j, _, into, bias_into = weight(j)
+                _add_linear_grads(_rows(t.grad), n, weight_j, into, bias_into, dn)
+    return out
 
 
 def attention_mask_rows(mask: Optional[Tensor], sample: int, rows: slice) -> Optional[Tensor]:

@@ -30,8 +30,10 @@ from timm.models import register_model
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import Tensor, nn
 
-from .branches import (StageOptions, attention_mask_rows, attention_rows, branch_sequence,
-                       check_block_type, global_attention_plan, sdpa, stage_options, token_plan)
+from .branches import (AttentionWeights, StageOptions, attention_mask_rows, attention_rows,
+                       branch_sequence, check_block_type, fused_attention_plan,
+                       global_attention_plan, sdpa, stage_options, token_plan)
+from .core.autocast import autocast_state
 from .core.chunks import BranchPlan, draws_random
 
 __all__ = ['ViTAttentionBranch', 'ViTMLPBranch', 'VIT_BRANCHES', 'ReversibleBlocks',
@@ -58,20 +60,30 @@ class ViTAttentionBranch(nn.Module):
         return self.drop_path1(self.ls1(out))
 
     def plan(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Optional[BranchPlan]:
-        """The branch by runs of query rows (see ``dr2net_mm.branches.global_attention_plan``):
-        ``qkv(norm1(x))`` once, then per run ``scaled_dot_product_attention`` of its queries
-        against all keys and values (the rows of ``attn_mask``), ``norm``, ``proj`` and ``ls1``;
-        ``merge`` applies drop path. timm's plain ``Attention`` only (no qk norm, no gate), no
+        """The branch by groups of heads (``dr2net_mm.branches.fused_attention_plan``): per group
+        its q, k, v from ``norm1(x)``, ``scaled_dot_product_attention`` (the group's entries of
+        ``attn_mask``), its share of ``proj``; then ``ls1``, and ``merge`` applies drop path.
+        Under autocast, or with a norm after the attention, by runs of query rows instead
+        (``global_attention_plan``). timm's plain ``Attention`` only (no qk norm, no gate), no
         dropout inside; else None (the branch runs whole)."""
         attn = self.attn
         if type(attn) is not Attention or getattr(attn, 'gate', None) is not None or \
                 not isinstance(attn.q_norm, nn.Identity) or \
                 not isinstance(attn.k_norm, nn.Identity) or draws_random(attn):
             return None
+        norm = getattr(attn, 'norm', nn.Identity())
+        gamma = getattr(self.ls1, 'gamma', None)
+        if isinstance(norm, nn.Identity) and (gamma is not None or isinstance(
+                self.ls1, nn.Identity)) and not autocast_state(x.device)['enabled']:
+            bias = attn.qkv.bias
+            width = attn.qkv.out_features // 3
+            weights = AttentionWeights(
+                attn.qkv.weight, tuple(None if bias is None else (bias, j * width) for j in range(3)),
+                attn.proj.weight, attn.proj.bias, gamma, attn.num_heads, attn.scale)
+            return fused_attention_plan(x, self.norm1, weights, attn_mask, self.drop_path1)
         parts = attention_rows(x.shape[0], x.shape[1], attn.num_heads)
         if parts is None:
             return None
-        norm = getattr(attn, 'norm', nn.Identity())
 
         def attend(q: Tensor, k: Tensor, v: Tensor, sample: int, rows: slice) -> Tensor:
             return sdpa(q, k, v, attention_mask_rows(attn_mask, sample, rows))

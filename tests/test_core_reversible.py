@@ -985,3 +985,33 @@ def test_side_input_of_a_wrong_shape_raises_the_branchs_own_error():
             stage(make_input().requires_grad_(True), pos)
         errors.append(str(error.value))
     assert errors[0] == errors[1]
+
+
+def test_the_first_backward_node_rebuilds_in_what_it_saved_unless_the_graph_is_kept(monkeypatch):
+    """Without retain_graph the segment-end node rebuilds its streams in the tensors it saved and
+    lets the int32 remainder of x_n go (NOTE [ Kept streams are consumed ]): the backward's peak is
+    at least one int64 stream below the same backward with copies (what retain_graph=True, and
+    torch 2.1, get), and the gradients are the same."""
+    from dr2net_mm.core import stage_call
+    if not hasattr(torch._C._autograd, '_get_current_graph_task_keep_graph'):
+        assert stage_call.graph_kept()  # this torch cannot say: always copies
+        pytest.skip(f'torch {torch.__version__} cannot say whether a backward keeps the graph')
+
+    def backward_peak_and_grads():
+        stage = planned_stage(n=4, channels=32)
+        x = torch.randn(4, 256, 32, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        loss = stage(x).square().sum()
+        with torch.profiler.profile(profile_memory=True) as prof:
+            loss.backward()
+        live = peak = 0
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
+        for event in sorted(events, key=lambda e: e.start_ns()):
+            live += event.nbytes()
+            peak = max(peak, live)
+        return peak, [x.grad] + [p.grad for p in stage.parameters()]
+
+    consumed, grads = backward_peak_and_grads()
+    monkeypatch.setattr(stage_call, 'graph_kept', lambda: True)
+    copied, copied_grads = backward_peak_and_grads()
+    assert all(torch.equal(a, b) for a, b in zip(grads, copied_grads))
+    assert consumed <= copied - 8 * 4 * 256 * 32, (consumed, copied)

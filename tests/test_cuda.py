@@ -217,13 +217,14 @@ def test_peak_memory_dr2net_below_checkpointing(kind):
         results['conventional'].peak_mb
 
 
-# 8. global attention by query rows: shared K/V, scaled_dot_product_attention per run, on CUDA ----
+# 8. global attention by head groups and query rows (scaled_dot_product_attention per run), CUDA --
 @pytest.mark.parametrize('kind', ['vit', 'videomae'])
-def test_attention_by_query_rows_on_cuda(monkeypatch, kind):
+def test_attention_by_head_groups_on_cuda(monkeypatch, kind):
     import functools
 
     from dr2net_mm import branches
-    from dr2net_mm.core.chunks import row_parts, run_branch
+    from dr2net_mm.branches import head_groups
+    from dr2net_mm.core.chunks import FusedPlan, row_parts, run_branch
     from dr2net_mm.models.video_vit import Dr2NetVideoViT
     monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts, part_elements=2**10))
     torch.manual_seed(0)
@@ -238,16 +239,20 @@ def test_attention_by_query_rows_on_cuda(monkeypatch, kind):
         x = torch.randn(2, 3, 8, 64, 64, device='cuda')
     model = model.cuda().train()
     attention = model.sequence.functions[0]
+    attention_heads = 6 if kind == 'vit' else 3
     tokens = torch.randn(2, 64 if kind == 'videomae' else 17, model.embed_dims, device='cuda')
     plan = attention.plan(tokens)
-    assert plan is not None and plan.shared is not None and len(plan.parts) > 2
+    groups = head_groups(2, tokens.shape[1], attention_heads, model.embed_dims // attention_heads)
+    assert isinstance(plan, FusedPlan)
+    assert len(groups) > 1, groups
+    assert kind == 'vit' or max(len(runs) for _, runs in groups) > 1, groups
     with torch.no_grad():
         by_rows = run_branch(attention.eval(), tokens, ())
         whole = attention(tokens)
     attention.train()
     report = gradient_error(model, x)
     errors = model.reconstruction_errors()
-    result(branch_by_rows_vs_whole=rel(by_rows, whole), parts=len(plan.parts),
+    result(branch_by_heads_vs_whole=rel(by_rows, whole), groups=len(groups),
            reversible_vs_truth=report.reversible_vs_truth.worst,
            reference_vs_truth=report.reference_vs_truth.worst, reconstruction_error=max(errors))
     assert rel(by_rows, whole) <= 1e-5

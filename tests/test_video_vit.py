@@ -237,16 +237,16 @@ def test_with_cp_checkpoints_branches_in_reference_mode_only():
     assert saved_bytes(rev) == saved_bytes(rev_cp)
 
 
-def test_branches_recomputed_by_query_rows_and_token_runs(monkeypatch):
-    """With parts forced tiny, each attention branch computes qkv(norm1(x)) once (mmaction2's q/v
-    biases) and runs runs of query rows through scaled_dot_product_attention with mmaction2's
-    scale, each MLP branch runs of tokens: F equals mmaction2's branch to float32 rounding, and the
-    reversible gradients at (0.3, 0.7) with drop path and gammas match float64 as closely as
-    ordinary autograd, the rebuild bit-exact."""
+def test_branches_recomputed_by_head_groups_and_token_runs(monkeypatch):
+    """With parts forced tiny, each attention branch runs by groups of heads (mmaction2's q/v
+    biases, no k bias), each group by runs of query rows through scaled_dot_product_attention with
+    mmaction2's scale, each MLP branch runs of tokens: F equals mmaction2's branch to float32
+    rounding, and the reversible gradients at (0.3, 0.7) with drop path and gammas match float64 as
+    closely as ordinary autograd, the rebuild bit-exact."""
     import functools
 
     from dr2net_mm import branches
-    from dr2net_mm.core.chunks import row_parts, run_branch
+    from dr2net_mm.core.chunks import FusedPlan, row_parts, run_branch
     monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts, part_elements=2**9))
     torch.manual_seed(0)
     model = Dr2NetVideoViT(**SMALL, drop_path_rate=0.2, init_values=0.1, alpha=0.3,
@@ -254,13 +254,15 @@ def test_branches_recomputed_by_query_rows_and_token_runs(monkeypatch):
     x = clip(2, 3, 8, 64, 64)
     tokens = model.embed(x).detach()
     attention, mlp = model.sequence.functions[:2]
+    assert isinstance(attention.plan(tokens), FusedPlan)
+    groups = branches.head_groups(2, tokens.shape[1], SMALL['num_heads'],
+                                  SMALL['embed_dims'] // SMALL['num_heads'])
+    assert len(groups) > 1 and max(len(runs) for _, runs in groups) > 1, groups
+    assert len(mlp.plan(tokens).parts) > 4
     for function in (attention, mlp):
-        plan = function.plan(tokens)
-        assert plan is not None and len(plan.parts) > 4
         with torch.no_grad():
             assert rel(run_branch(function.eval(), tokens, ()), function(tokens)) <= 1e-6
         function.train()
-    assert attention.plan(tokens).shared is not None
     report = gradient_error(model, x)
     assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
     assert report.reversible_vs_reference.worst <= 1e-5

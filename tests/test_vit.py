@@ -188,28 +188,43 @@ def tiny_parts(monkeypatch, part_elements=2**9):
                                                                  part_elements=part_elements))
 
 
-@pytest.mark.parametrize('masked', [False, True], ids=['no_mask', 'attn_mask'])
-def test_attention_recomputed_by_query_rows_with_shared_keys_and_values(monkeypatch, masked):
-    """With parts forced tiny, each attention branch computes qkv(norm1(x)) once and runs runs of
-    query rows through scaled_dot_product_attention against the shared K and V (the rows of a
-    boolean attn_mask with them): F equals timm's branch to float32 rounding, eval stays bitwise
-    timm's (the plain path), and the reversible gradients at (0.3, 0.7), drop path and layer scale
-    on, are as close to float64 as ordinary autograd, every rebuild bit-exact."""
-    from dr2net_mm.core.chunks import run_branch
+@pytest.mark.parametrize('kind,masked', [('heads', False), ('heads', True), ('rows', False)],
+                         ids=['by_heads', 'by_heads_attn_mask', 'by_rows_scale_norm'])
+def test_attention_recomputed_by_head_groups_or_query_rows(monkeypatch, kind, masked):
+    """With parts forced tiny, each attention branch runs by groups of heads, each group by runs of
+    query rows (the group's entries of a boolean attn_mask with them); with a norm after the
+    attention (timm's scale_attn_norm) qkv(norm1(x)) once and runs of query rows against the
+    shared K and V. Either way F equals timm's branch to float32 rounding, and the reversible
+    gradients at (0.3, 0.7), drop path and layer scale on, are as close to float64 as ordinary
+    autograd, every rebuild bit-exact."""
+    import inspect
+
+    from dr2net_mm.branches import head_groups
+    from dr2net_mm.core.chunks import FusedPlan, run_branch
     from dr2net_mm.models.vit_timm import attention_takes_mask
     if masked and not attention_takes_mask(timm.models.vision_transformer.Block(8, 2)):
         pytest.skip('timm < 1.0.16: attention takes no mask')
+    timm_kwargs = dict(init_values=0.5)
+    if kind == 'rows':
+        if 'scale_attn_norm' not in inspect.signature(timm.models.VisionTransformer).parameters:
+            pytest.skip(f'timm {timm.__version__} has no scale_attn_norm')
+        timm_kwargs['scale_attn_norm'] = True
     tiny_parts(monkeypatch)
     torch.manual_seed(0)
     model = Dr2NetViT(**TINY, drop_path_rate=0.2, alpha=0.3, beta=0.7,
-                      timm_kwargs=dict(init_values=0.5)).train()
+                      timm_kwargs=timm_kwargs).train()
     tokens = torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(2))
     mask = (torch.rand(2, 1, 17, 17, generator=torch.Generator().manual_seed(3)) > 0.3) | \
         torch.eye(17, dtype=torch.bool) if masked else None
     args = (mask, ) if masked else ()
     attention = model.sequence.functions[0]
     plan = attention.plan(tokens, *args)
-    assert plan is not None and plan.shared is not None and len(plan.parts) > 4
+    if kind == 'heads':
+        groups = head_groups(2, 17, 4, 8)
+        assert isinstance(plan, FusedPlan)
+        assert len(groups) > 1 and max(len(runs) for _, runs in groups) > 1, groups
+    else:
+        assert plan is not None and plan.shared is not None and len(plan.parts) > 4
     with torch.no_grad():
         assert rel(run_branch(attention.eval(), tokens, args), attention(tokens, *args)) <= 1e-6
     attention.train()

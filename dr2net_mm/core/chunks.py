@@ -28,6 +28,20 @@ for ``h``'s gradient, and ``inputs`` (with the layers before it) is back-propaga
 * ``shared`` (optional) returns views of its argument, a function of the shapes alone (it is also
   applied to the gradient buffer of ``h``).
 
+A plan may instead be a :class:`FusedPlan`, for a branch ``F(x) = merge(core(x))`` that writes
+its own backward: ``run(g)`` computes ``core(x)`` and, given ``g = dL/d(core)``, back-propagates it
+in the same pass (an attention branch head group by head group, adding each group's gradients in
+place: :func:`dr2net_mm.branches.fused_attention_plan`)::
+
+    F(x) = plan.merge(plan.run(None))          # the reversible forward: no autograd
+    F(x) = plan.merge(plan.run(merge_vjp(dL/dF)))   # the backward: J^T·dL/dF lands in x.grad
+
+Contract: ``run(g)`` computes the same values bitwise as ``run(None)``, draws no random numbers, and
+adds each parameter's gradient into the parameter's ``.grad`` when it is not None (inside the
+reversible backward the parameters are proxies whose ``.grad`` is the target, NOTE [ Parameter-
+gradient targets ] in ``param_grads``; None: not wanted); ``run(None)`` with gradients enabled (the
+reference modes) runs the same operations under autograd; ``merge``/``merge_vjp`` as above.
+
 A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole. :func:`run_branch`
 runs a branch (the forward), :func:`backward_branch` recomputes it as the forward ran it, random draws
 included (dropout, drop path: :func:`capture_rng_state` records the generators before the forward, as
@@ -57,6 +71,12 @@ class BranchPlan(NamedTuple):
     merge: Callable[[Tensor], Tensor]
     shared: Optional[Callable[[Tensor], Sequence[Tensor]]] = None
     merge_vjp: Optional[Callable[[Tensor], Tensor]] = None
+
+
+class FusedPlan(NamedTuple):
+    run: Callable[[Optional[Tensor]], Tensor]  # run(dL/d(core) or None) -> core(x)
+    merge: Callable[[Tensor], Tensor]
+    merge_vjp: Callable[[Tensor], Tensor]
 
 
 class _GradInto(torch.autograd.Function):
@@ -105,10 +125,13 @@ def check_branch_output(index: int, function: nn.Module, inp: Tensor, out: Any) 
 def run_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...]) -> Tensor:
     """``function(inp, *args)``, part by part when the function has a plan. Without gradients the
     parts are written into one buffer; with gradients (the reference mode in training) they are
-    concatenated, so that every training mode computes F with the same parts."""
+    concatenated, so that every training mode computes F with the same parts. A
+    :class:`FusedPlan` runs ``merge(run(None))`` in every mode."""
     plan = function.plan(inp, *args) if hasattr(function, 'plan') else None
     if plan is None:
         return function(inp, *args)
+    if isinstance(plan, FusedPlan):
+        return plan.merge(plan.run(None))
     shared = () if plan.shared is None else check_views(plan.shared(plan.inputs), plan.inputs)
     if torch.is_grad_enabled():
         return plan.merge(torch.cat([plan.body(plan.inputs[p], p, *shared) for p in plan.parts]))
@@ -176,6 +199,18 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
             if grad is not None and f.requires_grad:
                 torch.autograd.backward(f, grad.to(f.dtype))
             return f.detach()
+        if isinstance(plan, FusedPlan):
+            g_out = None
+            if grad is not None:
+                for generator, state in rng:
+                    generator.set_state(state)
+                with torch.no_grad():
+                    g_out = plan.merge_vjp(grad)
+            out = plan.run(g_out)
+            for generator, state in rng:
+                generator.set_state(state)
+            with torch.no_grad():
+                return plan.merge(out)
         h = plan.inputs
         wants_h = grad is not None and h.requires_grad
         shared: Sequence[Tensor] = ()

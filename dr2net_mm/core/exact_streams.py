@@ -196,11 +196,12 @@ class BetaBuffer:
         high = self.state.sub(low).to(torch.float64).mul_(2.0**-LIMB_BITS).to(torch.int32)
         return tuple(self.limbs) + (low, ) + pack_bits(high, bits - LIMB_BITS)
 
-    def unpack(self, packed: Tuple[Tensor, ...]) -> None:
-        """Restore the buffer saved by :meth:`pack` (``bounds`` must be the packing buffer's)."""
+    def unpack(self, packed: Tuple[Tensor, ...], consume: bool = False) -> None:
+        """Restore the buffer saved by :meth:`pack` (``bounds`` must be the packing buffer's); its
+        limbs are copies, or with ``consume`` the packed tensors themselves."""
         state_bounds, emits = _layout(self.numerator, self.denominator, len(self.bounds) - 1)
         count, bits = sum(emits), state_bounds[-1].bit_length()
-        self.limbs = [t.clone() for t in packed[:count]]
+        self.limbs = list(packed[:count]) if consume else [t.clone() for t in packed[:count]]
         if bits == 0:
             self.state = None
             return
@@ -502,10 +503,13 @@ class ExactStreams:
         self.buffer = None
         return packed
 
-    def load_segment(self, position: int, packed: Tuple[Tensor, ...], like: Tensor) -> None:
+    def load_segment(self, position: int, packed: Tuple[Tensor, ...], like: Tensor,
+                     consume: bool = False) -> None:
+        """The β buffer saved at ``position``; ``consume``: its limbs are the saved tensors
+        themselves (NOTE [ Kept streams are consumed ] in ``stage_call``)."""
         self.buffer = BetaBuffer(*self.beta_fraction, like.shape, like.device)
         self.buffer.bounds = list(self.segment_bounds[position])
-        self.buffer.unpack(packed)
+        self.buffer.unpack(packed, consume)
 
     def segment_undone(self) -> Optional[Tensor]:
         """0-dim bool: the current segment's buffer is back to 0 (every product undone exactly)."""

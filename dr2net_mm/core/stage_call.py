@@ -48,6 +48,13 @@ from .monitor import ReconstructionMonitor
 # gradient is computed even where the engine will drop it: ``torch.autograd.grad`` without it.)
 
 
+def graph_kept() -> bool:
+    """Whether the running backward keeps the graph for another (``retain_graph=True``); True
+    where torch cannot say."""
+    query = getattr(torch._C._autograd, '_get_current_graph_task_keep_graph', None)
+    return True if query is None else bool(query())
+
+
 class Handover(NamedTuple):
     """The streams at ``position`` (stream dtype), and in backward their gradients (model dtype)."""
     position: int
@@ -64,13 +71,21 @@ class KeptStreams(NamedTuple):
     has_output: bool  # x_i is packed against the stage output x_i in the model dtype, saved after y
     buffer_tensors: int  # tensors packing the segment's β buffer (exact streams)
 
-    def unpack(self, saved: Tuple[Tensor, ...], streams) -> Tuple[Tensor, Tensor]:
-        """The kept (x_i, y_i) as new tensors (the backward rebuilds them in place)."""
+    def unpack(self, saved: Tuple[Tensor, ...], streams, consume: bool) -> Tuple[Tensor, Tensor]:
+        """The kept (x_i, y_i), which the backward rebuilds in place. With ``consume`` (the node's
+        own backward: NOTE [ Kept streams are consumed ]) the saved tensors themselves where they
+        hold a stream, and the memory of a packed remainder released once read; else copies."""
         output = saved[self.x_tensors + 1] if self.has_output else None
         x = streams.unpack(saved[:self.x_tensors], output)
+        y = saved[self.x_tensors]
+        if consume:  # x_i is X itself, or new: then the remainder it was packed into is let go
+            for packed in saved[:self.x_tensors]:
+                if packed.data_ptr() != x.data_ptr():
+                    packed.untyped_storage().resize_(0)
+            return x, y
         if any(x.data_ptr() == t.data_ptr() for t in saved):
             x = x.clone()
-        return x, saved[self.x_tensors].clone()
+        return x, y.clone()
 
     def buffer(self, saved: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
         """The tensors packing the β buffer of the segment that ends here."""
@@ -124,11 +139,12 @@ class StageCall:
             handed = None
         g_x, g_y = (handed.grad_x, handed.grad_y) if handed is not None else (None, None)
         if node.kept is not None:  # i ends a segment: its streams were kept
-            x, y = node.kept.unpack(saved, self.streams)
+            consume = not graph_kept()
+            x, y = node.kept.unpack(saved, self.streams, consume)
             if handed is not None:  # rebuilt by the next segment's backward
                 self.monitor.check_kept_input(i, handed.x, handed.y, x, y)
             del handed
-            self.streams.load_segment(i, node.kept.buffer(saved), x)
+            self.streams.load_segment(i, node.kept.buffer(saved), x, consume)
         else:
             x, y = self.rebuild_from_kept(i)
         return x, y, g_x, g_y
@@ -154,8 +170,8 @@ class StageCall:
                 f'and the graph keeping the streams at position {above} is gone; keep the stage\'s '
                 'outputs alive until backward')
         saved = tuple(t.detach() for t in node.saved_tensors)
-        x, y = node.kept.unpack(saved, self.streams)
-        self.streams.load_segment(above, node.kept.buffer(saved), x)
+        x, y = node.kept.unpack(saved, self.streams, consume=False)
+        self.streams.load_segment(above, node.kept.buffer(saved), x, consume=False)
         for j in range(above, i, -1):
             x_prev = self.streams.undo_beta(y)
             with torch.no_grad(), torch.autocast(**self.autocast):
@@ -163,6 +179,18 @@ class StageCall:
                                     self.args, None, self.rng_states.get(j, []))
             x, y = x_prev, self.streams.undo_step(x, f, x_prev)
         return x, y
+
+    # NOTE [ Kept streams are consumed ]
+    #
+    # A segment-end node's saved tensors stay alive until its backward returns, so the streams it
+    # rebuilds from them would exist twice during that backward (the first backward node of a
+    # stage, the last branch, would hold the whole kept state twice: 6 bytes per element and more,
+    # the largest transient of a ViT-B backward). Its backward therefore rebuilds in place in what
+    # was saved: y_i, the β buffer's limbs and an unpacked x_i are the saved tensors themselves,
+    # and the int32 remainder that x_i was packed into (against the stage output) gives its memory
+    # back once read. Not when the running backward keeps the graph (``retain_graph=True``, as
+    # gradcheck does), nor where torch cannot say so (2.1: :func:`graph_kept`): then, and in
+    # ``rebuild_from_kept`` (a node whose own backward has not run), the streams are copies.
 
     def keep_node(self, position: int, node: Any, kept: KeptStreams) -> None:
         """Record that ``node`` (a segment end) saved its streams as ``kept``."""

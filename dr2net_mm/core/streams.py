@@ -144,7 +144,8 @@ class FloatStreams:
     def end_segment(self, position: int) -> Tuple[Tensor, ...]:
         return ()
 
-    def load_segment(self, position: int, packed: Tuple[Tensor, ...], like: Tensor) -> None:
+    def load_segment(self, position: int, packed: Tuple[Tensor, ...], like: Tensor,
+                     consume: bool = False) -> None:
         pass
 
     def segment_undone(self) -> Optional[Tensor]:

@@ -34,9 +34,11 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..branches import (attention_rows, branch_sequence, check_block_type, checkpoint_branches,
-                        checkpointed, global_attention_plan, sdpa, token_plan)
+from ..branches import (AttentionWeights, attention_rows, branch_sequence, check_block_type,
+                        checkpoint_branches, checkpointed, fused_attention_plan,
+                        global_attention_plan, sdpa, token_plan)
 from ..core import ReversibleSequence
+from ..core.autocast import autocast_state
 from ..core.chunks import BranchPlan, draws_random
 from .backbone import MMACTION_INIT_CFG, ConventionalMixin, Dr2NetBackboneMixin
 from .videomae_checkpoint import checkpoint_filter_fn, detect_checkpoint_format
@@ -89,6 +91,16 @@ class VideoMAEBranch(nn.Module):
         layer = self.layer
         if use_checkpoint or draws_random(layer):
             return None
+        if isinstance(layer, Attention) and not autocast_state(x.device)['enabled']:
+            if hasattr(layer, 'q_bias'):
+                bias = ((layer.q_bias, 0), None, (layer.v_bias, 0))
+            else:
+                width = layer.qkv.out_features // 3
+                b = layer.qkv.bias
+                bias = tuple(None if b is None else (b, j * width) for j in range(3))
+            weights = AttentionWeights(layer.qkv.weight, bias, layer.proj.weight, layer.proj.bias,
+                                       self.gamma, layer.num_heads, layer.scale)
+            return fused_attention_plan(x, self.norm, weights, None, self.drop_path)
         if isinstance(layer, Attention):
             parts = attention_rows(x.shape[0], x.shape[1], layer.num_heads)
             if parts is None:
