@@ -325,8 +325,7 @@ def _heads_forward_backward(n: Tensor, grad: Optional[Tensor], w: AttentionWeigh
     out = torch.zeros(batch, tokens, w.proj.shape[0], dtype=n.dtype, device=n.device)
     if w.proj_bias is not None:
         out += w.proj_bias
-    g_out = None if grad is None or w.gamma is None else grad * w.gamma
-    g_out = grad if g_out is None else g_out
+    g_out = grad if grad is None or w.gamma is None else grad * w.gamma  # dL/dP
     qkv_into, proj_into, proj_bias_into = _into(w.qkv), _into(w.proj), _into(w.proj_bias)
     if g_out is not None and proj_bias_into is not None:
         proj_bias_into.add_(g_out.sum(tuple(range(g_out.dim() - 1))))
