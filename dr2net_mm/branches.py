@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from .checks import check_bool, check_segment_size, parse_stream_dtype
 from .core import ReversibleSequence
 from .core import chunks
+from .core.autocast import autocast_state
 from .core.chunks import BranchPlan, FusedPlan, row_parts
 
 __all__ = [
@@ -207,6 +208,17 @@ class AttentionWeights(NamedTuple):
     heads: int
     scale: Optional[float] = None
 
+    @classmethod
+    def of(cls, qkv: nn.Linear, proj: nn.Linear, heads: int, scale: Optional[float],
+           gamma: Optional[Tensor], bias: Optional[Tuple[Optional[Tuple[Tensor, int]], ...]] = None
+           ) -> 'AttentionWeights':
+        """From a branch's ``qkv`` and ``proj`` linears; ``bias`` None: ``qkv``'s own bias (if
+        any), a third each for q, k and v."""
+        if bias is None:
+            width = qkv.out_features // 3
+            bias = tuple(None if qkv.bias is None else (qkv.bias, j * width) for j in range(3))
+        return cls(qkv.weight, bias, proj.weight, proj.bias, gamma, heads, scale)
+
 
 def head_groups(batch: int, tokens: int, heads: int, head_dim: int
                 ) -> List[Tuple[slice, List[slice]]]:
@@ -235,7 +247,10 @@ def fused_attention_plan(x: Tensor, norm: Callable[[Tensor], Tensor], weights: A
     """A multi-head self-attention branch ``F(x) = drop_path(gamma ⊙ proj(attention(qkv(norm(x)))))``
     as a :class:`~dr2net_mm.core.chunks.FusedPlan`: by groups of heads (:func:`head_groups`), as
     ``proj`` is a sum over heads, ``proj(o) = b + Σ_g o_g·W_g^T``. See NOTE [ Attention by head
-    groups ]. None when one group and one run would hold everything (the branch runs as it is)."""
+    groups ]. None under autocast (the hand-written backward runs in the model's dtype) and when
+    one group and one run would hold everything (the branch runs as it is)."""
+    if autocast_state(x.device)['enabled']:
+        return None
     groups = head_groups(x.shape[0], x.shape[1], weights.heads,
                          weights.qkv.shape[0] // (3 * weights.heads))
     if len(groups) == 1 and len(groups[0][1]) == 1:
@@ -380,12 +395,8 @@ def _heads_forward_backward(n: Tensor, grad: Optional[Tensor], w: AttentionWeigh
 def attention_mask_rows(mask: Optional[Tensor], sample: int, rows: slice) -> Optional[Tensor]:
     """The rows of an attention mask (``scaled_dot_product_attention`` semantics: broadcastable to
     ``(B, heads, N, N)``) for the queries ``rows`` of sample ``sample``."""
-    if mask is None:
-        return None
-    mask = mask.view((1, ) * (4 - mask.dim()) + tuple(mask.shape))
-    if mask.shape[0] > 1:
-        mask = mask[sample:sample + 1]
-    return mask[:, :, rows] if mask.shape[2] > 1 else mask
+    mask = attention_mask_block(mask, slice(None), rows)
+    return mask if mask is None or mask.shape[0] == 1 else mask[sample:sample + 1]
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None,

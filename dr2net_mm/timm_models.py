@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from .branches import (AttentionWeights, StageOptions, attention_mask_rows, attention_rows,
                        branch_sequence, check_block_type, fused_attention_plan,
                        global_attention_plan, sdpa, stage_options, token_plan)
-from .core.autocast import autocast_state
 from .core.chunks import BranchPlan, draws_random
 
 __all__ = ['ViTAttentionBranch', 'ViTMLPBranch', 'VIT_BRANCHES', 'ReversibleBlocks',
@@ -73,14 +72,11 @@ class ViTAttentionBranch(nn.Module):
             return None
         norm = getattr(attn, 'norm', nn.Identity())
         gamma = getattr(self.ls1, 'gamma', None)
-        if isinstance(norm, nn.Identity) and (gamma is not None or isinstance(
-                self.ls1, nn.Identity)) and not autocast_state(x.device)['enabled']:
-            bias = attn.qkv.bias
-            width = attn.qkv.out_features // 3
-            weights = AttentionWeights(
-                attn.qkv.weight, tuple(None if bias is None else (bias, j * width) for j in range(3)),
-                attn.proj.weight, attn.proj.bias, gamma, attn.num_heads, attn.scale)
-            return fused_attention_plan(x, self.norm1, weights, attn_mask, self.drop_path1)
+        if isinstance(norm, nn.Identity) and (gamma is not None or isinstance(self.ls1, nn.Identity)):
+            weights = AttentionWeights.of(attn.qkv, attn.proj, attn.num_heads, attn.scale, gamma)
+            plan = fused_attention_plan(x, self.norm1, weights, attn_mask, self.drop_path1)
+            if plan is not None:
+                return plan
         parts = attention_rows(x.shape[0], x.shape[1], attn.num_heads)
         if parts is None:
             return None

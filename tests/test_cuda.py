@@ -239,7 +239,7 @@ def test_attention_by_head_groups_on_cuda(monkeypatch, kind):
         x = torch.randn(2, 3, 8, 64, 64, device='cuda')
     model = model.cuda().train()
     attention = model.sequence.functions[0]
-    attention_heads = 6 if kind == 'vit' else 3
+    attention_heads = (attention.attn if kind == 'vit' else attention.layer).num_heads
     tokens = torch.randn(2, 64 if kind == 'videomae' else 17, model.embed_dims, device='cuda')
     plan = attention.plan(tokens)
     groups = head_groups(2, tokens.shape[1], attention_heads, model.embed_dims // attention_heads)

@@ -38,7 +38,6 @@ from ..branches import (AttentionWeights, attention_rows, branch_sequence, check
                         checkpoint_branches, checkpointed, fused_attention_plan,
                         global_attention_plan, sdpa, token_plan)
 from ..core import ReversibleSequence
-from ..core.autocast import autocast_state
 from ..core.chunks import BranchPlan, draws_random
 from .backbone import MMACTION_INIT_CFG, ConventionalMixin, Dr2NetBackboneMixin
 from .videomae_checkpoint import checkpoint_filter_fn, detect_checkpoint_format
@@ -82,26 +81,24 @@ class VideoMAEBranch(nn.Module):
         return out if self.gamma is None else self.gamma * out
 
     def plan(self, x: Tensor, use_checkpoint: bool = False) -> Optional[BranchPlan]:
-        """The branch part by part (see ``dr2net_mm.core.chunks``). Attention: ``qkv(norm(x))``
-        once, then by runs of query rows ``scaled_dot_product_attention`` (with mmaction2's scale)
-        of their queries against all keys and values, ``proj`` and ``gamma``
+        """The branch part by part (see ``dr2net_mm.core.chunks``). Attention: by groups of heads,
+        each with its q, k, v from ``norm(x)`` (mmaction2's q/v biases),
+        ``scaled_dot_product_attention`` with mmaction2's scale, its share of ``proj``, then
+        ``gamma`` (:func:`~dr2net_mm.branches.fused_attention_plan`); under autocast ``qkv(norm(x))``
+        once and runs of query rows against all keys and values
         (:func:`~dr2net_mm.branches.global_attention_plan`). MLP: token by token
         (:func:`~dr2net_mm.branches.token_plan`). ``merge`` applies drop path. None with
         ``use_checkpoint``, or with dropout inside the layer."""
         layer = self.layer
         if use_checkpoint or draws_random(layer):
             return None
-        if isinstance(layer, Attention) and not autocast_state(x.device)['enabled']:
-            if hasattr(layer, 'q_bias'):
-                bias = ((layer.q_bias, 0), None, (layer.v_bias, 0))
-            else:
-                width = layer.qkv.out_features // 3
-                b = layer.qkv.bias
-                bias = tuple(None if b is None else (b, j * width) for j in range(3))
-            weights = AttentionWeights(layer.qkv.weight, bias, layer.proj.weight, layer.proj.bias,
-                                       self.gamma, layer.num_heads, layer.scale)
-            return fused_attention_plan(x, self.norm, weights, None, self.drop_path)
         if isinstance(layer, Attention):
+            q_v = ((layer.q_bias, 0), None, (layer.v_bias, 0)) if hasattr(layer, 'q_bias') else None
+            weights = AttentionWeights.of(layer.qkv, layer.proj, layer.num_heads, layer.scale,
+                                          self.gamma, q_v)
+            plan = fused_attention_plan(x, self.norm, weights, None, self.drop_path)
+            if plan is not None:
+                return plan
             parts = attention_rows(x.shape[0], x.shape[1], layer.num_heads)
             if parts is None:
                 return None
