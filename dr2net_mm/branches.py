@@ -5,12 +5,15 @@
 * :func:`checkpointed` and :func:`checkpoint_branches`: ``with_cp``, one rule for every backbone (as
   mmdet's single ``with_cp`` branch per block and timm's ``checkpoint_seq``), and
   :func:`recompute_after` for the layers after a reversible stage;
-* :func:`window_attention_plan`, :func:`fused_attention_plan` and :func:`token_plan`: how the
-  reversible backward recomputes a window-attention branch (Swin, Video Swin), a global-attention
-  branch (ViT, VideoMAE, Pix4Point's ViT: by groups of heads, its backward in the same pass) or a
-  token-wise MLP branch part by part (the ``plan`` protocol of :mod:`dr2net_mm.core.chunks`);
-  :func:`global_attention_plan`, by runs of query rows, serves global attention under autocast.
+* :func:`window_attention_plan`, :func:`fused_attention_plan`, :func:`fused_mlp_plan` and
+  :func:`token_plan`: how the reversible backward recomputes a window-attention branch (Swin,
+  Video Swin), a global-attention branch (ViT, VideoMAE, Pix4Point's ViT: by groups of heads, its
+  backward in the same pass), their MLP branches (by runs of tokens and groups of hidden units,
+  likewise) or any token-wise branch part by part (the ``plan`` protocol of
+  :mod:`dr2net_mm.core.chunks`); :func:`global_attention_plan`, by runs of query rows, and
+  :func:`token_plan` serve under autocast.
 """
+import functools
 from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -22,13 +25,14 @@ from .checks import check_bool, check_segment_size, parse_stream_dtype
 from .core import ReversibleSequence
 from .core import chunks
 from .core.autocast import autocast_state
-from .core.chunks import BranchPlan, FusedPlan, row_parts
+from .core.chunks import BranchPlan, FusedPlan, row_parts, same_layout
 
 __all__ = [
     'StageOptions', 'stage_options', 'branch_sequence', 'check_block_type', 'checkpointed',
     'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'global_attention_plan',
     'attention_rows', 'attention_mask_rows', 'sdpa', 'token_plan', 'AttentionWeights',
-    'head_groups', 'attention_mask_block', 'fused_attention_plan'
+    'head_groups', 'attention_mask_block', 'fused_attention_plan', 'MLPWeights', 'mlp_parts',
+    'fused_mlp_plan'
 ]
 
 
@@ -255,7 +259,9 @@ def fused_attention_plan(x: Tensor, norm: Callable[[Tensor], Tensor], weights: A
                          weights.qkv.shape[0] // (3 * weights.heads))
     if len(groups) == 1 and len(groups[0][1]) == 1:
         return None
-    return FusedPlan(lambda g: _attention_by_heads(x, g, norm, weights, mask), drop_path, drop_path)
+    core = functools.partial(_heads_forward_backward, w=weights, mask=mask)
+    return FusedPlan(lambda g: _normed_and_scaled(x, g, norm, weights.gamma, core), drop_path,
+                     drop_path)
 
 
 # NOTE [ Attention by head groups ]
@@ -308,39 +314,42 @@ def _add_linear_grads(dy: Tensor, inp: Tensor, weight: Tensor, weight_into: Opti
             bias_into.add_(dy[b].sum(0))
 
 
-def _attention_by_heads(x: Tensor, grad: Optional[Tensor], norm: Callable[[Tensor], Tensor],
-                        w: AttentionWeights, mask: Optional[Tensor]) -> Tensor:
-    """``gamma ⊙ proj(attention(qkv(norm(x))))`` by head groups; with ``grad`` (dL/d of it) its
-    backward in the same pass (NOTE [ Attention by head groups ]): autograd records only norm and
-    each run's attention, every product with a weight runs without it. Without ``grad`` the same
-    operations, recorded by autograd when gradients are enabled (the reference modes)."""
+def _normed_and_scaled(x: Tensor, grad: Optional[Tensor], norm: Callable[[Tensor], Tensor],
+                       gamma: Optional[Tensor],
+                       core: Callable[[Tensor, Optional[Tensor], Optional[Tensor]], Tensor]
+                       ) -> Tensor:
+    """``gamma ⊙ P``, ``P = core(norm(x), dL/dP, dL/dn)``, for the fused plans; with ``grad``
+    (dL/d of it) its backward in the same pass: ``core`` adds its weights' gradients and dL/dn
+    (into the zero buffer it is given, None: not wanted), then dgamma = Σ grad ⊙ P and norm's
+    backward (autograd) send the rest on. Autograd records only norm and what ``core`` records.
+    Without ``grad`` the same operations, recorded by autograd when gradients are enabled (the
+    reference modes)."""
     manual = grad is not None
     with torch.set_grad_enabled(manual or torch.is_grad_enabled()):
         n_graph = norm(x)
     with torch.set_grad_enabled(not manual and torch.is_grad_enabled()):
         n = n_graph.detach() if manual else n_graph
-        dn = torch.zeros_like(n) if grad is not None and n_graph.requires_grad else None
-        out = _heads_forward_backward(n, grad, w, mask, dn)
-        if grad is not None:
-            gamma_into = _into(w.gamma)
+        dn = torch.zeros_like(n) if manual and n_graph.requires_grad else None
+        out = core(n, grad if grad is None or gamma is None else grad * gamma, dn)
+        if manual:
+            gamma_into = _into(gamma)
             if gamma_into is not None:
                 gamma_into.add_((grad * out).sum(tuple(range(out.dim() - 1))))
             if dn is not None:
                 torch.autograd.backward(n_graph, dn)
-        return out if w.gamma is None else out.mul_(w.gamma)
+        return out if gamma is None else out.mul_(gamma)
 
 
-def _heads_forward_backward(n: Tensor, grad: Optional[Tensor], w: AttentionWeights,
-                            mask: Optional[Tensor], dn: Optional[Tensor]) -> Tensor:
-    """``P = proj(attention(qkv(n)))`` group by group; with ``grad`` (dL/d(gamma ⊙ P)) the
-    weights' gradients added into their targets and dL/dn into ``dn`` (not None: wanted)."""
+def _heads_forward_backward(n: Tensor, g_out: Optional[Tensor], dn: Optional[Tensor],
+                            w: AttentionWeights, mask: Optional[Tensor]) -> Tensor:
+    """``P = proj(attention(qkv(n)))`` group by group; with ``g_out`` (dL/dP) the weights'
+    gradients added into their targets and dL/dn into ``dn`` (not None: wanted)."""
     batch, tokens, _ = n.shape
     width = w.qkv.shape[0] // 3
     d = width // w.heads
     out = torch.zeros(batch, tokens, w.proj.shape[0], dtype=n.dtype, device=n.device)
     if w.proj_bias is not None:
         out += w.proj_bias
-    g_out = grad if grad is None or w.gamma is None else grad * w.gamma  # dL/dP
     qkv_into, proj_into, proj_bias_into = _into(w.qkv), _into(w.proj), _into(w.proj_bias)
     if g_out is not None and proj_bias_into is not None:
         proj_bias_into.add_(g_out.sum(tuple(range(g_out.dim() - 1))))
@@ -364,18 +373,18 @@ def _heads_forward_backward(n: Tensor, grad: Optional[Tensor], w: AttentionWeigh
             y = torch.matmul(inp, weight_j.t())
             y = y if bias_j is None else y.add_(bias_j)
             y = _heads(y, batch, inp.shape[1], d)
-            return y.requires_grad_() if grad is not None else y
+            return y.requires_grad_() if g_out is not None else y
 
         k, v = project(1, n), project(2, n)
         w_p = w.proj[:, cols]
         for rows in runs:
             q = project(0, n[:, rows])
-            with torch.set_grad_enabled(grad is not None or torch.is_grad_enabled()):
+            with torch.set_grad_enabled(g_out is not None or torch.is_grad_enabled()):
                 o = sdpa(q, k, v, attention_mask_block(mask, heads, rows), w.scale)
             o_rows = _rows(o)
             for b in range(batch):
                 out[b, rows].addmm_(o_rows[b], w_p.t())
-            if grad is None:
+            if g_out is None:
                 continue
             g_rows = g_out[:, rows]
             if proj_into is not None:
@@ -385,10 +394,154 @@ def _heads_forward_backward(n: Tensor, grad: Optional[Tensor], w: AttentionWeigh
             weight_q, _, q_into, bias_q_into = weight(0)
             _add_linear_grads(_rows(q.grad), n[:, rows], weight_q, q_into, bias_q_into,
                               None if dn is None else dn[:, rows])
-        if grad is not None:
+        if g_out is not None:
             for j, t in ((1, k), (2, v)):
                 weight_j, _, into, bias_into = weight(j)
                 _add_linear_grads(_rows(t.grad), n, weight_j, into, bias_into, dn)
+    return out
+
+
+class MLPWeights(NamedTuple):
+    """The parameters of an MLP branch ``gamma ⊙ fc2(act(fc1(n)))`` (``n`` the normalised input)
+    as :func:`fused_mlp_plan` reads them: ``fc1`` the ``(hidden, C)`` weight and ``fc1_bias``,
+    ``act`` an element-wise activation, ``fc2`` the ``(C, hidden)`` weight and ``fc2_bias``,
+    ``gamma`` the layer scale ``(C,)`` or None."""
+    fc1: Tensor
+    fc1_bias: Optional[Tensor]
+    act: Callable[[Tensor], Tensor]
+    fc2: Tensor
+    fc2_bias: Optional[Tensor]
+    gamma: Optional[Tensor]
+
+    @classmethod
+    def of(cls, fc1: nn.Linear, act: Callable[[Tensor], Tensor], fc2: nn.Linear,
+           gamma: Optional[Tensor]) -> 'MLPWeights':
+        return cls(fc1.weight, fc1.bias, act, fc2.weight, fc2.bias, gamma)
+
+
+# hidden units of a group of a fused MLP branch come in multiples of this (whole SIMD registers and
+# GEMM panels; also the narrowest group)
+HIDDEN_ALIGN = 64
+# the fewest token rows of a run of a fused MLP branch (its products stay efficient)
+MIN_RUN_ROWS = 256
+
+
+def mlp_parts(rows: int, channels: int, hidden: int) -> List[Tuple[slice, List[slice]]]:
+    """The parts of a fused MLP branch over ``rows`` tokens of ``channels`` channels with ``hidden``
+    hidden units: runs of rows, of at least :data:`MIN_RUN_ROWS` rows (all rows when there are
+    fewer than twice as many) and longer where a run's whole activation still fits in a part;
+    each with its groups of hidden units (multiples of :data:`HIDDEN_ALIGN`), whose activation
+    over the run holds about :data:`~dr2net_mm.core.chunks.PART_ELEMENTS` elements and at most
+    about half of the branch's input (as :func:`token_plan`'s parts): ``[(rows, [units, ...])]``."""
+    scale = max(1.0, chunks.PART_ELEMENTS / max(1, rows * channels // 2))
+    count = max(1, rows // max(MIN_RUN_ROWS, int(chunks.PART_ELEMENTS / (hidden * scale))))
+    bounds = [round(k * rows / count) for k in range(count + 1)]
+    return [(slice(a, b), row_parts(hidden, (b - a) * scale, align=HIDDEN_ALIGN))
+            for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def fused_mlp_plan(x: Tensor, norm: Callable[[Tensor], Tensor], weights: MLPWeights,
+                   drop_path: Callable[[Tensor], Tensor]) -> Optional[FusedPlan]:
+    """An MLP branch ``F(x) = drop_path(gamma ⊙ fc2(act(fc1(norm(x)))))`` on ``(..., C)`` tokens as
+    a :class:`~dr2net_mm.core.chunks.FusedPlan`: by runs of tokens, each by groups of hidden
+    units (:func:`mlp_parts`), as ``fc2`` is a sum over them. See NOTE [ MLP by hidden groups ].
+    None under autocast (the hand-written backward runs in the model's dtype) and when the whole
+    activation holds at most ``PART_ELEMENTS`` elements (the branch runs as it is)."""
+    channels, hidden = x.shape[-1], weights.fc1.shape[0]
+    rows = x.numel() // channels
+    if autocast_state(x.device)['enabled'] or len(row_parts(rows, hidden)) == 1:
+        return None
+    parts = mlp_parts(rows, channels, hidden)
+    return FusedPlan(lambda g: _mlp_by_runs(x, g, norm, weights, parts), drop_path, drop_path,
+                     scratch_grad=True)
+
+
+# NOTE [ MLP by hidden groups ]
+#
+# Cut into runs of tokens small enough to hold the whole hidden activation (``token_plan``), an
+# MLP's products shrink in their row dimension: for a short sequence (ViT-L/16 at 256², 257
+# tokens) runs of ~50 rows, whose products run at about half the speed of whole ones, and every
+# run adds a whole weight-sized gradient. ``fc2`` is a sum over hidden units, so the branch runs
+# by runs of at least MIN_RUN_ROWS tokens (all 257 there), and each run by groups of hidden units.
+# Per run r (n_r = norm(x_r), as NOTE [ Attention by head groups ]) and group u:
+#
+#   a = n_r·W_{1,u}^T + b_{1,u},   h = act(a)          a a leaf, act recorded by autograd
+#   P_r += h·W_{2,u}^T                                 in place (addmm_), P_r starts at fc2's bias
+#   dW_{2,u} += dP_r^T·h,   dL/dh = dP_r·W_{2,u}        act's backward (autograd) -> dL/da
+#   dW_{1,u} += (dL/da)^T·n_r,  db_{1,u} += Σ dL/da,  dL/dn_r += dL/da·W_{1,u}   in place
+#
+# then gamma and norm's backward for the run (``_normed_and_scaled``), whose dL/dx_r lands in its
+# rows of one buffer, back-propagated once. A run holds x_r's norm and its gradient besides one
+# group's a, h and their gradients; the forward runs the same products without gradients, so F
+# is recomputed bitwise.
+
+
+def _mlp_by_runs(x: Tensor, grad: Optional[Tensor], norm: Callable[[Tensor], Tensor],
+                 w: MLPWeights, parts: List[Tuple[slice, List[slice]]]) -> Tensor:
+    """``gamma ⊙ fc2(act(fc1(norm(x))))`` run by run (``parts`` from :func:`mlp_parts`), each run
+    written into its rows of one buffer; with ``grad`` (dL/d of it, a buffer of its own:
+    ``scratch_grad``) its backward in the same pass, dL/dx of each run written over the run's rows
+    of ``grad`` once read, and back-propagated to ``x`` once."""
+    channels = x.shape[-1]
+    manual = grad is not None
+    x_rows = x.reshape(-1, channels)
+    wants_x = manual and x.requires_grad
+    dx = None
+    if wants_x:
+        dx = grad.view(x_rows.shape) if same_layout(grad, x) else torch.empty_like(x_rows)
+    with torch.set_grad_enabled(not manual and torch.is_grad_enabled()):
+        out = x_rows.new_empty(x_rows.shape[0], w.fc2.shape[0])
+    for rows, groups in parts:
+        x_r = x_rows[rows].detach().requires_grad_(wants_x) if manual else x_rows[rows]
+        core = functools.partial(_hidden_forward_backward, w=w, groups=groups, out=out[rows])
+        _normed_and_scaled(x_r, None if grad is None else grad.reshape(-1, channels)[rows], norm,
+                           w.gamma, core)
+        if wants_x:
+            dx[rows] = x_r.grad
+    if wants_x:
+        torch.autograd.backward(x, dx.view(x.shape))
+    return out.view(x.shape[:-1] + (-1, ))
+
+
+def _hidden_forward_backward(n: Tensor, g_out: Optional[Tensor], dn: Optional[Tensor],
+                             w: MLPWeights, groups: List[slice], out: Tensor) -> Tensor:
+    """``P = fc2(act(fc1(n)))`` for ``(r, C)`` rows ``n``, written into ``out``, group by group of
+    hidden units (``groups``); with ``g_out`` (dL/dP) the weights' gradients added into their
+    targets and dL/dn into ``dn`` (not None: wanted)."""
+    if w.fc2_bias is None:
+        out.zero_()
+    else:
+        out.copy_(w.fc2_bias.expand_as(out))
+    fc1_into, fc1_bias_into = _into(w.fc1), _into(w.fc1_bias)
+    fc2_into, fc2_bias_into = _into(w.fc2), _into(w.fc2_bias)
+    if g_out is not None and fc2_bias_into is not None:
+        fc2_bias_into.add_(g_out.sum(0))
+    # GELU's backward by hand, in place, once h is freed; any other activation's by autograd
+    act_graph = g_out is not None and not isinstance(w.act, nn.GELU)
+    for units in groups:
+        w_1, w_2 = w.fc1[units], w.fc2[:, units]
+        b_1 = None if w.fc1_bias is None else w.fc1_bias[units]
+        a = torch.matmul(n, w_1.t()) if b_1 is None else torch.addmm(b_1, n, w_1.t())
+        with torch.set_grad_enabled(act_graph or torch.is_grad_enabled()):
+            h = w.act(a.requires_grad_() if act_graph else a)
+        out.addmm_(h, w_2.t())
+        if g_out is not None:
+            if fc2_into is not None:
+                fc2_into[:, units].addmm_(g_out.t(), h)
+            g_a = torch.matmul(g_out, w_2)  # dL/dh, then dL/da
+            if act_graph:
+                torch.autograd.backward(h, g_a)
+                g_a = a.grad
+            else:
+                h = None
+                torch.ops.aten.gelu_backward.grad_input(g_a, a, approximate=w.act.approximate,
+                                                        grad_input=g_a)
+            _add_linear_grads(g_a[None], n[None], w_1,
+                              None if fc1_into is None else fc1_into[units],
+                              None if fc1_bias_into is None else fc1_bias_into[units],
+                              None if dn is None else dn[None])
+            del g_a
+        del a, h  # before the next group's
     return out
 
 

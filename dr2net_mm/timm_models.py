@@ -25,18 +25,27 @@ stage (Eq. 1 of the paper). At (α, β) = (1, 0) it computes timm's model exactl
 from typing import Optional
 
 import timm
-from timm.layers import PatchEmbed
+from timm.layers import Mlp, PatchEmbed
 from timm.models import register_model
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import Tensor, nn
 
-from .branches import (AttentionWeights, StageOptions, attention_mask_rows, attention_rows,
-                       branch_sequence, check_block_type, fused_attention_plan,
-                       global_attention_plan, sdpa, stage_options, token_plan)
+from .branches import (AttentionWeights, MLPWeights, StageOptions, attention_mask_rows,
+                       attention_rows, branch_sequence, check_block_type, fused_attention_plan,
+                       fused_mlp_plan, global_attention_plan, sdpa, stage_options, token_plan)
 from .core.chunks import BranchPlan, draws_random
 
 __all__ = ['ViTAttentionBranch', 'ViTMLPBranch', 'VIT_BRANCHES', 'ReversibleBlocks',
            'convert_timm_vit', 'TIMM_VIT_NAMES']
+
+
+def layer_scale(module: nn.Module):
+    """The ``gamma`` of timm's ``LayerScale`` ``module``, None for ``nn.Identity`` (no layer
+    scale), False for anything else (the fused plans do not know it)."""
+    if isinstance(module, nn.Identity):
+        return None
+    gamma = getattr(module, 'gamma', None)
+    return gamma if isinstance(gamma, Tensor) else False
 
 
 class ViTAttentionBranch(nn.Module):
@@ -71,8 +80,8 @@ class ViTAttentionBranch(nn.Module):
                 not isinstance(attn.k_norm, nn.Identity) or draws_random(attn):
             return None
         norm = getattr(attn, 'norm', nn.Identity())
-        gamma = getattr(self.ls1, 'gamma', None)
-        if isinstance(norm, nn.Identity) and (gamma is not None or isinstance(self.ls1, nn.Identity)):
+        gamma = layer_scale(self.ls1)
+        if isinstance(norm, nn.Identity) and gamma is not False:
             weights = AttentionWeights.of(attn.qkv, attn.proj, attn.num_heads, attn.scale, gamma)
             plan = fused_attention_plan(x, self.norm1, weights, attn_mask, self.drop_path1)
             if plan is not None:
@@ -101,10 +110,21 @@ class ViTMLPBranch(nn.Module):
         return self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def plan(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Optional[BranchPlan]:
-        """The branch token by token (see ``dr2net_mm.core.chunks``): ``body`` is norm, MLP and layer
-        scale on rows of tokens, ``merge`` applies drop path per sample."""
-        if draws_random(self.mlp):
+        """The branch by groups of hidden units (``dr2net_mm.branches.fused_mlp_plan``): per group
+        its share of ``fc1``, ``act`` and its share of ``fc2``; then ``ls2``, and ``merge`` applies
+        drop path. timm's plain ``Mlp`` (linear layers, no norm inside). Otherwise, or under
+        autocast, token by token (``token_plan``): ``body`` is norm, MLP and layer scale on rows of
+        tokens. None with dropout inside."""
+        mlp = self.mlp
+        if draws_random(mlp):
             return None
+        gamma = layer_scale(self.ls2)
+        if type(mlp) is Mlp and isinstance(mlp.fc1, nn.Linear) and isinstance(mlp.fc2, nn.Linear) \
+                and isinstance(getattr(mlp, 'norm', nn.Identity()), nn.Identity) and gamma is not False:
+            weights = MLPWeights.of(mlp.fc1, mlp.act, mlp.fc2, gamma)
+            plan = fused_mlp_plan(x, self.norm2, weights, self.drop_path2)
+            if plan is not None:
+                return plan
         hidden = max(m.out_features for m in self.mlp.modules() if isinstance(m, nn.Linear))
         return token_plan(x, hidden, lambda h: self.ls2(self.mlp(self.norm2(h))), self.drop_path2)
 

@@ -237,10 +237,10 @@ def test_with_cp_checkpoints_branches_in_reference_mode_only():
     assert saved_bytes(rev) == saved_bytes(rev_cp)
 
 
-def test_branches_recomputed_by_head_groups_and_token_runs(monkeypatch):
+def test_branches_recomputed_by_head_groups_and_hidden_groups(monkeypatch):
     """With parts forced tiny, each attention branch runs by groups of heads (mmaction2's q/v
     biases, no k bias), each group by runs of query rows through scaled_dot_product_attention with
-    mmaction2's scale, each MLP branch runs of tokens: F equals mmaction2's branch to float32
+    mmaction2's scale, each MLP branch by runs of tokens, each by groups of hidden units: F equals mmaction2's branch to float32
     rounding, and the reversible gradients at (0.3, 0.7) with drop path and gammas match float64 as
     closely as ordinary autograd, the rebuild bit-exact."""
     import functools
@@ -248,6 +248,7 @@ def test_branches_recomputed_by_head_groups_and_token_runs(monkeypatch):
     from dr2net_mm import branches
     from dr2net_mm.core.chunks import FusedPlan, row_parts, run_branch
     monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts, part_elements=2**9))
+    monkeypatch.setattr(branches, 'MIN_RUN_ROWS', 16)
     torch.manual_seed(0)
     model = Dr2NetVideoViT(**SMALL, drop_path_rate=0.2, init_values=0.1, alpha=0.3,
                            beta=0.7).train()
@@ -258,7 +259,10 @@ def test_branches_recomputed_by_head_groups_and_token_runs(monkeypatch):
     groups = branches.head_groups(2, tokens.shape[1], SMALL['num_heads'],
                                   SMALL['embed_dims'] // SMALL['num_heads'])
     assert len(groups) > 1 and max(len(runs) for _, runs in groups) > 1, groups
-    assert len(mlp.plan(tokens).parts) > 4
+    assert isinstance(mlp.plan(tokens), FusedPlan)
+    parts = branches.mlp_parts(2 * tokens.shape[1], SMALL['embed_dims'],
+                               mlp.layer.feedforward_channels)
+    assert len(parts) > 1 and min(len(units) for _, units in parts) > 1, parts
     for function in (attention, mlp):
         with torch.no_grad():
             assert rel(run_branch(function.eval(), tokens, ()), function(tokens)) <= 1e-6

@@ -246,6 +246,48 @@ def test_attention_recomputed_by_head_groups_or_query_rows(monkeypatch, kind, ma
     assert model.reconstruction_errors() == [0.0]
 
 
+@pytest.mark.parametrize('kind', ['hidden', 'hidden_silu', 'rows'],
+                         ids=['by_hidden_units', 'by_hidden_units_silu', 'by_rows_mlp_norm'])
+def test_mlp_recomputed_by_hidden_groups_or_token_runs(monkeypatch, kind):
+    """With parts forced tiny, each MLP branch runs by runs of tokens, each by groups of hidden
+    units (its share of fc1, the activation, its share of fc2: GELU's backward by hand, SiLU's by
+    autograd); with a norm inside the MLP (timm's
+    scale_mlp_norm) by runs of tokens through the whole MLP. Either way F equals timm's branch to
+    float32 rounding, and the reversible gradients at (0.3, 0.7), drop path and layer scale on, are
+    as close to float64 as ordinary autograd, every rebuild bit-exact."""
+    import inspect
+
+    from dr2net_mm import branches
+    from dr2net_mm.core.chunks import BranchPlan, FusedPlan, run_branch
+    timm_kwargs = dict(init_values=0.5, act_layer=nn.SiLU if kind == 'hidden_silu' else None)
+    if kind == 'rows':
+        if 'scale_mlp_norm' not in inspect.signature(timm.models.VisionTransformer).parameters:
+            pytest.skip(f'timm {timm.__version__} has no scale_mlp_norm')
+        timm_kwargs['scale_mlp_norm'] = True
+    tiny_parts(monkeypatch)
+    monkeypatch.setattr(branches, 'MIN_RUN_ROWS', 8)
+    torch.manual_seed(0)
+    model = Dr2NetViT(**TINY, drop_path_rate=0.2, alpha=0.3, beta=0.7,
+                      timm_kwargs=timm_kwargs).train()
+    tokens = torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(2))
+    mlp = model.sequence.functions[1]
+    plan = mlp.plan(tokens)
+    if kind != 'rows':
+        parts = branches.mlp_parts(2 * 17, 32, 128)
+        assert isinstance(plan, FusedPlan)
+        assert len(parts) > 1 and min(len(units) for _, units in parts) > 1, parts
+    else:
+        assert isinstance(plan, BranchPlan) and len(plan.parts) > 4
+    with torch.no_grad():
+        assert rel(run_branch(mlp.eval(), tokens, ()), mlp(tokens)) <= 1e-6
+    mlp.train()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    report = gradient_error(model, images)
+    assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
+    assert report.reversible_vs_reference.worst <= 1e-5
+    assert model.reconstruction_errors() == [0.0]
+
+
 # 3. Memory ---------------------------------------------------------------------------------------
 @contextmanager
 def saved_storages():

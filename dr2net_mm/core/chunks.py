@@ -40,7 +40,9 @@ Contract: ``run(g)`` computes the same values bitwise as ``run(None)``, draws no
 adds each parameter's gradient into the parameter's ``.grad`` when it is not None (inside the
 reversible backward the parameters are proxies whose ``.grad`` is the target, NOTE [ Parameter-
 gradient targets ] in ``param_grads``; None: not wanted); ``run(None)`` with gradients enabled (the
-reference modes) runs the same operations under autograd; ``merge``/``merge_vjp`` as above.
+reference modes) runs the same operations under autograd; ``merge``/``merge_vjp`` as above. With
+``scratch_grad`` the plan's ``run(g)`` may overwrite ``g`` once it has read it (e.g. with dL/dx,
+row by row): the backward gives it a buffer of its own (``merge_vjp``'s, or a copy of dL/dF).
 
 A branch without ``plan`` (or whose ``plan`` returns None) is recomputed whole. :func:`run_branch`
 runs a branch (the forward), :func:`backward_branch` recomputes it as the forward ran it, random draws
@@ -77,6 +79,7 @@ class FusedPlan(NamedTuple):
     run: Callable[[Optional[Tensor]], Tensor]  # run(dL/d(core) or None) -> core(x)
     merge: Callable[[Tensor], Tensor]
     merge_vjp: Callable[[Tensor], Tensor]
+    scratch_grad: bool = False  # run(g) may overwrite g
 
 
 class _GradInto(torch.autograd.Function):
@@ -155,7 +158,8 @@ def check_views(shared: Sequence[Tensor], h: Tensor) -> Sequence[Tensor]:
     return shared
 
 
-def _same_layout(a: Tensor, b: Tensor) -> bool:
+def same_layout(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` have the same shape, dtype and strides (one may stand for the other)."""
     return a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride()
 
 
@@ -206,6 +210,8 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
                     generator.set_state(state)
                 with torch.no_grad():
                     g_out = plan.merge_vjp(grad)
+                if plan.scratch_grad and _shares_memory(g_out, grad):
+                    g_out = g_out.clone()
             out = plan.run(g_out)
             for generator, state in rng:
                 generator.set_state(state)
@@ -223,7 +229,7 @@ def backward_branch(function: nn.Module, inp: Tensor, args: Tuple[Any, ...], gra
         if plan.shared is None:  # every row of h belongs to exactly one part: no zero fill
             # a part's rows of dL/d(out) are read before its rows of dL/dh are written: one buffer
             # serves both when dL/d(out) is a buffer of its own of h's layout
-            h_grad = (g_out if g_out is not None and _same_layout(g_out, h)
+            h_grad = (g_out if g_out is not None and same_layout(g_out, h)
                       and not _shares_memory(g_out, grad) else torch.empty_like(h)) \
                 if wants_h else None
         else:

@@ -34,9 +34,9 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..branches import (AttentionWeights, attention_rows, branch_sequence, check_block_type,
-                        checkpoint_branches, checkpointed, fused_attention_plan,
-                        global_attention_plan, sdpa, token_plan)
+from ..branches import (AttentionWeights, MLPWeights, attention_rows, branch_sequence,
+                        check_block_type, checkpoint_branches, checkpointed, fused_attention_plan,
+                        fused_mlp_plan, global_attention_plan, sdpa, token_plan)
 from ..core import ReversibleSequence
 from ..core.chunks import BranchPlan, draws_random
 from .backbone import MMACTION_INIT_CFG, ConventionalMixin, Dr2NetBackboneMixin
@@ -86,7 +86,9 @@ class VideoMAEBranch(nn.Module):
         ``scaled_dot_product_attention`` with mmaction2's scale, its share of ``proj``, then
         ``gamma`` (:func:`~dr2net_mm.branches.fused_attention_plan`); under autocast ``qkv(norm(x))``
         once and runs of query rows against all keys and values
-        (:func:`~dr2net_mm.branches.global_attention_plan`). MLP: token by token
+        (:func:`~dr2net_mm.branches.global_attention_plan`). MLP (mmcv's two-layer ``FFN``): by
+        groups of hidden units, each with its share of both linears, then ``gamma``
+        (:func:`~dr2net_mm.branches.fused_mlp_plan`); under autocast token by token
         (:func:`~dr2net_mm.branches.token_plan`). ``merge`` applies drop path. None with
         ``use_checkpoint``, or with dropout inside the layer."""
         layer = self.layer
@@ -114,6 +116,13 @@ class VideoMAEBranch(nn.Module):
 
             return global_attention_plan(parts, qkv, layer.num_heads, attend,
                                          lambda o: self._scaled(layer.proj(o)), self.drop_path)
+        if layer.num_fcs == 2 and isinstance(layer.gamma2, nn.Identity) and \
+                isinstance(layer.dropout_layer, nn.Identity):
+            linear_1, act, _ = layer.layers[0]
+            weights = MLPWeights.of(linear_1, act, layer.layers[1], self.gamma)
+            plan = fused_mlp_plan(x, self.norm, weights, self.drop_path)
+            if plan is not None:
+                return plan
         return token_plan(x, layer.feedforward_channels,
                           lambda h: self._scaled(layer(self.norm(h))), self.drop_path)
 
