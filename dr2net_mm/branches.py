@@ -31,8 +31,8 @@ __all__ = [
     'StageOptions', 'stage_options', 'branch_sequence', 'check_block_type', 'checkpointed',
     'checkpoint_branches', 'recompute_after', 'window_attention_plan', 'global_attention_plan',
     'attention_rows', 'attention_mask_rows', 'sdpa', 'token_plan', 'AttentionWeights',
-    'head_groups', 'attention_mask_block', 'fused_attention_plan', 'MLPWeights', 'mlp_parts',
-    'fused_mlp_plan'
+    'head_groups', 'attention_mask_block', 'fused_attention_plan', 'MLPWeights', 'ffn_weights',
+    'mlp_parts', 'fused_mlp_plan'
 ]
 
 
@@ -417,6 +417,16 @@ class MLPWeights(NamedTuple):
     def of(cls, fc1: nn.Linear, act: Callable[[Tensor], Tensor], fc2: nn.Linear,
            gamma: Optional[Tensor]) -> 'MLPWeights':
         return cls(fc1.weight, fc1.bias, act, fc2.weight, fc2.bias, gamma)
+
+
+def ffn_weights(ffn: nn.Module, gamma: Optional[Tensor]) -> Optional[MLPWeights]:
+    """The weights of mmcv's ``FFN`` ``ffn`` (two linears; ``layers`` is ``[[fc1, act, dropout],
+    fc2, dropout]``) with the layer scale ``gamma`` after it, or None for an FFN of more linears or
+    with its own layer scale (``gamma2``)."""
+    if ffn.num_fcs != 2 or not isinstance(ffn.gamma2, nn.Identity):
+        return None
+    (fc1, act, _), fc2 = ffn.layers[0], ffn.layers[1]
+    return MLPWeights.of(fc1, act, fc2, gamma)
 
 
 # hidden units of a group of a fused MLP branch come in multiples of this (whole SIMD registers and

@@ -442,6 +442,35 @@ def test_reversible_gradients_as_precise_as_ordinary_autograd(alpha, beta):
     assert model.reconstruction_ok()
 
 
+def test_branches_in_tiny_parts_keep_gradients_as_precise(monkeypatch):
+    """With parts forced tiny, each window-attention branch runs by runs of windows and each FFN
+    branch by runs of tokens, each by groups of hidden units (its backward in the same pass): F
+    equals the branch to float32 rounding, and at (0.3, 0.7), drop path on, the reversible
+    gradients are as precise as ordinary autograd, every rebuild bit-exact."""
+    import functools
+
+    from dr2net_mm import branches
+    from dr2net_mm.core.chunks import FusedPlan, row_parts, run_branch
+    monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts, part_elements=2**9))
+    monkeypatch.setattr(branches, 'MIN_RUN_ROWS', 8)
+    model, x = swin_t_for_gradients(alpha=0.3, beta=0.7)
+    tokens = torch.randn(1, 256, 96, generator=torch.Generator().manual_seed(2))
+    attention, ffn = model.stages[0].sequence.functions[:2]
+    assert len(attention.plan(tokens, (16, 16)).parts) > 1
+    assert isinstance(ffn.plan(tokens, (16, 16)), FusedPlan)
+    parts = branches.mlp_parts(256, 96, 384)
+    assert len(parts) > 1 and min(len(units) for _, units in parts) > 1, parts
+    for function in (attention, ffn):
+        with torch.no_grad():
+            function.eval()
+            assert rel(run_branch(function, tokens, ((16, 16), )), function(tokens, (16, 16))) <= 1e-6
+            function.train()
+    report = gradient_error(model, x)
+    assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, \
+        describe(report, model)
+    assert model.reconstruction_errors() == [0.0] * 4
+
+
 def test_float64_streams_need_segments_at_the_start_point():
     """The float64 alternative: precise at (1, 0.1) when the third stage is cut into segments of 4."""
     model, x = swin_t_for_gradients(stream_dtype='float64', segment_size=4)

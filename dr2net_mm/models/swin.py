@@ -30,7 +30,8 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from ..branches import (StageOptions, branch_sequence, checkpoint_branches, checkpointed,
-                        recompute_after, token_plan, window_attention_plan)
+                        ffn_weights, fused_mlp_plan, recompute_after, token_plan,
+                        window_attention_plan)
 from ..core import ReversibleSequence
 from ..core.chunks import BranchPlan, draws_random
 from .backbone import Dr2NetBackboneMixin
@@ -129,11 +130,18 @@ class SwinFFNBranch(nn.Module):
 
     def plan(self, x: Tensor, hw_shape: Tuple[int, int], use_checkpoint: bool = False
              ) -> Optional[BranchPlan]:
-        """The branch token by token (see ``dr2net_mm.core.chunks``): ``body`` is norm and FFN layers
-        on rows of tokens, ``merge`` applies drop path per sample."""
+        """The branch by runs of tokens and groups of hidden units, its backward in the same pass
+        (:func:`~dr2net_mm.branches.fused_mlp_plan`); under autocast, or for an FFN of more
+        linears, token by token (:func:`~dr2net_mm.branches.token_plan`: ``body`` is norm and FFN
+        layers on rows of tokens). ``merge`` applies drop path per sample."""
         ffn = self.ffn
         if use_checkpoint or draws_random(ffn.layers):
             return None
+        weights = ffn_weights(ffn, None)
+        if weights is not None:
+            plan = fused_mlp_plan(x, self.norm2, weights, ffn.dropout_layer)
+            if plan is not None:
+                return plan
         return token_plan(x, ffn.feedforward_channels,
                           lambda h: ffn.gamma2(ffn.layers(self.norm2(h))), ffn.dropout_layer)
 

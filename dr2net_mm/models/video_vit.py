@@ -34,8 +34,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ..branches import (AttentionWeights, MLPWeights, attention_rows, branch_sequence,
-                        check_block_type, checkpoint_branches, checkpointed, fused_attention_plan,
+from ..branches import (AttentionWeights, attention_rows, branch_sequence, check_block_type,
+                        checkpoint_branches, checkpointed, ffn_weights, fused_attention_plan,
                         fused_mlp_plan, global_attention_plan, sdpa, token_plan)
 from ..core import ReversibleSequence
 from ..core.chunks import BranchPlan, draws_random
@@ -116,10 +116,8 @@ class VideoMAEBranch(nn.Module):
 
             return global_attention_plan(parts, qkv, layer.num_heads, attend,
                                          lambda o: self._scaled(layer.proj(o)), self.drop_path)
-        if layer.num_fcs == 2 and isinstance(layer.gamma2, nn.Identity) and \
-                isinstance(layer.dropout_layer, nn.Identity):
-            linear_1, act, _ = layer.layers[0]
-            weights = MLPWeights.of(linear_1, act, layer.layers[1], self.gamma)
+        weights = ffn_weights(layer, self.gamma)
+        if weights is not None and isinstance(layer.dropout_layer, nn.Identity):
             plan = fused_mlp_plan(x, self.norm, weights, self.drop_path)
             if plan is not None:
                 return plan
