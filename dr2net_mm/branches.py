@@ -475,15 +475,17 @@ def fused_mlp_plan(x: Tensor, norm: Callable[[Tensor], Tensor], weights: MLPWeig
 # by runs of at least MIN_RUN_ROWS tokens (all 257 there), and each run by groups of hidden units.
 # Per run r (n_r = norm(x_r), as NOTE [ Attention by head groups ]) and group u:
 #
-#   a = n_r·W_{1,u}^T + b_{1,u},   h = act(a)          a a leaf, act recorded by autograd
+#   a = n_r·W_{1,u}^T + b_{1,u},   h = act(a)
 #   P_r += h·W_{2,u}^T                                 in place (addmm_), P_r starts at fc2's bias
-#   dW_{2,u} += dP_r^T·h,   dL/dh = dP_r·W_{2,u}        act's backward (autograd) -> dL/da
+#   dW_{2,u} += dP_r^T·h,   dL/dh = dP_r·W_{2,u}        then h is freed, and GELU's backward turns
+#                                                      dL/dh into dL/da in place (any other act:
+#                                                      autograd, a a leaf)
 #   dW_{1,u} += (dL/da)^T·n_r,  db_{1,u} += Σ dL/da,  dL/dn_r += dL/da·W_{1,u}   in place
 #
-# then gamma and norm's backward for the run (``_normed_and_scaled``), whose dL/dx_r lands in its
-# rows of one buffer, back-propagated once. A run holds x_r's norm and its gradient besides one
-# group's a, h and their gradients; the forward runs the same products without gradients, so F
-# is recomputed bitwise.
+# then gamma and norm's backward for the run (``_normed_and_scaled``); dL/dx_r is written over the
+# run's rows of dL/dP, read by then (the plan's ``scratch_grad``), and back-propagated once. A
+# run holds x_r's norm and its gradient besides one group's a and dL/da (and h until dL/dh is
+# formed); the forward runs the same products without gradients, so F is recomputed bitwise.
 
 
 def _mlp_by_runs(x: Tensor, grad: Optional[Tensor], norm: Callable[[Tensor], Tensor],

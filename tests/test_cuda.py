@@ -217,9 +217,10 @@ def test_peak_memory_dr2net_below_checkpointing(kind):
         results['conventional'].peak_mb
 
 
-# 8. global attention by head groups and query rows (scaled_dot_product_attention per run), CUDA --
+# 8. global attention by head groups and query rows (scaled_dot_product_attention per run), MLP by
+# runs of tokens and groups of hidden units (GELU's backward by hand), CUDA -------------------------
 @pytest.mark.parametrize('kind', ['vit', 'videomae'])
-def test_attention_by_head_groups_on_cuda(monkeypatch, kind):
+def test_attention_by_head_groups_and_mlp_by_hidden_groups_on_cuda(monkeypatch, kind):
     import functools
 
     from dr2net_mm import branches
@@ -227,6 +228,7 @@ def test_attention_by_head_groups_on_cuda(monkeypatch, kind):
     from dr2net_mm.core.chunks import FusedPlan, row_parts, run_branch
     from dr2net_mm.models.video_vit import Dr2NetVideoViT
     monkeypatch.setattr(branches, 'row_parts', functools.partial(row_parts, part_elements=2**10))
+    monkeypatch.setattr(branches, 'MIN_RUN_ROWS', 16)
     torch.manual_seed(0)
     if kind == 'vit':
         model = Dr2NetViT('vit_small_patch16_224', depth=4, img_size=64, drop_path_rate=0.2,
@@ -250,12 +252,22 @@ def test_attention_by_head_groups_on_cuda(monkeypatch, kind):
         by_rows = run_branch(attention.eval(), tokens, ())
         whole = attention(tokens)
     attention.train()
+    mlp = model.sequence.functions[1]
+    mlp_parts = branches.mlp_parts(2 * tokens.shape[1], model.embed_dims, 4 * model.embed_dims)
+    assert isinstance(mlp.plan(tokens), FusedPlan)
+    assert len(mlp_parts) > 1 and min(len(units) for _, units in mlp_parts) > 1, mlp_parts
+    with torch.no_grad():
+        mlp_by_parts = run_branch(mlp.eval(), tokens, ())
+        mlp_whole = mlp(tokens)
+    mlp.train()
     report = gradient_error(model, x)
     errors = model.reconstruction_errors()
-    result(branch_by_heads_vs_whole=rel(by_rows, whole), groups=len(groups),
+    result(mlp_by_hidden_groups_vs_whole=rel(mlp_by_parts, mlp_whole), mlp_runs=len(mlp_parts),
+           branch_by_heads_vs_whole=rel(by_rows, whole), groups=len(groups),
            reversible_vs_truth=report.reversible_vs_truth.worst,
            reference_vs_truth=report.reference_vs_truth.worst, reconstruction_error=max(errors))
     assert rel(by_rows, whole) <= 1e-5
+    assert rel(mlp_by_parts, mlp_whole) <= 1e-5
     assert report.reversible_vs_truth.worst <= 2 * report.reference_vs_truth.worst, report.as_dict()
     assert set(errors) == {0.0}
 
