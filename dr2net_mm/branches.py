@@ -497,6 +497,7 @@ def _mlp_by_runs(x: Tensor, grad: Optional[Tensor], norm: Callable[[Tensor], Ten
     channels = x.shape[-1]
     manual = grad is not None
     x_rows = x.reshape(-1, channels)
+    g_rows = None if grad is None else grad.reshape(-1, channels)
     wants_x = manual and x.requires_grad
     dx = None
     if wants_x:
@@ -506,8 +507,7 @@ def _mlp_by_runs(x: Tensor, grad: Optional[Tensor], norm: Callable[[Tensor], Ten
     for rows, groups in parts:
         x_r = x_rows[rows].detach().requires_grad_(wants_x) if manual else x_rows[rows]
         core = functools.partial(_hidden_forward_backward, w=w, groups=groups, out=out[rows])
-        _normed_and_scaled(x_r, None if grad is None else grad.reshape(-1, channels)[rows], norm,
-                           w.gamma, core)
+        _normed_and_scaled(x_r, None if g_rows is None else g_rows[rows], norm, w.gamma, core)
         if wants_x:
             dx[rows] = x_r.grad
     if wants_x:
